@@ -1,0 +1,39 @@
+# Two entry points on a fresh machine:  `make demo`  and  `make test`.
+# Each creates ./.venv on first use and installs everything it needs into it.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.repspec-installed
+
+.PHONY: demo test test-thorough bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# A CPU build of torch where no GPU is present (2.13.0 installs from local disk on
+	@# these machines); otherwise let pip pick the CUDA build the range admits.
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(PY) -m pip install --quiet "torch>=2.2,<3"; \
+	else \
+	  $(PY) -m pip install --quiet torch==2.13.0 || \
+	  $(PY) -m pip install --quiet "torch>=2.2,<3" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/repspec demo
+
+test: $(STAMP)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q
+
+test-thorough: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-enable -q
+
+clean:
+	rm -rf $(VENV) .hypothesis .benchmarks

@@ -1,0 +1,3 @@
+from repspec.cli import main
+import sys
+sys.exit(main())
