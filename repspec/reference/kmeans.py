@@ -1,0 +1,406 @@
+"""SPEC §5 *[repspec]*: 1-D k-means (Lloyd and the exact DP optimum) and k-means fake quantization.
+
+A layer's weights are clustered as a flat list of values ``v`` (any shape, flattened)
+into ``k`` centroids ``c_0 ≤ c_1 ≤ … ≤ c_{k−1}`` minimizing
+``SSE = Σ_i (v_i − c_{label(i)})²``.
+
+**Assignment** (:func:`assign`). With the centroids sorted, the decision boundaries
+are the midpoints ``m_j = fl(0.5·c_j + 0.5·c_{j+1})`` (equal to ``fl((c_j + c_{j+1})/2)``
+but never overflowing). ``label(v) = #{j : m_j < v}`` (``np.searchsorted(m, v,
+side='left')``), so a value **exactly on a midpoint goes to the lower centroid**.
+Duplicate centroids: the value goes to the **lowest index** of the group of equal
+centroids (the higher duplicates stay empty).
+
+**Update** (:func:`lloyd_step`): each centroid becomes the mean of its members
+(``Σ v / count``, sums by ``np.bincount``); an **empty cluster keeps its centroid**;
+then the centroids are sorted again (``np.sort``). Without duplicate centroids the
+update already preserves the order (cluster ``j``'s members lie in ``(m_{j−1}, m_j]``);
+with duplicates the lowest one may move past the empty copies it leaves behind.
+
+**Lloyd** (:func:`kmeans_1d`): assign, then repeat {update, assign} until the
+labels no longer change or ``max_iter`` updates were made. ``SSE`` never increases
+from one assignment to the next (exact arithmetic; up to rounding in float64).
+
+**k ≥ number of distinct values** *[repspec]*: the optimum is exact (SSE 0). The
+centroids are the ``d`` distinct values, ascending, followed by ``k − d`` copies of
+the largest one (empty clusters); no iterations are run.
+
+**Inits** (``init=``): ``linear`` (``np.linspace(min, max, k)``, Deep Compression),
+``quantile`` (the mid-quantiles ``(2j+1)/(2k)``, ``np.quantile`` linear),
+``kmeans++`` (D² sampling, needs an explicit ``seed``), ``optimal`` (the exact DP
+optimum, :func:`kmeans_1d_optimal`), and ``warm`` (the given ``init_centroids``,
+used by ClusterQAT refits). The default, :data:`DEFAULT_INIT`, was chosen by
+measurement (``benchmarks/kmeans_init_study.py``, table in docs/05-quantization.md).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._checks import as_float_array, check_int
+
+__all__ = [
+    "DEFAULT_INIT",
+    "INITS",
+    "KMeansResult",
+    "midpoints",
+    "assign",
+    "sse",
+    "lloyd_step",
+    "initial_centroids",
+    "kmeans_1d",
+    "kmeans_1d_optimal",
+    "kmeans_fake_quantize",
+    "kmeans_fake_quantize_backward",
+]
+
+#: the default init: the exact DP optimum — measured best (docs/05-quantization.md, "Choosing the init")
+DEFAULT_INIT = "optimal"
+INITS = ("linear", "quantile", "kmeans++", "optimal", "warm")
+OPTIMAL_METHODS = ("divide_and_conquer", "quadratic")
+
+
+class KMeansResult(NamedTuple):
+    centroids: np.ndarray  # (k,), ascending
+    labels: np.ndarray  # int64, shaped like the input values; index into centroids
+    sse: float  # Σ (v − centroids[labels])²
+    n_iter: int  # number of Lloyd updates performed
+    converged: bool  # labels stopped changing (True when no iteration was needed)
+    sse_history: np.ndarray  # SSE after the initial assignment and after each update+assign
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _check_values(values, name: str = "values") -> np.ndarray:
+    return as_float_array(values, name)
+
+
+def _check_sorted_centroids(centroids, name: str = "centroids", k: int | None = None) -> np.ndarray:
+    c = as_float_array(centroids, name, ndim=1) if k is None else as_float_array(centroids, name, shape=(k,))
+    if np.any(np.diff(c) < 0):
+        raise ValueError(f"{name} must be sorted ascending")
+    return c
+
+
+# ------------------------------------------------------------------------ assignment
+
+
+def midpoints(centroids) -> np.ndarray:
+    """Decision boundaries ``m_j = fl(0.5·c_j + 0.5·c_{j+1})``, shape ``(k − 1,)``.
+
+    >>> midpoints(np.array([0.0, 1.0, 3.0]))
+    array([0.5, 2. ])
+    """
+    c = _check_sorted_centroids(centroids)
+    return 0.5 * c[:-1] + 0.5 * c[1:]
+
+
+def _assign(v: np.ndarray, c: np.ndarray) -> np.ndarray:
+    labels = np.searchsorted(0.5 * c[:-1] + 0.5 * c[1:], v, side="left")  # on a midpoint: lower
+    first_of_group = np.searchsorted(c, c, side="left")  # duplicates: lowest index
+    return first_of_group[labels].astype(np.int64)
+
+
+def assign(values, centroids) -> np.ndarray:
+    """Nearest-centroid labels with the midpoint tie rule (module docstring).
+
+    ``values`` any shape, ``centroids (k,)`` sorted ascending → ``int64`` labels shaped
+    like ``values``.
+
+    >>> assign(np.array([0.5, 0.50001, 2.0, 5.0]), np.array([0.0, 1.0, 3.0]))  # 0.5 is a midpoint
+    array([0, 1, 1, 2])
+    >>> assign(np.array([1.0, 1.2]), np.array([0.0, 1.0, 1.0]))  # duplicates: lowest index
+    array([1, 1])
+    """
+    v = _check_values(values)
+    c = _check_sorted_centroids(centroids)
+    return _assign(v, c)
+
+
+def _sse(v: np.ndarray, c: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.sum((v - c[labels]) ** 2))
+
+
+def sse(values, centroids) -> float:
+    """``Σ_i (v_i − c_{assign(v_i)})²`` for sorted ``centroids``.
+
+    >>> sse(np.array([0.0, 1.0, 4.0]), np.array([0.5, 4.0]))
+    0.5
+    """
+    v = _check_values(values)
+    c = _check_sorted_centroids(centroids)
+    return _sse(v, c, _assign(v, c))
+
+
+def _update(v: np.ndarray, c: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    k = c.shape[0]
+    counts = np.bincount(labels.ravel(), minlength=k)
+    sums = np.bincount(labels.ravel(), weights=v.ravel(), minlength=k)
+    return np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), c))
+
+
+def lloyd_step(values, centroids) -> tuple[np.ndarray, np.ndarray]:
+    """One Lloyd update: ``labels = assign(v, c)``; ``c'_j = mean{v_i : label_i = j}``
+    (an empty cluster keeps ``c_j``), then sorted. Returns ``(c', labels)`` where
+    ``labels`` are the assignment to the *input* centroids.
+
+    >>> lloyd_step(np.array([0.0, 1.0, 10.0]), np.array([0.0, 5.0, 100.0]))  # cluster 2 is empty
+    (array([  0.5,  10. , 100. ]), array([0, 0, 1]))
+    """
+    v = _check_values(values)
+    c = _check_sorted_centroids(centroids)
+    labels = _assign(v, c)
+    return _update(v, c, labels), labels
+
+
+# ----------------------------------------------------------------------------- inits
+
+
+def _rng(seed) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None:
+        raise ValueError("init='kmeans++' needs an explicit seed (an int or a numpy Generator) to be deterministic")
+    return np.random.default_rng(check_int(seed, "seed", min_value=0))
+
+
+def _kmeans_pp(v: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """D² sampling (Arthur & Vassilvitskii): first centroid uniform over the values, each
+    next one drawn with probability ``∝ min_j (v − c_j)²`` (inverse-CDF on the cumulative
+    sum with one ``rng.random()`` per draw). Needs ``k ≤`` #distinct values."""
+    chosen = [v[rng.integers(v.size)]]
+    d2 = (v - chosen[0]) ** 2
+    for _ in range(1, k):
+        cum = np.cumsum(d2)
+        idx = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        if idx >= v.size or d2[idx] == 0:  # r rounded up to the total: take the last positive weight
+            idx = int(np.flatnonzero(d2)[-1])
+        chosen.append(v[idx])
+        d2 = np.minimum(d2, (v - v[idx]) ** 2)
+    return np.sort(np.asarray(chosen))
+
+
+def initial_centroids(values, k, init: str = DEFAULT_INIT, *, seed=None) -> np.ndarray:
+    """The ``(k,)`` sorted starting centroids of ``init`` ∈ {linear, quantile, kmeans++, optimal}.
+
+    * ``linear``: ``np.linspace(min v, max v, k)``.
+    * ``quantile``: ``np.quantile(v, (2j + 1)/(2k))``, ``j = 0..k−1`` (linear interpolation).
+    * ``kmeans++``: D² sampling with ``seed`` (int or ``np.random.Generator``; a Generator
+      is advanced). Requires ``k <`` #distinct values.
+    * ``optimal``: the centroids of :func:`kmeans_1d_optimal`.
+
+    >>> initial_centroids(np.arange(9.0), 3, "linear")
+    array([0., 4., 8.])
+    >>> initial_centroids(np.arange(9.0), 3, "quantile")
+    array([1.33333333, 4.        , 6.66666667])
+    """
+    v = _check_values(values).ravel()
+    k = check_int(k, "k", min_value=1)
+    if not isinstance(init, str) or init not in INITS[:-1]:
+        raise ValueError(f"init must be one of {INITS[:-1]}, got {init!r}")
+    if init == "linear":
+        return np.linspace(v.min(), v.max(), k)
+    if init == "quantile":
+        return np.quantile(v, (2 * np.arange(k) + 1) / (2 * k))
+    if init == "kmeans++":
+        rng = _rng(seed)
+        if k >= np.unique(v).size:
+            raise ValueError(f"init='kmeans++' needs k < the number of distinct values ({np.unique(v).size}), got k={k}")
+        return _kmeans_pp(v, k, rng)
+    return kmeans_1d_optimal(v, k).centroids
+
+
+# ------------------------------------------------------------------------ exact DP
+
+
+def _segment_cost(s0, s1, s2, m, i):
+    """SSE of the (weighted) sorted points ``[m, i)`` from prefix sums, clamped at 0."""
+    w = s0[i] - s0[m]
+    t = s1[i] - s1[m]
+    return np.maximum(s2[i] - s2[m] - t * t / w, 0.0)
+
+
+def _layer_quadratic(prev, j, n, s0, s1, s2):
+    """``D_j[i] = min_{m ∈ [j−1, i−1]} D_{j−1}[m] + cost(m, i)`` for all ``i`` (an ``n×n`` table)."""
+    m = np.arange(n + 1)[:, None]
+    i = np.arange(n + 1)[None, :]
+    valid = (m >= j - 1) & (m < i)
+    cost = np.where(valid, _segment_cost(s0, s1, s2, np.where(valid, m, 0), np.where(valid, i, 1)), np.inf)
+    total = prev[:, None] + cost
+    opt = np.argmin(total, axis=0)  # first minimum: smallest split
+    return total[opt, np.arange(n + 1)], opt
+
+
+def _layer_divide_and_conquer(prev, j, n, s0, s1, s2):
+    """Same recurrence, using the monotonicity of the optimal split ``opt(i)`` (the 1-D
+    SSE cost is Monge): solve the middle ``i`` of a range, then the left half searches
+    ``m ≤ opt(mid)`` and the right half ``m ≥ opt(mid)``. Every recursion level is one
+    vectorized pass, so a layer costs ``O(n log n)`` work in ``O(log n)`` NumPy calls."""
+    d = np.full(n + 1, np.inf)
+    opt = np.zeros(n + 1, dtype=np.int64)
+    ilo, ihi = np.array([j]), np.array([n])
+    mlo, mhi = np.array([j - 1]), np.array([n - 1])
+    while ilo.size:
+        mid = (ilo + ihi) // 2
+        a, b = mlo, np.minimum(mhi, mid - 1)
+        lens = b - a + 1
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        task = np.repeat(np.arange(ilo.size), lens)
+        pos = np.arange(task.size)
+        m = pos - starts[task] + a[task]
+        vals = prev[m] + _segment_cost(s0, s1, s2, m, mid[task])
+        best = np.minimum.reduceat(vals, starts)
+        first = np.minimum.reduceat(np.where(vals == best[task], pos, task.size), starts)  # smallest split
+        d[mid], opt[mid] = best, m[first]
+        left, right = ilo <= mid - 1, mid + 1 <= ihi
+        ilo, ihi, mlo, mhi = (
+            np.concatenate([ilo[left], mid[right] + 1]),
+            np.concatenate([mid[left] - 1, ihi[right]]),
+            np.concatenate([mlo[left], opt[mid][right]]),
+            np.concatenate([opt[mid][left], mhi[right]]),
+        )
+    return d, opt
+
+
+def _optimal_centroids(uniq: np.ndarray, counts: np.ndarray, k: int, method: str) -> np.ndarray:
+    """Exact 1-D k-means over distinct sorted values with multiplicities (``k < n``)."""
+    n = uniq.size
+    x = uniq - np.average(uniq, weights=counts)  # centred: less cancellation in S2 − S1²/S0
+    s0 = np.concatenate([[0.0], np.cumsum(counts.astype(np.float64))])
+    s1 = np.concatenate([[0.0], np.cumsum(counts * x)])
+    s2 = np.concatenate([[0.0], np.cumsum(counts * x * x)])
+    layer = _layer_quadratic if method == "quadratic" else _layer_divide_and_conquer
+    d = np.full(n + 1, np.inf)
+    d[1:] = _segment_cost(s0, s1, s2, np.zeros(n, dtype=np.int64), np.arange(1, n + 1))
+    opts = []
+    for j in range(2, k + 1):
+        d, opt = layer(d, j, n, s0, s1, s2)
+        opts.append(opt)
+    starts, i = [0], n  # backtrack: cluster j starts at opt_j[end of cluster j]
+    for opt in reversed(opts):
+        i = int(opt[i])
+        starts.insert(1, i)
+    starts = np.array(starts)
+    sums = np.add.reduceat(counts * uniq, starts)
+    return sums / np.add.reduceat(counts.astype(np.float64), starts)
+
+
+def _exact_when_few_distinct(v: np.ndarray, k: int):
+    uniq = np.unique(v)
+    if k < uniq.size:
+        return None
+    c = np.concatenate([uniq, np.full(k - uniq.size, uniq[-1])])
+    labels = _assign(v, c)
+    return KMeansResult(c, labels, _sse(v, c, labels), 0, True, np.array([_sse(v, c, labels)]))
+
+
+def kmeans_1d_optimal(values, k, *, method: str = "divide_and_conquer") -> KMeansResult:
+    """The exact 1-D k-means optimum by dynamic programming over the sorted values.
+
+    Sort the distinct values ``u_0 < … < u_{n−1}`` with multiplicities ``w``; with
+    prefix sums ``S0, S1, S2`` of ``w, w·u, w·u²`` the cost of the segment ``[m, i)``
+    is ``S2 − S1²/S0`` (differences of prefix sums). Then
+    ``D_1[i] = cost(0, i)``, ``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)``;
+    ``D_k[n]`` is optimal and backtracking gives the ``k`` segments (ties → the
+    smallest split). Centroids are the segment means; labels use :func:`assign`
+    (which can only lower the SSE further).
+
+    ``method``: ``"quadratic"`` evaluates every split (``O(k·n²)`` time and an ``n×n``
+    table: small inputs only) and ``"divide_and_conquer"`` uses the monotone optimal
+    split (``O(k·n log n)``); they agree (tests/test_ref_kmeans.py).
+
+    >>> r = kmeans_1d_optimal(np.array([0.0, 1.0, 2.0, 10.0, 11.0, 30.0]), 3)
+    >>> r.centroids, r.sse
+    (array([ 1. , 10.5, 30. ]), 2.5)
+    """
+    v = _check_values(values)
+    k = check_int(k, "k", min_value=1)
+    if not isinstance(method, str) or method not in OPTIMAL_METHODS:
+        raise ValueError(f"method must be one of {OPTIMAL_METHODS}, got {method!r}")
+    exact = _exact_when_few_distinct(v, k)
+    if exact is not None:
+        return exact
+    uniq, counts = np.unique(v, return_counts=True)
+    c = _optimal_centroids(uniq, counts, k, method)
+    labels = _assign(v, c)
+    s = _sse(v, c, labels)
+    return KMeansResult(c, labels, s, 0, True, np.array([s]))
+
+
+# ---------------------------------------------------------------------------- Lloyd
+
+
+def kmeans_1d(values, k, *, init: str | None = None, max_iter: int = 300, seed=None,
+              init_centroids=None) -> KMeansResult:
+    """1-D k-means (Lloyd) with a named init (SPEC §5, module docstring for every rule).
+
+    ``values``: any shape (flattened for clustering; ``labels`` keep the shape).
+    ``k ≥ 1``. ``init``: one of :data:`INITS`; ``None`` means ``"warm"`` when
+    ``init_centroids`` is given and :data:`DEFAULT_INIT` otherwise. ``init="warm"``
+    needs ``init_centroids`` (``(k,)``, finite; sorted ascending here) and any other
+    init refuses them. ``seed``: int or ``np.random.Generator``, required by
+    ``kmeans++``. ``max_iter ≥ 0`` bounds the number of updates.
+
+    Returns :class:`KMeansResult`; ``sse_history[t]`` is the SSE after ``t`` updates
+    (``sse_history[0]``: the init's assignment), non-increasing.
+
+    >>> v = np.array([0.0, 0.1, 0.2, 5.0, 5.2, 9.0])
+    >>> r = kmeans_1d(v, 2, init="linear")
+    >>> r.centroids, r.labels, r.n_iter, r.converged
+    (array([0.1, 6.4]), array([0, 0, 0, 1, 1, 1]), 1, True)
+    """
+    v = _check_values(values)
+    k = check_int(k, "k", min_value=1)
+    max_iter = check_int(max_iter, "max_iter", min_value=0)
+    if init is None:
+        init = "warm" if init_centroids is not None else DEFAULT_INIT
+    if not isinstance(init, str) or init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "warm":
+        if init_centroids is None:
+            raise ValueError("init='warm' needs init_centroids")
+        c = np.sort(as_float_array(init_centroids, "init_centroids", shape=(k,)))
+    elif init_centroids is not None:
+        raise ValueError(f"init_centroids is only used with init='warm' (or init=None), got init={init!r}")
+    if init == "kmeans++":
+        _rng(seed)  # refuse a missing seed even when the few-distinct shortcut applies
+    exact = _exact_when_few_distinct(v, k)
+    if exact is not None:
+        return exact
+    if init != "warm":
+        c = initial_centroids(v, k, init, seed=seed)
+    labels = _assign(v, c)
+    history = [_sse(v, c, labels)]
+    converged, n_iter = False, 0
+    for n_iter in range(1, max_iter + 1):
+        c = _update(v, c, labels)
+        new_labels = _assign(v, c)
+        history.append(_sse(v, c, new_labels))
+        if np.array_equal(new_labels, labels):
+            converged = True
+            break
+        labels = new_labels
+    return KMeansResult(c, labels, history[-1], n_iter, converged, np.array(history))
+
+
+# ------------------------------------------------------------- fake quantization
+
+
+def kmeans_fake_quantize(w, centroids) -> np.ndarray:
+    """``ŵ = centroids[assign(w, centroids)]`` (same tie rule), shaped like ``w``.
+
+    >>> kmeans_fake_quantize(np.array([[0.2, 0.5], [0.9, 3.0]]), np.array([0.0, 1.0]))
+    array([[0., 0.],
+           [1., 1.]])
+    """
+    w = as_float_array(w, "w")
+    c = _check_sorted_centroids(centroids)
+    return c[_assign(w, c)]
+
+
+def kmeans_fake_quantize_backward(dy) -> np.ndarray:
+    """Straight-through: ``∂L/∂w = dy`` (SPEC §5)."""
+    return as_float_array(dy, "dy", allow_empty=True).copy()

@@ -1,0 +1,335 @@
+"""SPEC §3: the optimizers: plain SGD, RepOpt-SGD, AdamW and the masked (RepOpt) AdamW.
+
+Each rule is a pure step function on one parameter (``*_step``) plus a class that
+implements the :class:`repspec.reference.network.Optimizer` protocol over a
+``{name: ndarray}`` dict. Optimizer state uses PyTorch's per-parameter keys
+(``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``) so it can be compared
+with ``torch.optim`` state key by key. Nothing is mutated; new arrays are returned.
+
+A Grad Mult mask ``M`` (:func:`repspec.reference.repopt.grad_mult_mask`) turns SGD
+into RepOpt-SGD: it multiplies the gradient and nothing else (weight decay is
+added after it, unmasked), exactly as the official ``RepOptimizerSGD``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ._checks import as_float_array, check_nonneg_float, check_probability
+
+__all__ = [
+    "sgd_step",
+    "repopt_sgd_step",
+    "adamw_step",
+    "SGD",
+    "AdamW",
+    "ADAMW_MASK_PLACEMENTS",
+    "official_weight_decay",
+]
+
+Arrays = dict[str, np.ndarray]
+
+#: where the masked AdamW applies Grad Mult ``M``:
+#: ``"grad_and_update"`` (official ``RepOptimizerAdamW``: ``g ← M⊙g`` before the moments *and*
+#: the step is ``M ⊙ m̂/(sqrt(v̂)+eps)``), ``"grad"`` (only ``g ← M⊙g``; Adam's normalization then
+#: cancels ``M`` up to ``eps``, kept to document why the official code applies it twice).
+ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _check_lr(lr) -> float:
+    return check_nonneg_float(lr, "lr")
+
+
+def _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay):
+    lr = _check_lr(lr)
+    momentum = check_nonneg_float(momentum, "momentum")
+    dampening = check_probability(dampening, "dampening")
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError(f"nesterov requires momentum > 0 and dampening == 0, got momentum={momentum}, "
+                         f"dampening={dampening}")
+    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
+    return lr, momentum, dampening, nesterov, weight_decay
+
+
+def _check_adamw_hparams(lr, betas, eps, weight_decay):
+    lr = _check_lr(lr)
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    b1 = check_probability(betas[0], "betas[0]", closed_right=False)
+    b2 = check_probability(betas[1], "betas[1]", closed_right=False)
+    eps = check_nonneg_float(eps, "eps")
+    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
+    return lr, (b1, b2), eps, weight_decay
+
+
+def _check_mask(mask, param: np.ndarray, name: str = "grad_mult_mask") -> np.ndarray | None:
+    if mask is None:
+        return None
+    return as_float_array(mask, name, shape=param.shape)
+
+
+# ------------------------------------------------------------------------------ SGD
+
+
+def sgd_step(param, grad, momentum_buffer=None, *, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+             nesterov: bool = False, weight_decay: float = 0.0, grad_mult_mask=None):
+    """One (RepOpt-)SGD step in the exact order of ``torch.optim.SGD`` / official ``RepOptimizerSGD`` (SPEC §3).
+
+    ``d = M ⊙ g`` (only if a mask is given) → ``d = d + λ·W`` (NOT masked) →
+    ``buf = d`` (first step) or ``buf = μ·buf + (1 − τ)·d`` →
+    ``d = d + μ·buf`` (nesterov) or ``d = buf`` → ``W = W − lr·d``.
+
+    With ``momentum == 0`` there is no buffer (``momentum_buffer`` must be None and
+    None is returned), as in torch. ``param, grad, momentum_buffer, grad_mult_mask``
+    share one shape. Returns ``(new_param, new_buffer_or_None)``.
+
+    >>> w, buf = sgd_step(np.array([1.0]), np.array([0.5]), lr=0.1, momentum=0.9, weight_decay=0.1)
+    >>> w, buf
+    (array([0.94]), array([0.6]))
+    """
+    lr, momentum, dampening, nesterov, weight_decay = _check_sgd_hparams(lr, momentum, dampening, nesterov,
+                                                                         weight_decay)
+    param = as_float_array(param, "param", allow_empty=True)
+    grad = as_float_array(grad, "grad", shape=param.shape, allow_empty=True)
+    mask = _check_mask(grad_mult_mask, param)
+    if momentum_buffer is not None:
+        if momentum == 0:
+            raise ValueError("momentum_buffer must be None when momentum == 0 (torch keeps no buffer then)")
+        momentum_buffer = as_float_array(momentum_buffer, "momentum_buffer", shape=param.shape, allow_empty=True)
+
+    d = grad if mask is None else mask * grad
+    if weight_decay != 0:
+        d = d + weight_decay * param
+    buf = None
+    if momentum != 0:
+        buf = d.copy() if momentum_buffer is None else momentum * momentum_buffer + (1.0 - dampening) * d
+        d = d + momentum * buf if nesterov else buf
+    return param - lr * d, buf
+
+
+def repopt_sgd_step(param, grad, momentum_buffer=None, *, grad_mult_mask, lr: float, momentum: float = 0.0,
+                    dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    """RepOpt-SGD (SPEC §3): :func:`sgd_step` with a **required** Grad Mult mask ``M``."""
+    if grad_mult_mask is None:
+        raise TypeError("grad_mult_mask is required for repopt_sgd_step (use sgd_step for plain SGD)")
+    return sgd_step(param, grad, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                    weight_decay=weight_decay, grad_mult_mask=grad_mult_mask)
+
+
+# ---------------------------------------------------------------------------- AdamW
+
+
+def adamw_step(param, grad, state: Mapping[str, Any] | None = None, *, lr: float = 1e-3,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+               grad_mult_mask=None, mask_placement: str = "grad_and_update"):
+    """One AdamW step matching ``torch.optim.AdamW`` (amsgrad off), optionally masked (official RepOpt AdamW).
+
+    ``g ← M ⊙ g`` (if a mask is given) → ``t ← t + 1`` → ``W ← W − lr·λ·W`` (decoupled) →
+    ``m ← β1·m + (1−β1)·g`` → ``v ← β2·v + (1−β2)·g²`` →
+    ``W ← W − (lr/(1−β1^t)) · [M ⊙] m / (sqrt(v)/sqrt(1−β2^t) + eps)``
+    (the ``[M ⊙]`` only for ``mask_placement='grad_and_update'``, the official code).
+
+    ``state`` is ``{}``/None before the first step, else ``{"step": float, "exp_avg",
+    "exp_avg_sq"}`` (torch's keys). Returns ``(new_param, new_state)``.
+
+    >>> w, s = adamw_step(np.array([1.0]), np.array([3.0]), lr=0.1, weight_decay=0.0)
+    >>> w.round(6), s["step"]
+    (array([0.9]), 1.0)
+    """
+    lr, (b1, b2), eps, weight_decay = _check_adamw_hparams(lr, betas, eps, weight_decay)
+    if mask_placement not in ADAMW_MASK_PLACEMENTS:
+        raise ValueError(f"mask_placement must be one of {ADAMW_MASK_PLACEMENTS}, got {mask_placement!r}")
+    param = as_float_array(param, "param", allow_empty=True)
+    grad = as_float_array(grad, "grad", shape=param.shape, allow_empty=True)
+    mask = _check_mask(grad_mult_mask, param)
+    if state is None or len(state) == 0:
+        step, exp_avg, exp_avg_sq = 0.0, np.zeros_like(param), np.zeros_like(param)
+    else:
+        if not isinstance(state, Mapping) or not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
+            raise ValueError("state must be empty or hold 'step', 'exp_avg' and 'exp_avg_sq'")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not (step >= 1 and step == int(step)):
+            raise ValueError(f"state['step'] must be a whole number >= 1, got {step!r}")
+        step = float(step)
+        exp_avg = as_float_array(state["exp_avg"], "state['exp_avg']", shape=param.shape, allow_empty=True)
+        exp_avg_sq = as_float_array(state["exp_avg_sq"], "state['exp_avg_sq']", shape=param.shape,
+                                    allow_empty=True)
+
+    if mask is not None:
+        grad = mask * grad
+    step += 1.0
+    param = param * (1.0 - lr * weight_decay)
+    exp_avg = b1 * exp_avg + (1.0 - b1) * grad
+    exp_avg_sq = b2 * exp_avg_sq + (1.0 - b2) * grad * grad
+    step_size = lr / (1.0 - b1 ** step)
+    denom = np.sqrt(exp_avg_sq) / math.sqrt(1.0 - b2 ** step) + eps
+    numer = exp_avg * mask if (mask is not None and mask_placement == "grad_and_update") else exp_avg
+    param = param - step_size * numer / denom
+    return param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+# ------------------------------------------------------------- Optimizer classes
+
+
+def _check_per_name(value, name: str):
+    """A float, or a ``{param name: float}`` mapping (absent names get 0)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{name} keys must be parameter names (str), got {k!r}")
+            out[k] = check_nonneg_float(v, f"{name}[{k!r}]")
+        return out
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float or a mapping name -> float, got {type(value).__name__}")
+    return check_nonneg_float(value, name)
+
+
+def _check_masks(masks) -> dict[str, np.ndarray] | None:
+    if masks is None:
+        return None
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"grad_mult_masks must be a mapping name -> array or None, got {type(masks).__name__}")
+    out = {}
+    for k, m in masks.items():
+        arr = as_float_array(m, f"grad_mult_masks[{k!r}]").copy()
+        arr.setflags(write=False)
+        out[k] = arr
+    return out
+
+
+def _check_step_inputs(params, grads, state, per_name: dict[str, Mapping]) -> None:
+    for what, tree in (("params", params), ("grads", grads), ("state", state)):
+        if not isinstance(tree, Mapping):
+            raise TypeError(f"{what} must be a mapping name -> value, got {type(tree).__name__}")
+    missing = [k for k in params if k not in grads]
+    if missing:
+        raise ValueError(f"grads is missing entries for {missing}")
+    for label, mapping in per_name.items():
+        unknown = sorted(set(mapping) - set(params))
+        if unknown:
+            raise ValueError(f"{label} names parameters that are not being optimized: {unknown}")
+
+
+def _decay_for(weight_decay, name: str) -> float:
+    return weight_decay.get(name, 0.0) if isinstance(weight_decay, dict) else weight_decay
+
+
+@dataclass(frozen=True, eq=False)
+class SGD:
+    """``torch.optim.SGD`` (and, with ``grad_mult_masks``, official RepOptimizerSGD) over a name → array dict.
+
+    ``weight_decay`` is a float for every parameter or a ``{name: λ}`` mapping (names
+    not in it get 0; see :func:`official_weight_decay`). ``grad_mult_masks`` maps the
+    names of the masked parameters (target conv weights) to their ``M``. State per
+    name: ``{}`` then ``{"momentum_buffer": buf}`` once momentum created one.
+    """
+
+    lr: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float | Mapping[str, float] = 0.0
+    grad_mult_masks: Mapping[str, np.ndarray] | None = field(default=None)
+
+    def __post_init__(self):
+        _check_sgd_hparams(self.lr, self.momentum, self.dampening, self.nesterov, 0.0)
+        object.__setattr__(self, "weight_decay", _check_per_name(self.weight_decay, "weight_decay"))
+        object.__setattr__(self, "grad_mult_masks", _check_masks(self.grad_mult_masks))
+
+    def init_state(self, params: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+        return {k: {} for k in params}
+
+    def step(self, params, grads, state):
+        masks = self.grad_mult_masks or {}
+        decays = self.weight_decay if isinstance(self.weight_decay, dict) else {}
+        _check_step_inputs(params, grads, state, {"grad_mult_masks": masks, "weight_decay": decays})
+        new_params: Arrays = {}
+        new_state: dict[str, dict[str, Any]] = {}
+        for name, p in params.items():
+            s = dict(state.get(name, {}))
+            w, buf = sgd_step(p, grads[name], s.get("momentum_buffer"), lr=self.lr, momentum=self.momentum,
+                              dampening=self.dampening, nesterov=self.nesterov,
+                              weight_decay=_decay_for(self.weight_decay, name), grad_mult_mask=masks.get(name))
+            if buf is not None:
+                s["momentum_buffer"] = buf
+            new_params[name], new_state[name] = w, s
+        return new_params, new_state
+
+
+@dataclass(frozen=True, eq=False)
+class AdamW:
+    """``torch.optim.AdamW`` (amsgrad off) and the official masked RepOptimizerAdamW over a name → array dict.
+
+    ``weight_decay`` as in :class:`SGD`; ``grad_mult_masks`` (exponent-1 masks,
+    :func:`repspec.reference.repopt.grad_mult_mask` with ``exponent=1``) and
+    ``mask_placement`` as in :func:`adamw_step`. State per name: torch's ``step``,
+    ``exp_avg``, ``exp_avg_sq`` (``{}`` before the first step).
+    """
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float | Mapping[str, float] = 1e-2
+    grad_mult_masks: Mapping[str, np.ndarray] | None = field(default=None)
+    mask_placement: str = "grad_and_update"
+
+    def __post_init__(self):
+        _check_adamw_hparams(self.lr, self.betas, self.eps, 0.0)
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        if self.mask_placement not in ADAMW_MASK_PLACEMENTS:
+            raise ValueError(f"mask_placement must be one of {ADAMW_MASK_PLACEMENTS}, got {self.mask_placement!r}")
+        object.__setattr__(self, "weight_decay", _check_per_name(self.weight_decay, "weight_decay"))
+        object.__setattr__(self, "grad_mult_masks", _check_masks(self.grad_mult_masks))
+
+    def init_state(self, params: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+        return {k: {} for k in params}
+
+    def step(self, params, grads, state):
+        masks = self.grad_mult_masks or {}
+        decays = self.weight_decay if isinstance(self.weight_decay, dict) else {}
+        _check_step_inputs(params, grads, state, {"grad_mult_masks": masks, "weight_decay": decays})
+        new_params: Arrays = {}
+        new_state: dict[str, dict[str, Any]] = {}
+        for name, p in params.items():
+            new_params[name], new_state[name] = adamw_step(
+                p, grads[name], state.get(name), lr=self.lr, betas=self.betas, eps=self.eps,
+                weight_decay=_decay_for(self.weight_decay, name), grad_mult_mask=masks.get(name),
+                mask_placement=self.mask_placement)
+        return new_params, new_state
+
+
+def official_weight_decay(params: Mapping[str, np.ndarray], weight_decay: float) -> dict[str, float]:
+    """Per-name weight decay of the official RepOptimizers ``set_weight_decay``.
+
+    ``λ`` for names containing ``identity.weight`` (the CSLA/HS ``d``: it *must* be
+    decayed for the theorem), ``0`` for 1-D parameters and ``*.bias`` (BN, scales,
+    head bias), ``λ`` for everything else (conv kernels, head weight). Pass only the
+    trainable parameters.
+
+    >>> official_weight_decay({"a.scale_identity.weight": np.ones(2), "a.bn.weight": np.ones(2),
+    ...                        "a.conv.weight": np.ones((2, 2, 3, 3))}, 0.1)
+    {'a.scale_identity.weight': 0.1, 'a.bn.weight': 0.0, 'a.conv.weight': 0.1}
+    """
+    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping name -> array, got {type(params).__name__}")
+    out = {}
+    for name, p in params.items():
+        if "identity.weight" in name:
+            out[name] = weight_decay
+        elif np.ndim(p) == 1 or name.endswith(".bias"):
+            out[name] = 0.0
+        else:
+            out[name] = weight_decay
+    return out
