@@ -35,3 +35,6 @@ def pytest_report_header(config):
     except ImportError:
         lines.append("repspec: torch not importable (torch_impl tests will be skipped)")
     return lines
+
+# the conformance suite's --repspec-impl option (docs/porting.md)
+pytest_plugins = ["repspec.conformance.pytest_plugin"]

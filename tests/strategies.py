@@ -166,3 +166,65 @@ def vggnet_layouts(draw, max_blocks: int = 4, max_channels: int = 8):
     return dict(num_blocks=tuple(num_blocks), widths=tuple(widths), strides=tuple(stage_strides),
                 in_channels=in_channels, hw=draw(st.integers(4, 10)), batch=draw(st.integers(2, 6)),
                 num_classes=draw(st.integers(2, 4)))
+
+
+# ------------------------------------- SPEC §5 quantization in torch (test_torch_quant.py, test_torch_ptq.py)
+
+
+@st.composite
+def act_batch_sequences(draw, max_batches: int = 4, max_size: int = 40):
+    """1..max_batches activation batches (1-D float64 arrays, sizes 1..max_size) of one kind:
+    normal, heavy-tailed (t, df=3), non-negative (post-ReLU, with exact zeros), a coarse grid
+    (repeats and exact .5 ties) or constant; times a magnitude 10^[-3, 3]."""
+    rng = rng_from(draw(seeds))
+    kind = draw(st.sampled_from(["normal", "heavy", "relu", "grid", "constant"]))
+    mag = 10.0 ** draw(st.integers(-3, 3))
+    out = []
+    for _ in range(draw(st.integers(1, max_batches))):
+        n = draw(st.integers(1, max_size))
+        if kind == "normal":
+            a = rng.standard_normal(n)
+        elif kind == "heavy":
+            a = rng.standard_t(3, n)
+        elif kind == "relu":
+            a = np.maximum(rng.standard_normal(n), 0.0)
+        elif kind == "grid":
+            a = rng.integers(-8, 9, n) / 2.0
+        else:
+            a = np.full(n, float(rng.integers(-2, 3)))
+        out.append(a * mag)
+    return out
+
+
+# ------------------------------------- SPEC §5 k-means and QAT in torch (test_torch_kmeans.py, test_torch_qat.py)
+
+
+@st.composite
+def continuous_values(draw, max_size: int = 80):
+    """1-D float64 values with no ties by construction (normal or heavy-tailed t, df=3, times a
+    magnitude 10^[-3, 3]): for comparisons that exclude values within ε of a k-means midpoint."""
+    rng = rng_from(draw(seeds))
+    n = draw(st.integers(1, max_size))
+    a = rng.standard_normal(n) if draw(st.booleans()) else rng.standard_t(3, n)
+    return a * 10.0 ** draw(st.integers(-3, 3))
+
+
+@st.composite
+def qat_layouts(draw, max_blocks: int = 3, max_channels: int = 6):
+    """A small ``VGGNet`` layout for QAT: 1..max_blocks blocks (stage0 + one or two stages),
+    widths 1..max_channels (``in == out`` half the time: identity branches), strides 1/2,
+    inputs 4–8 px, batch 2–4, 2–3 classes. Same keys as :func:`vggnet_layouts`."""
+    n_total = draw(st.integers(1, max_blocks))
+    in_channels = draw(st.integers(1, max_channels))
+    w0 = in_channels if draw(st.booleans()) else draw(st.integers(1, max_channels))
+    num_blocks, widths, stage_strides = [1], [w0], [draw(strides)]
+    left = n_total - 1
+    while left > 0:
+        n = draw(st.integers(1, left))
+        num_blocks.append(n)
+        widths.append(widths[-1] if draw(st.booleans()) else draw(st.integers(1, max_channels)))
+        stage_strides.append(draw(strides))
+        left -= n
+    return dict(num_blocks=tuple(num_blocks), widths=tuple(widths), strides=tuple(stage_strides),
+                in_channels=in_channels, hw=draw(st.integers(4, 8)), batch=draw(st.integers(2, 4)),
+                num_classes=draw(st.integers(2, 3)))

@@ -1,0 +1,446 @@
+"""The adapter protocol: what a port provides so the conformance suite can check it (issue 6).
+
+A *port* is any implementation of the spec (another framework, a compiler, a kernel).
+It plugs into the suite through an **adapter**: a small object whose methods take and
+return NumPy **float64** arrays (the port converts internally) and whose names and
+argument conventions are the reference's (``repspec.reference``). Every method is
+optional: one that is missing, or that raises :class:`NotProvided`, makes its clauses
+report ``skipped: not provided`` instead of pass or fail.
+
+=====================================  ============================  ======================
+method                                 SPEC                          clauses
+=====================================  ============================  ======================
+``fuse_repvgg_block``                  §2 fusion (+ §4 OABN ``t̃0``)   ``§2.fusion``
+``fuse_qarepvgg_block``                §2 QARepVGG fusion            ``§2.qarepvgg-fusion``
+``grad_mult_mask``                     §3 Grad Mult                  ``§3.grad-mult``, ``§3.theorem``
+``repopt_sgd_step``                    §3 RepOpt-SGD step            ``§3.repopt-sgd-step``, ``§3.theorem``
+``oabn_train``                         §4 OABN train fwd + bwd       ``§4.oabn``
+``fake_quantize_weight``               §5 uniform weights            ``§5.uniform-weight``
+``fake_quantize_weight_backward``      §5 STE (weights)              ``§5.ste-weight``
+``fake_quantize_activation``           §5 uniform activations        ``§5.uniform-activation``
+``fake_quantize_activation_backward``  §5 STE (activations)          ``§5.ste``
+``kmeans_fake_quantize``               §5 k-means assignment         ``§5.kmeans-ties``
+``kmeans_1d``                          §5 1-D k-means                ``§5.kmeans``
+``train_iteration``                    §1 one training iteration     ``§1.train-iteration``
+=====================================  ============================  ======================
+
+:class:`ReferenceAdapter` implements every method with the reference itself (it is the
+oracle, so it passes every clause by construction; the suite's own tests use it, and
+its source is the shortest complete example of an adapter). Network and optimizer
+descriptions for ``train_iteration`` are the plain dataclasses :class:`BlockSpec`,
+:class:`NetworkSpec` and :class:`SGDSpec`. See ``docs/porting.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "NotProvided",
+    "ConformanceAdapter",
+    "AdapterBase",
+    "ReferenceAdapter",
+    "OABNResult",
+    "TrainIterationResult",
+    "BlockSpec",
+    "NetworkSpec",
+    "SGDSpec",
+    "BLOCK_KINDS",
+    "ADAPTER_METHODS",
+]
+
+Arrays = dict[str, np.ndarray]
+
+#: every method of the protocol, in the order of the table above
+ADAPTER_METHODS = (
+    "fuse_repvgg_block",
+    "fuse_qarepvgg_block",
+    "grad_mult_mask",
+    "repopt_sgd_step",
+    "oabn_train",
+    "fake_quantize_weight",
+    "fake_quantize_weight_backward",
+    "fake_quantize_activation",
+    "fake_quantize_activation_backward",
+    "kmeans_fake_quantize",
+    "kmeans_1d",
+    "train_iteration",
+)
+
+#: the block kinds a :class:`BlockSpec` may name (SPEC §2 and §3)
+BLOCK_KINDS = ("repvgg", "qarepvgg", "csla", "repopt_target")
+
+
+class NotProvided(NotImplementedError):
+    """Raise from an adapter method (or leave the method out) when the port does not offer it.
+
+    The clauses that need the method are reported as ``skipped: not provided``.
+    """
+
+
+# ---------------------------------------------------------------------- results
+
+
+class OABNResult(NamedTuple):
+    """What :meth:`ConformanceAdapter.oabn_train` returns (a plain 6-tuple in this order is accepted)."""
+
+    y: np.ndarray  # (N, C, H, W) forward output
+    running_mean: np.ndarray  # (C,) updated running mean
+    running_var: np.ndarray  # (C,) updated running variance (unbiased batch variance, SPEC §0)
+    dx: np.ndarray  # (N, C, H, W) ∂L/∂x for the given upstream gradient dy
+    dgamma: np.ndarray  # (C,)
+    dbeta: np.ndarray  # (C,)
+
+
+class TrainIterationResult(NamedTuple):
+    """What :meth:`ConformanceAdapter.train_iteration` returns (a plain tuple in this order is accepted).
+
+    ``grads`` may be None (then only the step's results are compared); when given it
+    maps every trainable name to ``∂L/∂θ`` *before* the optimizer step.
+    """
+
+    loss: float
+    logits: np.ndarray  # (N, num_classes), computed before the step
+    grads: Mapping[str, np.ndarray] | None
+    params: Mapping[str, np.ndarray]  # every parameter after the step (constants carried over)
+    buffers: Mapping[str, np.ndarray]  # BN running statistics after the training-mode forward
+    opt_state: Mapping[str, Mapping[str, np.ndarray]]  # {trainable name: {} | {"momentum_buffer": array}}
+
+
+# ------------------------------------------------------------- network description
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of a :class:`NetworkSpec` (local parameter names are the reference's / torch's).
+
+    ``kind``:
+
+    - ``"repvgg"``: SPEC §2 RepVGG block (``rbr_dense.*``, ``rbr_1x1.*``, ``rbr_identity.*`` iff
+      ``in == out and stride == 1``); the identity BN is an OABN (SPEC §4) with
+      ``oabn_threshold``/``oabn_gradient`` when the threshold is finite.
+    - ``"qarepvgg"``: SPEC §2 QARepVGG block (``rbr_dense.*``, ``rbr_1x1.weight``, ``bn.*``).
+    - ``"csla"``: SPEC §3 CSLA block (``conv.weight``, ``conv_1x1.weight``, constant
+      ``scale_conv.weight``/``scale_1x1.weight``, ``scale_identity.weight`` unless
+      ``identity == "none"``, ``bn.*``); ``identity`` is ``"trainable"`` (d trained),
+      ``"constant"`` (d fixed) or ``"none"``. Its scales are read from the parameters.
+    - ``"repopt_target"``: SPEC §3 target block ``relu(BN(conv3x3(x; W')))``
+      (``conv.weight``, ``bn.*``), usually trained with Grad Mult masks.
+
+    ``groups`` is for ``repvgg``/``qarepvgg`` only (1 otherwise).
+    """
+
+    kind: str
+    prefix: str
+    in_channels: int
+    out_channels: int
+    stride: int = 1
+    groups: int = 1
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    oabn_threshold: float = math.inf
+    oabn_gradient: str = "clip"
+    identity: str = "none"
+
+    def __post_init__(self):
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"BlockSpec.kind must be one of {BLOCK_KINDS}, got {self.kind!r}")
+        if self.kind not in ("repvgg", "qarepvgg") and self.groups != 1:
+            raise ValueError(f"groups must be 1 for kind {self.kind!r}, got {self.groups}")
+        if self.kind == "csla" and self.identity not in ("trainable", "constant", "none"):
+            raise ValueError(f"identity must be 'trainable', 'constant' or 'none', got {self.identity!r}")
+
+    @property
+    def has_identity(self) -> bool:
+        """Whether the block has an identity branch (SPEC §2/§3)."""
+        if self.kind == "csla":
+            return self.identity != "none"
+        return self.in_channels == self.out_channels and self.stride == 1
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """``logits = linear(GAP(block_k(… block_1(x))))``, loss = mean softmax cross-entropy (SPEC §1).
+
+    Parameters and buffers are flat ``{"{prefix}.{local name}": array}`` dicts; the head owns
+    ``{head_name}.weight (K, C)`` and ``{head_name}.bias (K,)``.
+    """
+
+    blocks: tuple[BlockSpec, ...]
+    num_classes: int
+    head_name: str = "linear"
+
+    def reference_network(self, params: Mapping[str, np.ndarray]):
+        """The equivalent :class:`repspec.reference.network.Network` (CSLA scales read from ``params``)."""
+        from repspec.reference.network import Network
+        from repspec.reference.repopt import CSLABlock, RepOptTargetBlock
+        from repspec.reference.repvgg import QARepVGGBlock, RepVGGBlock
+
+        blocks = []
+        for b in self.blocks:
+            bn = dict(bn_momentum=b.bn_momentum, bn_eps=b.bn_eps)
+            if b.kind == "repvgg":
+                block = RepVGGBlock(b.in_channels, b.out_channels, b.stride, b.groups, oabn_threshold=b.oabn_threshold,
+                                    oabn_gradient=b.oabn_gradient, **bn)
+            elif b.kind == "qarepvgg":
+                block = QARepVGGBlock(b.in_channels, b.out_channels, b.stride, b.groups, **bn)
+            elif b.kind == "csla":
+                d = params.get(f"{b.prefix}.scale_identity.weight") if b.identity != "none" else None
+                block = CSLABlock(b.in_channels, b.out_channels, b.stride,
+                                  scale_conv=params[f"{b.prefix}.scale_conv.weight"],
+                                  scale_1x1=params[f"{b.prefix}.scale_1x1.weight"], identity=b.identity,
+                                  scale_identity=d, **bn)
+            else:
+                block = RepOptTargetBlock(b.in_channels, b.out_channels, b.stride, **bn)
+            blocks.append((b.prefix, block))
+        return Network(tuple(blocks), self.num_classes, self.head_name)
+
+    def trainable_names(self, params: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+        """The names an optimizer updates, in network order (CSLA's constant scales excluded)."""
+        return self.reference_network(params).trainable_names()
+
+    def as_dict(self) -> dict:
+        return {"blocks": [b.as_dict() for b in self.blocks], "num_classes": self.num_classes,
+                "head_name": self.head_name}
+
+
+@dataclass(frozen=True)
+class SGDSpec:
+    """SGD / RepOpt-SGD hyper-parameters for one :meth:`ConformanceAdapter.train_iteration` (SPEC §3).
+
+    ``weight_decay``: one λ for every trainable parameter, or ``{name: λ}`` (names left out
+    get 0). ``grad_mult_masks``: ``{name: M}`` for the parameters that have a Grad Mult mask
+    (RepOpt-SGD); the others get plain SGD. The step order is SPEC §3's.
+    """
+
+    lr: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float | Mapping[str, float] = 0.0
+    grad_mult_masks: Mapping[str, np.ndarray] | None = field(default=None)
+
+    def decay_for(self, name: str) -> float:
+        wd = self.weight_decay
+        return float(wd.get(name, 0.0)) if isinstance(wd, Mapping) else float(wd)
+
+    def as_dict(self) -> dict:
+        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening, "nesterov": self.nesterov,
+                "weight_decay": dict(self.weight_decay) if isinstance(self.weight_decay, Mapping)
+                else self.weight_decay,
+                "grad_mult_masks": None if self.grad_mult_masks is None else dict(self.grad_mult_masks)}
+
+
+# --------------------------------------------------------------------- the protocol
+
+
+@runtime_checkable
+class ConformanceAdapter(Protocol):
+    """The protocol a port implements (every method optional; see the module docstring).
+
+    All arrays are NumPy float64 on the way in and may be any real array-like on the way
+    out (they are converted with ``np.asarray(..., dtype=float64)``; integer labels are
+    compared exactly). Inputs must not be mutated.
+    """
+
+    #: a short human-readable name for reports
+    name: str
+
+    def fuse_repvgg_block(self, params: Mapping[str, np.ndarray], buffers: Mapping[str, np.ndarray], *,
+                          in_channels: int, out_channels: int, stride: int, groups: int, eps: float,
+                          oabn_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """SPEC §2 (§4): ``(K (O, I/g, 3, 3), b (O,))`` of an eval-mode RepVGG block.
+
+        ``params``/``buffers`` use the local names ``rbr_dense.conv.weight``,
+        ``rbr_dense.bn.{weight,bias}``, ``rbr_1x1.conv.weight``, ``rbr_1x1.bn.{weight,bias}``,
+        ``rbr_identity.{weight,bias}`` (iff ``in == out and stride == 1``) and the
+        ``running_mean``/``running_var`` buffers of each BN. ``oabn_threshold`` clips the
+        identity factor ``t0`` to ``[−s, s]`` (``inf``: plain BN).
+        """
+        ...
+
+    def fuse_qarepvgg_block(self, params, buffers, *, in_channels: int, out_channels: int, stride: int, groups: int,
+                            eps: float, fold_post_bn: bool):
+        """SPEC §2 QARepVGG: ``(K, b)`` (``fold_post_bn=True``) or ``(K, b, post_bn)`` with
+        ``post_bn = {"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"}``.
+        Names: ``rbr_dense.conv.weight``, ``rbr_dense.bn.*``, ``rbr_1x1.weight``, ``bn.*``."""
+        ...
+
+    def grad_mult_mask(self, scale_conv: np.ndarray, scale_1x1: np.ndarray, in_channels: int, *, identity: str,
+                       exponent: int) -> np.ndarray:
+        """SPEC §3 Grad Mult ``M (O, I, 3, 3)``; scales ``(O,)`` indexed by the **output** channel;
+        ``identity`` ∈ {"trainable", "constant", "none"} (only "trainable" adds the ``+1``);
+        ``exponent`` 2 (SGD) or 1 (AdamW)."""
+        ...
+
+    def repopt_sgd_step(self, param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None, *,
+                        grad_mult_mask: np.ndarray | None, lr: float, momentum: float, dampening: float,
+                        nesterov: bool, weight_decay: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """SPEC §3: one (RepOpt-)SGD step; ``grad_mult_mask=None`` is plain SGD.
+        ``momentum_buffer`` None means "first step". Returns ``(new_param, new_buffer)``;
+        ``new_buffer`` is None iff ``momentum == 0``."""
+        ...
+
+    def oabn_train(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                   running_var: np.ndarray, dy: np.ndarray, *, threshold: float, momentum: float, eps: float,
+                   gradient: str) -> OABNResult:
+        """SPEC §4: training-mode OABN forward (``y``, updated running stats) and backward for the
+        upstream gradient ``dy`` (``dx, dγ, dβ``); ``gradient`` ∈ {"clip", "straight_through"}."""
+        ...
+
+    def fake_quantize_weight(self, w: np.ndarray, *, bits: int, per_channel: bool) -> np.ndarray:
+        """SPEC §5: symmetric narrow-range fake quantization, scale ``max|w|/(2^(b−1)−1)`` per layer
+        or per output channel (axis 0); round half to even; scale 0 → 0."""
+        ...
+
+    def fake_quantize_weight_backward(self, dy: np.ndarray, w: np.ndarray, *, bits: int,
+                                      per_channel: bool) -> np.ndarray:
+        """SPEC §5 STE for :meth:`fake_quantize_weight` (scale from ``w`` itself) → ``∂L/∂w``."""
+        ...
+
+    def fake_quantize_activation(self, x: np.ndarray, *, lo: float, hi: float, bits: int) -> np.ndarray:
+        """SPEC §5: asymmetric per-layer fake quantization of ``x`` for the calibrated range
+        ``[lo, hi]`` (the port derives ``scale`` and the rounded zero point itself)."""
+        ...
+
+    def fake_quantize_activation_backward(self, dy: np.ndarray, x: np.ndarray, *, lo: float, hi: float,
+                                          bits: int) -> np.ndarray:
+        """SPEC §5 STE: ``dy·[lo_repr ≤ x ≤ hi_repr]`` with the representable range of the quantizer."""
+        ...
+
+    def kmeans_fake_quantize(self, w: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        """SPEC §5: each value → its nearest centroid (``centroids`` sorted ascending; a value on a
+        midpoint goes to the **lower** centroid)."""
+        ...
+
+    def kmeans_1d(self, values: np.ndarray, k: int, *, init: str, max_iter: int,
+                  init_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """SPEC §5: 1-D k-means → ``(centroids (k,) ascending, labels int, shaped like values)``.
+        ``init`` ∈ {"optimal", "linear", "quantile", "warm"} (``warm`` uses ``init_centroids``)."""
+        ...
+
+    def train_iteration(self, network: NetworkSpec, params: Mapping[str, np.ndarray],
+                        buffers: Mapping[str, np.ndarray], x: np.ndarray, labels: np.ndarray, *,
+                        optimizer: SGDSpec,
+                        opt_state: Mapping[str, Mapping[str, np.ndarray]]) -> TrainIterationResult:
+        """SPEC §1/§3: one training iteration (train-mode forward, mean CE, backward, one optimizer step)."""
+        ...
+
+
+class AdapterBase:
+    """Convenience base class: every protocol method raises :class:`NotProvided` until overridden."""
+
+    name = "unnamed adapter"
+
+    def _missing(self, *args, **kwargs):
+        raise NotProvided(f"{type(self).__name__} does not provide this method")
+
+
+for _m in ADAPTER_METHODS:
+    setattr(AdapterBase, _m, AdapterBase._missing)
+del _m
+
+
+# ------------------------------------------------------------- the reference adapter
+
+
+class ReferenceAdapter(AdapterBase):
+    """The oracle as an adapter: every method is the reference function (so every clause passes).
+
+    Also the template for a port's adapter, and the base class of the deliberately broken
+    adapters in ``tests/broken_adapters.py``.
+    """
+
+    name = "reference"
+
+    def fuse_repvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, oabn_threshold):
+        from repspec.reference.repvgg import fuse_repvgg_block
+
+        return fuse_repvgg_block(params, buffers, in_channels=in_channels, out_channels=out_channels, stride=stride,
+                                 groups=groups, eps=eps, oabn_threshold=oabn_threshold)
+
+    def fuse_qarepvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, fold_post_bn):
+        from repspec.reference.repvgg import fuse_qarepvgg_block
+
+        return fuse_qarepvgg_block(params, buffers, in_channels=in_channels, out_channels=out_channels,
+                                   stride=stride, groups=groups, eps=eps, fold_post_bn=fold_post_bn)
+
+    def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
+        from repspec.reference.repopt import grad_mult_mask
+
+        return grad_mult_mask(scale_conv, scale_1x1, in_channels, identity=identity, exponent=exponent)
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, lr, momentum, dampening, nesterov,
+                        weight_decay):
+        from repspec.reference.optim import sgd_step
+
+        return sgd_step(param, grad, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening,
+                        nesterov=nesterov, weight_decay=weight_decay, grad_mult_mask=grad_mult_mask)
+
+    def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
+        from repspec.reference.oabn import oabn_train, oabn_train_backward
+
+        res = oabn_train(x, gamma, beta, running_mean, running_var, threshold=threshold, momentum=momentum, eps=eps)
+        dx, dgamma, dbeta = oabn_train_backward(dy, x, gamma, threshold=threshold, eps=eps, gradient=gradient)
+        return OABNResult(res.y, res.running_mean, res.running_var, dx, dgamma, dbeta)
+
+    def fake_quantize_weight(self, w, *, bits, per_channel):
+        from repspec.reference.quant import fake_quantize_weight
+
+        return fake_quantize_weight(w, bits, per_channel)
+
+    def fake_quantize_weight_backward(self, dy, w, *, bits, per_channel):
+        from repspec.reference.qat import UniformWeightQuantizer
+
+        # the scale comes from max|w| of this very tensor, so every element is inside the range
+        return UniformWeightQuantizer(bits, per_channel).backward(dy, w, {})
+
+    def fake_quantize_activation(self, x, *, lo, hi, bits):
+        from repspec.reference.quant import activation_qparams, fake_quantize_activation
+
+        scale, zp = activation_qparams(lo, hi, bits)
+        return fake_quantize_activation(x, scale, zp, bits)
+
+    def fake_quantize_activation_backward(self, dy, x, *, lo, hi, bits):
+        from repspec.reference.quant import activation_qparams, activation_range, fake_quantize_backward
+
+        scale, zp = activation_qparams(lo, hi, bits)
+        lo_r, hi_r = activation_range(scale, zp, bits)
+        return fake_quantize_backward(dy, x, lo_r, hi_r)
+
+    def kmeans_fake_quantize(self, w, centroids):
+        from repspec.reference.kmeans import kmeans_fake_quantize
+
+        return kmeans_fake_quantize(w, centroids)
+
+    def kmeans_1d(self, values, k, *, init, max_iter, init_centroids=None):
+        from repspec.reference.kmeans import kmeans_1d
+
+        res = kmeans_1d(values, k, init=init, max_iter=max_iter, init_centroids=init_centroids)
+        return res.centroids, res.labels
+
+    def train_iteration(self, network, params, buffers, x, labels, *, optimizer, opt_state):
+        from repspec.reference.network import train_step
+        from repspec.reference.optim import SGD
+
+        net = network.reference_network(params)
+        wd = optimizer.weight_decay
+        opt = SGD(lr=optimizer.lr, momentum=optimizer.momentum, dampening=optimizer.dampening,
+                  nesterov=optimizer.nesterov, weight_decay=dict(wd) if isinstance(wd, Mapping) else wd,
+                  grad_mult_masks=optimizer.grad_mult_masks)
+        state = {k: dict(v) for k, v in opt_state.items()}
+        loss, logits, grads, new_params, new_buffers, new_state = train_step(net, params, buffers, opt, state, x,
+                                                                             labels)
+        return TrainIterationResult(loss, logits, grads, new_params, new_buffers, new_state)
+
+
+def describe(adapter: Any) -> str:
+    """``name`` of an adapter, or its class name."""
+    return str(getattr(adapter, "name", None) or type(adapter).__name__)

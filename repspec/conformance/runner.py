@@ -1,0 +1,505 @@
+"""Run the clauses against an adapter and report per clause (issue 6).
+
+``run_conformance(adapter, clauses=None, max_examples=25, seed=0) -> Report`` runs every
+clause's explicit edge cases and then ``max_examples`` Hypothesis-generated cases
+(``settings(database=None)`` and a fixed ``seed``: the same cases on every run), and on a
+failure lets Hypothesis shrink it to a minimal counter-example. A :class:`Report` prints
+as a per-clause table (followed by the details of every failure) and serializes to JSON.
+
+``verify(impl_spec)`` / ``main(argv)`` are the command-line entry points
+(``repspec verify --impl pkg.mod:Adapter``, ``python -m repspec.conformance --impl …``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, reject, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import Flaky, Unsatisfiable
+
+from .adapter import ADAPTER_METHODS, NotProvided, describe
+from .clauses import (
+    CLAUSES,
+    TOLERANCES,
+    AdapterRaised,
+    Ambiguous,
+    Checker,
+    Clause,
+    ErrorStats,
+    Mismatch,
+    get_clause,
+)
+
+__all__ = [
+    "ClauseResult",
+    "Report",
+    "run_conformance",
+    "load_adapter",
+    "ALIASES",
+    "verify",
+    "main",
+    "build_parser",
+    "add_arguments",
+    "run_from_args",
+    "AdapterLoadError",
+    "DEFAULT_MAX_EXAMPLES",
+]
+
+DEFAULT_MAX_EXAMPLES = 25
+
+#: short names accepted wherever an ``impl_spec`` is
+ALIASES = {
+    "reference": "repspec.conformance.adapter:ReferenceAdapter",
+    "torch": "repspec.conformance.torch_adapter:TorchAdapter",
+    "torch-cuda": "repspec.conformance.torch_adapter:cuda",
+    "torch-float32": "repspec.conformance.torch_adapter:float32",
+}
+
+PASS, FAIL, SKIP, ERROR = "pass", "FAIL", "skipped", "ERROR"
+
+
+# ----------------------------------------------------------------------- results
+
+
+def _jsonable(obj):
+    """Cases and numbers as JSON: arrays → nested lists, ±inf/nan → strings, dataclasses → dicts."""
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf" if f < 0 else "nan")
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "as_dict"):
+        return _jsonable(obj.as_dict())
+    return obj
+
+
+def _short(obj, indent: str = "    ") -> str:
+    """A readable, abbreviated rendering of a case for the text report (full values: JSON)."""
+    lines = []
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            exact = v.size <= 16  # small arrays exactly (shortest round-trip repr), larger ones rounded
+            text = np.array2string(v, max_line_width=100, threshold=24, edgeitems=3,
+                                   **({"floatmode": "unique"} if exact else {"precision": 6}))
+            text = text.replace("\n", "\n" + indent + " " * (len(k) + 3))
+            notes = ([f"shape {v.shape}"] if v.ndim > 1 else []) + ([] if exact else ["rounded; exact in the JSON"])
+            lines.append(f"{indent}{k} = {text}" + (f"   # {', '.join(notes)}" if notes else ""))
+        elif isinstance(v, Mapping) and v and all(isinstance(x, np.ndarray) for x in v.values()):
+            shapes = ", ".join(f"{name}: {x.shape}" for name, x in v.items())
+            lines.append(f"{indent}{k} = {{{shapes}}}   # arrays in the JSON report")
+        elif isinstance(v, list) and v and isinstance(v[0], np.ndarray):
+            lines.append(f"{indent}{k} = [{len(v)} arrays of shape {v[0].shape}]")
+        elif hasattr(v, "as_dict"):
+            lines.append(f"{indent}{k} = {v!r}")
+        else:
+            lines.append(f"{indent}{k} = {v!r}")
+    return "\n".join(lines)
+
+
+@dataclass
+class ClauseResult:
+    """The outcome of one clause against one adapter."""
+
+    clause_id: str
+    section: str
+    title: str
+    status: str  # "pass" | "FAIL" | "skipped" | "ERROR"
+    examples: int = 0  # cases compared (explicit + generated + shrinking replays)
+    not_compared: int = 0  # cases within ε of a decision boundary, or an option the adapter declines
+    max_abs_err: float = 0.0  # largest error seen (over passing comparisons, or the failure's own)
+    max_rel_err: float = 0.0
+    seconds: float = 0.0
+    message: str = ""  # why it failed / was skipped
+    quantity: str | None = None  # the output that disagreed
+    counterexample: dict | None = None  # the minimal failing case
+    counterexample_kind: str | None = None  # "shrunk" | "explicit"
+    traceback: str | None = None
+    tolerance: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASS
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "counterexample"}
+        d["counterexample"] = _jsonable(self.counterexample) if self.counterexample is not None else None
+        d["max_abs_err"], d["max_rel_err"] = _jsonable(self.max_abs_err), _jsonable(self.max_rel_err)
+        return d
+
+
+@dataclass
+class Report:
+    """Per-clause results of :func:`run_conformance`; ``str(report)`` is the table, ``to_json()`` the data."""
+
+    adapter: str
+    results: list[ClauseResult]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No clause failed or errored (skipped clauses are allowed; see :attr:`complete`)."""
+        return all(r.status in (PASS, SKIP) for r in self.results)
+
+    @property
+    def complete(self) -> bool:
+        """Every clause ran and passed (nothing skipped)."""
+        return all(r.status == PASS for r in self.results)
+
+    def __getitem__(self, clause_id: str) -> ClauseResult:
+        key = get_clause(clause_id).id
+        for r in self.results:
+            if r.clause_id == key:
+                return r
+        raise KeyError(clause_id)
+
+    def failed(self) -> list[str]:
+        return [r.clause_id for r in self.results if r.status in (FAIL, ERROR)]
+
+    def passed(self) -> list[str]:
+        return [r.clause_id for r in self.results if r.status == PASS]
+
+    def skipped(self) -> list[str]:
+        return [r.clause_id for r in self.results if r.status == SKIP]
+
+    def summary(self) -> str:
+        n = len(self.results)
+        return (f"{len(self.passed())}/{n} clauses pass, {len(self.failed())} fail, "
+                f"{len(self.skipped())} skipped")
+
+    def table(self) -> str:
+        head = f"{'clause':<22} {'status':<8} {'cases':>5} {'not cmp':>7} {'max abs err':>11} {'max rel err':>11} " \
+               f"{'time':>7}  title"
+        rows = [head, "-" * len(head)]
+        for r in self.results:
+            status = r.status if r.status != SKIP else "skip"
+            err_a = f"{r.max_abs_err:.1e}" if r.status in (PASS, FAIL) and r.max_abs_err is not None else "-"
+            err_r = f"{r.max_rel_err:.1e}" if r.status in (PASS, FAIL) and r.max_rel_err is not None else "-"
+            rows.append(f"{r.clause_id:<22} {status:<8} {r.examples:>5} {r.not_compared:>7} {err_a:>11} {err_r:>11} "
+                        f"{r.seconds:>6.2f}s  {r.title}")
+        return "\n".join(rows)
+
+    def details(self) -> str:
+        out = []
+        for r in self.results:
+            if r.status == SKIP:
+                out.append(f"skipped {r.clause_id}: {r.message}")
+        for r in self.results:
+            if r.status not in (FAIL, ERROR):
+                continue
+            block = [f"\n{r.status} {r.clause_id} ({r.section}) — {r.title}"]
+            if r.quantity:
+                block.append(f"  quantity: {r.quantity}")
+            block.append(f"  {r.message}")
+            if r.tolerance:
+                block.append(f"  tolerance: {r.tolerance}")
+            if r.counterexample is not None:
+                block.append(f"  counter-example ({r.counterexample_kind}):")
+                block.append(_short(r.counterexample))
+            if r.traceback and r.status == ERROR:
+                block.append("  traceback:\n" + "\n".join("    " + ln for ln in r.traceback.rstrip().splitlines()))
+            impl = self.settings.get("impl")
+            if impl:
+                block.append(f"  reproduce: python -m repspec.conformance --impl {impl} --clauses {r.clause_id} "
+                             f"--seed {self.settings.get('seed', 0)} --max-examples "
+                             f"{self.settings.get('max_examples', DEFAULT_MAX_EXAMPLES)}")
+            else:
+                block.append(f"  reproduce: run_conformance(adapter, clauses=[{r.clause_id!r}], "
+                             f"seed={self.settings.get('seed', 0)}, "
+                             f"max_examples={self.settings.get('max_examples', DEFAULT_MAX_EXAMPLES)})")
+            out.append("\n".join(block))
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        s = self.settings
+        head = (f"repspec conformance: {self.adapter}  (seed {s.get('seed')}, max_examples {s.get('max_examples')}, "
+                f"tolerance profile {s.get('profile')})")
+        parts = [head, self.table(), self.summary()]
+        det = self.details()
+        if det:
+            parts.append(det)
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"adapter": self.adapter, "settings": _jsonable(self.settings), "ok": self.ok,
+                "complete": self.complete, "summary": self.summary(),
+                "clauses": [r.to_dict() for r in self.results]}
+
+    def to_json(self, **kw) -> str:
+        kw.setdefault("indent", 2)
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kw)
+
+
+# ----------------------------------------------------------------------- running
+
+
+class _ClauseSkipped(Exception):
+    pass
+
+
+def _provided(adapter, method: str) -> bool:
+    fn = getattr(adapter, method, None)
+    if fn is None or not callable(fn):
+        return False
+    # AdapterBase's placeholder
+    return getattr(fn, "__func__", None) is not _base_missing()
+
+
+def _base_missing():
+    from .adapter import AdapterBase
+
+    return AdapterBase._missing
+
+
+def _run_clause(clause: Clause, adapter, *, max_examples: int, seed: int, profile: Mapping[str, Any],
+                explicit: bool) -> ClauseResult:
+    res = ClauseResult(clause.id, clause.section, clause.title, PASS, tolerance=clause.tolerance)
+    missing = [m for m in clause.methods if not _provided(adapter, m)]
+    if missing:
+        res.status, res.message = SKIP, f"not provided: {', '.join(missing)}"
+        return res
+    stats = ErrorStats()
+    last: dict[str, Any] = {}
+    explicit_cases = [make() for make in clause.examples] if explicit else []
+    explicit_ids = {id(c) for c in explicit_cases}
+    counts = {"run": 0, "not_compared": 0, "declined": 0, "declined_msg": ""}
+
+    def test(case):
+        counts["run"] += 1
+        try:
+            clause.check(adapter, case, Checker(profile, stats))
+        except NotProvided as exc:
+            counts["declined"] += 1
+            counts["declined_msg"] = str(exc)
+            reject()
+        except Ambiguous:
+            counts["not_compared"] += 1
+            reject()
+        except (Mismatch, AdapterRaised) as exc:
+            last.update(case=case, exc=exc)
+            raise
+        except Exception as exc:  # a bug in the clause itself (or the reference refusing the case)
+            last.update(case=case, exc=exc, harness=True)
+            raise
+
+    n = max(2, int(round(max_examples * clause.budget)))
+    common = dict(derandomize=False, database=None, deadline=None, print_blob=False,
+                  suppress_health_check=list(HealthCheck), report_multiple_bugs=False, verbosity=Verbosity.quiet)
+    # generated cases first (a failure is shrunk to a minimal counter-example), then the clause's
+    # hand-written edge cases as a backstop
+    attempts = [(settings(max_examples=n, phases=(Phase.generate, Phase.shrink), **common), [])]
+    if explicit_cases:
+        attempts.append((settings(max_examples=1, phases=(Phase.explicit,), **common), explicit_cases))
+    t0 = time.perf_counter()
+    for cfg, cases in attempts:
+        runner = given(case=clause.strategy())(test)
+        for case in reversed(cases):
+            runner = example(case=case)(runner)
+        runner = hypothesis_seed(seed)(cfg(runner))
+        try:
+            runner()
+        except Unsatisfiable:
+            if counts["declined"] and counts["run"] == counts["declined"]:
+                res.status, res.message = SKIP, f"not provided for any case ({counts['declined_msg']})"
+            else:
+                res.status, res.message = ERROR, "could not generate enough comparable cases (too many filtered)"
+        except Flaky as exc:
+            res.status = FAIL
+            res.message = f"the adapter gave different results for the same input (nondeterministic): {exc}"
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            _record_failure(res, last, exc, explicit_ids)
+        if res.status != PASS:
+            break
+    res.seconds = time.perf_counter() - t0
+    res.examples = counts["run"] - counts["not_compared"] - counts["declined"]
+    res.not_compared = counts["not_compared"] + counts["declined"]
+    if res.status == PASS:
+        res.max_abs_err, res.max_rel_err = stats.max_abs, stats.max_rel
+        if counts["declined"]:
+            res.message = f"{counts['declined']} case(s) declined by the adapter ({counts['declined_msg']})"
+    return res
+
+
+def _record_failure(res: ClauseResult, last: Mapping[str, Any], exc: BaseException, explicit_ids: set) -> None:
+    err = last.get("exc", exc)
+    res.counterexample = last.get("case")
+    if res.counterexample is not None:
+        res.counterexample_kind = "explicit" if id(res.counterexample) in explicit_ids else "shrunk"
+    if last.get("harness") or not isinstance(err, (Mismatch, AdapterRaised)):
+        res.status = ERROR
+        res.message = f"the clause itself raised {type(err).__name__}: {err} (a bug in the suite, please report)"
+        res.traceback = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    elif isinstance(err, AdapterRaised):
+        res.status, res.quantity = FAIL, err.method
+        res.message = f"the adapter raised on a valid input: {err}"
+        res.traceback = "".join(traceback.format_exception(type(err.exc), err.exc, err.exc.__traceback__))
+        res.max_abs_err = res.max_rel_err = None
+    else:
+        res.status, res.quantity, res.message = FAIL, err.quantity, err.detail
+        res.max_abs_err, res.max_rel_err = err.max_abs, err.max_rel
+
+
+def run_conformance(adapter, *, clauses: Iterable[str] | None = None, max_examples: int = DEFAULT_MAX_EXAMPLES,
+                    seed: int = 0, profile: str = "float64", explicit_examples: bool = True) -> Report:
+    """Check ``adapter`` against the spec, clause by clause.
+
+    ``clauses``: ids (``"§2.fusion"`` or ``"2.fusion"``) or None for all, in SPEC order.
+    ``max_examples``: generated cases per clause (expensive clauses run a fraction, at least 2),
+    after the clause's explicit edge cases. ``seed``: Hypothesis seed (the same seed gives the same
+    cases). ``profile``: the tolerance table, ``"float64"`` (the contract) or ``"float32"`` (advisory).
+    """
+    if profile not in TOLERANCES:
+        raise ValueError(f"profile must be one of {tuple(TOLERANCES)}, got {profile!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    selected = list(CLAUSES.values()) if clauses is None else [get_clause(c) for c in clauses]
+    results = [_run_clause(c, adapter, max_examples=max_examples, seed=seed, profile=TOLERANCES[profile],
+                           explicit=explicit_examples) for c in selected]
+    return Report(describe(adapter), results,
+                  {"max_examples": max_examples, "seed": seed, "profile": profile,
+                   "clauses": [c.id for c in selected]})
+
+
+# ---------------------------------------------------------------- loading adapters
+
+
+class AdapterLoadError(ValueError):
+    """A bad ``--impl`` spec: the message says what was wrong and what was expected."""
+
+
+def load_adapter(impl_spec: str):
+    """Import ``package.module:Attr`` (or an alias: ``torch``, ``reference``) and return an adapter instance.
+
+    ``Attr`` may be a class (instantiated with no arguments), a zero-argument factory, or an
+    instance. Raises :class:`AdapterLoadError` with a clear message on a bad spec.
+    """
+    if not isinstance(impl_spec, str) or not impl_spec.strip():
+        raise AdapterLoadError("--impl must be 'package.module:Adapter' (or 'torch' / 'reference'), got "
+                               f"{impl_spec!r}")
+    spec = ALIASES.get(impl_spec.strip(), impl_spec.strip())
+    if spec.count(":") != 1:
+        raise AdapterLoadError(f"--impl must be 'package.module:Adapter' (one colon), got {impl_spec!r}; "
+                               f"aliases: {', '.join(ALIASES)}")
+    module_name, attr = spec.split(":")
+    if not module_name or not attr:
+        raise AdapterLoadError(f"--impl must be 'package.module:Adapter', got {impl_spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AdapterLoadError(f"cannot import module {module_name!r} from --impl {impl_spec!r}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AdapterLoadError(f"module {module_name!r} has no attribute {attr!r} (from --impl {impl_spec!r})")
+        obj = getattr(obj, part)
+    if isinstance(obj, type) or (callable(obj) and not any(callable(getattr(obj, m, None)) for m in ADAPTER_METHODS)):
+        try:
+            obj = obj()
+        except Exception as exc:  # noqa: BLE001
+            raise AdapterLoadError(f"could not create the adapter {spec!r} with no arguments: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    if not any(callable(getattr(obj, m, None)) for m in ADAPTER_METHODS):
+        raise AdapterLoadError(f"{spec!r} is not an adapter: it has none of the protocol methods "
+                               f"({', '.join(ADAPTER_METHODS)})")
+    return obj
+
+
+# ------------------------------------------------------------------ command line
+
+
+def build_parser(prog: str = "python -m repspec.conformance") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Check an implementation (a port) against the repspec SPEC, "
+                                                       "clause by clause (docs/porting.md).")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``verify`` options (for ``repspec verify``)."""
+    p.add_argument("--impl", metavar="PKG.MODULE:ADAPTER",
+                   help="the adapter to check: 'package.module:Adapter' or an alias (" + ", ".join(ALIASES) + ")")
+    p.add_argument("--clauses", metavar="IDS", action="append",
+                   help="comma-separated clause ids to run (default: all), e.g. '§3.grad-mult,5.ste'")
+    p.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES,
+                   help=f"generated cases per clause (default {DEFAULT_MAX_EXAMPLES})")
+    p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0: the same cases every run)")
+    p.add_argument("--profile", choices=tuple(TOLERANCES), default="float64",
+                   help="tolerance table (float64 is the contract; float32 is advisory)")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH ('-' for stdout only)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a clause is skipped (not provided)")
+    p.add_argument("--list", action="store_true", help="list the clauses and exit")
+
+
+def run_from_args(args: argparse.Namespace, out=None) -> int:
+    """Execute parsed ``verify`` arguments; returns the exit status (0 ok, 1 failures, 2 usage)."""
+    out = sys.stdout if out is None else out
+    if args.list:
+        for c in CLAUSES.values():
+            print(f"{c.id:<22} {c.title}  [needs: {', '.join(c.methods)}]", file=out)
+        return 0
+    if not args.impl:
+        print("error: --impl is required (e.g. --impl repspec.conformance.torch_adapter:TorchAdapter)", file=sys.stderr)
+        return 2
+    clauses = None
+    if args.clauses:
+        clauses = [c for chunk in args.clauses for c in chunk.split(",") if c.strip()]
+    try:
+        adapter = load_adapter(args.impl)
+        report = run_conformance(adapter, clauses=clauses, max_examples=args.max_examples, seed=args.seed,
+                                 profile=args.profile)
+    except (AdapterLoadError, KeyError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    report.adapter = f"{report.adapter} ({args.impl})" if report.adapter != args.impl else args.impl
+    report.settings["impl"] = args.impl
+    if args.json == "-":
+        print(report.to_json(), file=out)
+    else:
+        print(report, file=out)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                fh.write(report.to_json())
+            print(f"JSON report written to {args.json}", file=out)
+    if not report.ok:
+        return 1
+    if args.strict and not report.complete:
+        return 1
+    return 0
+
+
+def verify(impl_spec: str, *, clauses: Sequence[str] | None = None, max_examples: int = DEFAULT_MAX_EXAMPLES,
+           seed: int = 0, profile: str = "float64", json_path: str | None = None, strict: bool = False,
+           out=None) -> int:
+    """Load ``impl_spec`` (``package.module:Adapter``), print the report, return the exit status."""
+    args = argparse.Namespace(impl=impl_spec, clauses=[",".join(clauses)] if clauses else None,
+                              max_examples=max_examples, seed=seed, profile=profile, json=json_path, strict=strict,
+                              list=False)
+    return run_from_args(args, out=out)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m repspec.conformance") -> int:
+    """``python -m repspec.conformance --impl pkg.mod:Adapter [--clauses …] [--max-examples N] [--json PATH]``."""
+    args = build_parser(prog).parse_args(argv)
+    return run_from_args(args)

@@ -1,0 +1,114 @@
+"""Atomic file writes for everything repspec saves (SPEC §3 "Scale files").
+
+A crash, a full disk or an exception while serializing must never leave a
+half-written file at the destination: every writer here writes to a temporary
+file in the *same directory* (so :func:`os.replace` is an atomic rename on
+POSIX and Windows), flushes and fsyncs it, then renames it over the target.
+On any failure the temporary file is removed and the destination is untouched
+(an existing file keeps its old content).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_save_json", "atomic_save_safetensors"]
+
+
+def _check_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"path must name a file, got {str(path)!r}")
+    if path.exists() and path.is_dir():
+        raise IsADirectoryError(f"path {str(path)!r} is a directory")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"directory {str(path.parent)!r} does not exist (for {str(path)!r})")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on a clean exit rename it over ``path`` (SPEC §3).
+
+    ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding`` defaults to UTF-8). If the
+    ``with`` body raises, the temporary file is deleted and ``path`` is left as it was.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    path = _check_path(path)
+    if mode == "w" and encoding is None:
+        encoding = "utf-8"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (SPEC §3); returns the path."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (SPEC §3); returns the path."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_save_json(obj: Any, path, *, indent: int | None = 1) -> Path:
+    """Serialize ``obj`` to JSON first (so a non-serializable object fails before any file is
+    touched), then write it atomically (SPEC §3). NaN/Inf are refused (strict JSON)."""
+    text = json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path, *,
+                            metadata: Mapping[str, str] | None = None) -> Path:
+    """Save ``{name: tensor}`` as a safetensors file atomically (SPEC §3).
+
+    Tensors are detached, moved to CPU and made contiguous; shared storage is copied
+    (safetensors refuses aliased tensors). Serialization happens in memory before the
+    temporary file is written.
+    """
+    from safetensors.torch import save as _st_save
+
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of str to torch.Tensor, got {type(tensors).__name__}")
+    clean: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        if not isinstance(k, str):
+            raise TypeError(f"tensor names must be str, got {k!r}")
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"tensors[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
+        clean[k] = v.detach().to("cpu").contiguous().clone()
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("metadata must be a mapping of str to str")
+        metadata = dict(metadata)
+    data = _st_save(clean, metadata=metadata)
+    return atomic_write_bytes(path, data)

@@ -1,0 +1,703 @@
+"""SPEC §5 *[repspec]*: 1-D k-means in PyTorch — sort once, ``searchsorted``, prefix sums.
+
+The rules are exactly those of :mod:`repspec.reference.kmeans` (the oracle); this
+module is the fast, device-agnostic implementation (CPU or CUDA: every tensor stays
+on the device of the input).
+
+**Assignment** (:func:`assign`). Centroids sorted ascending; decision boundaries are
+the midpoints ``m_j = 0.5·c_j + 0.5·c_{j+1}`` (the reference's formula, same float
+operations); ``label(v) = #{j : m_j < v}`` = ``torch.searchsorted(m, v, right=False)``
+(NumPy ``side='left'``), so a value **exactly on a midpoint goes to the lower
+centroid**; duplicate centroids: the **lowest index** of the equal group.
+
+**Lloyd without an n×k distance matrix.** The values are sorted once
+(``O(n log n)``) and their float64 prefix sums ``S`` taken once. With sorted values
+every cluster is a contiguous run, so one Lloyd iteration only needs the ``k``
+run ends ``E_j = #{v : label(v) ≤ j}``: ``torch.searchsorted(sorted_v, m, right=True)``
+(``#{v ≤ m_j}``, ``O(k log n)``), mapped through the duplicate rule. The update is
+``c_j = (S[E_j] − S[E_{j−1}]) / (E_j − E_{j−1})``; an **empty cluster keeps its
+centroid**; then the centroids are sorted again (as the reference's ``np.sort``).
+The labels are unchanged iff ``E`` is unchanged, so the stopping rule ("no label
+changed, or ``max_iter`` updates") is the reference's. Per iteration: ``O(k log n)``
+work, independent of ``n`` apart from the binary search. The per-value labels are
+computed once at the end (``O(n log k)``).
+
+**k ≥ number of distinct values**: exact, as the reference — the centroids are the
+distinct values followed by ``k − d`` copies of the largest; no iterations; SSE 0.
+
+**Inits** (``init=``): ``linear`` (NumPy's ``linspace`` arithmetic on ``[min, max]``),
+``quantile`` (NumPy's default ``linear`` quantile arithmetic at ``(2j+1)/(2k)``),
+``kmeans++`` (D² sampling; needs ``seed`` — an ``int`` or a :class:`torch.Generator`;
+the random stream is torch's, so centroids differ from the reference's NumPy stream
+for the same seed), ``optimal`` (:func:`kmeans_1d_optimal`, the exact DP, the
+default), ``warm`` (``init_centroids``, sorted on entry: the ClusterQAT refit), and
+the torch-only fast path ``binned`` (:func:`binned_optimal_centroids`: the exact DP
+over ``bins`` equal-count bins of the sorted values, then Lloyd on all values — see
+docs/08-torch-qat.md for why and for measurements).
+
+**Precision.** All arithmetic is float64 (inputs of other dtypes are converted for
+the computation); ``centroids`` are returned in the input's dtype and ``labels`` are the
+assignment of the input values to *those* centroids. Against the reference (float64,
+CPU): labels agree exactly and centroids to a few ulps (the prefix-sum segment sums
+and the reference's ``np.bincount`` sums round differently), except for values within
+``ε`` of a midpoint (SPEC §6; tests/test_torch_kmeans.py states ε). The ``optimal``
+DP is bit-identical to the reference on CPU (same prefix sums, same comparisons, ties
+→ the smallest split; its centring mean is taken with NumPy's summation on CPU).
+
+Errors: ``TypeError`` for non-tensors, non-floating tensors, non-integer ``k`` /
+``max_iter``; ``ValueError`` for empty or non-finite values, ``k < 1``, unsorted or
+mis-shaped centroids, unknown inits, ``kmeans++`` without ``seed``. Everything is
+validated before anything is computed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_INIT",
+    "INITS",
+    "KMeansResult",
+    "midpoints",
+    "assign",
+    "sse",
+    "initial_centroids",
+    "kmeans_1d",
+    "kmeans_1d_optimal",
+    "binned_optimal_centroids",
+    "kmeans_fake_quantize",
+    "METHODS",
+]
+
+#: the default init, as the reference's ``DEFAULT_INIT``: the exact DP optimum
+DEFAULT_INIT = "optimal"
+#: every init of :func:`kmeans_1d`; ``binned`` is torch-only (the 1M-value fast path)
+INITS = ("linear", "quantile", "kmeans++", "optimal", "binned", "warm")
+#: default number of equal-count bins of the ``binned`` init
+DEFAULT_BINS = 4096
+
+_F64 = torch.float64
+
+
+class KMeansResult(NamedTuple):
+    """SPEC §5: the result of :func:`kmeans_1d` / :func:`kmeans_1d_optimal`.
+
+    ``centroids (k,)`` ascending, in the values' dtype and device; ``labels`` int64,
+    shaped like the values; ``sse = Σ (v − c_label)²`` (float64, a Python float);
+    ``n_iter`` Lloyd updates made; ``converged``: the labels stopped changing (True when
+    no iteration was needed).
+    """
+
+    centroids: Tensor
+    labels: Tensor
+    sse: float
+    n_iter: int
+    converged: bool
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _check_int(value, name: str, min_value: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if min_value is not None and value < min_value:
+        raise ValueError(f"{name} must be >= {min_value}, got {value}")
+    return value
+
+
+def _check_values(values, name: str = "values") -> Tensor:
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
+    if not values.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {values.dtype}")
+    if values.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(values.shape)}")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} must contain only finite values (found NaN or Inf)")
+    return values
+
+
+def _check_centroids(centroids, name: str = "centroids", *, k: int | None = None, sorted_: bool = True,
+                     device=None) -> Tensor:
+    c = _check_values(centroids, name)
+    if c.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(c.shape)}")
+    if k is not None and c.shape[0] != k:
+        raise ValueError(f"{name} must have shape ({k},), got {tuple(c.shape)}")
+    if device is not None and c.device != device:
+        raise ValueError(f"{name} is on {c.device}, the values are on {device}")
+    if sorted_ and c.shape[0] > 1 and bool((c[1:] < c[:-1]).any()):
+        raise ValueError(f"{name} must be sorted ascending")
+    return c
+
+
+def _generator(seed, device) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    if seed is None:
+        raise ValueError("init='kmeans++' needs an explicit seed (an int or a torch.Generator) to be deterministic")
+    seed = _check_int(seed, "seed", min_value=0)
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+# ------------------------------------------------------------------------ assignment
+
+
+def _midpoints(c: Tensor) -> Tensor:
+    return 0.5 * c[:-1] + 0.5 * c[1:]
+
+
+def _first_of_group(c: Tensor) -> Tensor:
+    return torch.searchsorted(c, c, right=False)
+
+
+def _assign(v: Tensor, c: Tensor) -> Tensor:
+    """Labels of ``v`` (any shape) for sorted ``c`` of the same dtype (reference ``_assign``)."""
+    labels = torch.searchsorted(_midpoints(c), v.reshape(-1).contiguous(), right=False)  # on a midpoint: lower
+    return _first_of_group(c)[labels].reshape(v.shape)
+
+
+def midpoints(centroids: Tensor) -> Tensor:
+    """SPEC §5: the decision boundaries ``m_j = 0.5·c_j + 0.5·c_{j+1}``, shape ``(k − 1,)``.
+
+    >>> midpoints(torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64))
+    tensor([0.5000, 2.0000], dtype=torch.float64)
+
+    """
+    return _midpoints(_check_centroids(centroids))
+
+
+def assign(values: Tensor, centroids: Tensor) -> Tensor:
+    """SPEC §5: nearest-centroid labels (int64, shaped like ``values``); on a midpoint → the lower centroid.
+
+    ``centroids (k,)`` sorted ascending, converted to the values' dtype.
+
+    >>> c = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+    >>> assign(torch.tensor([0.5, 0.50001, 2.0, 5.0], dtype=torch.float64), c)
+    tensor([0, 1, 1, 2])
+
+    """
+    v = _check_values(values)
+    c = _check_centroids(centroids, device=v.device).to(v.dtype)
+    return _assign(v, c)
+
+
+def _sse(v: Tensor, c: Tensor, labels: Tensor) -> float:
+    v64 = v.reshape(-1).to(_F64)
+    return float(((v64 - c.to(_F64)[labels.reshape(-1)]) ** 2).sum())
+
+
+def sse(values: Tensor, centroids: Tensor) -> float:
+    """SPEC §5: ``Σ (v − c_{assign(v)})²`` in float64 for sorted ``centroids``."""
+    v = _check_values(values)
+    c = _check_centroids(centroids, device=v.device).to(v.dtype)
+    return _sse(v, c, _assign(v, c))
+
+
+# ------------------------------------------------------------------ sorted values
+
+
+def _sort(flat: Tensor) -> Tensor:
+    """Ascending values. On the CPU NumPy's vectorized sort (zero-copy; measured ~30x faster than
+    ``torch.sort`` on 10^6 float32 values, which also computes indices); elsewhere ``torch.sort``."""
+    if flat.device.type == "cpu":
+        if flat.dtype == torch.bfloat16:  # no NumPy dtype; float32 holds it exactly
+            flat = flat.float()
+        return torch.from_numpy(np.sort(flat.detach().contiguous().numpy()))
+    return torch.sort(flat).values
+
+
+class _SortedValues:
+    """The values sorted once (float64) and their prefix sums ``S[p] = Σ_{i<p} v_(i)``."""
+
+    def __init__(self, flat: Tensor):
+        self.n = flat.numel()
+        self.sorted = _sort(flat).to(_F64)
+        zero = torch.zeros(1, dtype=_F64, device=flat.device)
+        self.prefix = torch.cat([zero, torch.cumsum(self.sorted, 0)])
+        self._distinct: Tensor | None = None
+        self._counts: Tensor | None = None
+
+    def distinct(self) -> tuple[Tensor, Tensor]:
+        if self._distinct is None:
+            self._distinct, self._counts = torch.unique_consecutive(self.sorted, return_counts=True)
+        return self._distinct, self._counts
+
+    def run_ends(self, c: Tensor) -> Tensor:
+        """``E_j = #{v : label(v) ≤ j}`` for sorted float64 ``c`` (``(k,)``, ``E_{k−1} = n``)."""
+        raw = torch.searchsorted(self.sorted, _midpoints(c), right=True)  # #{v <= m_j}
+        raw = torch.cat([raw, raw.new_full((1,), self.n)])
+        last_of_group = torch.searchsorted(c, c, right=True) - 1
+        return raw[last_of_group]
+
+    def update(self, c: Tensor, ends: Tensor) -> Tensor:
+        """One Lloyd update from run ends: means of the runs, empty clusters keep ``c_j``; sorted."""
+        starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+        counts = ends - starts
+        sums = self.prefix[ends] - self.prefix[starts]
+        means = sums / counts.clamp_min(1).to(_F64)
+        return torch.sort(torch.where(counts > 0, means, c)).values
+
+
+def _exact_centroids(sv: _SortedValues, k: int) -> Tensor | None:
+    """k ≥ #distinct: the distinct values then copies of the largest (reference ``_exact_when_few_distinct``)."""
+    uniq, _ = sv.distinct()
+    d = uniq.numel()
+    if k < d:
+        return None
+    return torch.cat([uniq, uniq[-1:].expand(k - d)])
+
+
+# ----------------------------------------------------------------------------- inits
+
+
+def _linspace_numpy(lo: Tensor, hi: Tensor, k: int) -> Tensor:
+    """``np.linspace(lo, hi, k)`` with NumPy's arithmetic (bit-identical in float64)."""
+    y = torch.arange(k, dtype=_F64, device=lo.device)
+    delta = hi - lo
+    div = k - 1
+    if div > 0:
+        step = delta / div
+        if bool(step == 0):
+            y = (y / div) * delta
+        else:
+            y = y * step
+    else:
+        y = y * delta
+    y = y + lo
+    if k > 1:
+        y[-1] = hi
+    return y
+
+
+def _quantile_numpy(sorted_v: Tensor, q: Tensor) -> Tensor:
+    """``np.quantile(v, q)`` (method ``linear``) on already sorted float64 values, NumPy's arithmetic."""
+    n = sorted_v.numel()
+    virtual = (n - 1) * q
+    prev = torch.floor(virtual)
+    gamma_idx = prev.to(torch.int64)
+    nxt = gamma_idx + 1
+    above = virtual >= n - 1
+    gamma_idx = torch.where(above, torch.full_like(gamma_idx, n - 1), gamma_idx)
+    nxt = torch.where(above, torch.full_like(nxt, n - 1), nxt)
+    prev_f = torch.where(above, torch.full_like(prev, -1.0), prev)
+    a, b = sorted_v[gamma_idx], sorted_v[nxt]
+    gamma = virtual - prev_f
+    diff = b - a
+    return torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
+def _kmeans_pp(v: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """D² sampling, the reference's algorithm with torch's random stream (float64 ``v``, flat)."""
+    n = v.numel()
+    gdev = gen.device
+    idx = int(torch.randint(n, (), generator=gen, device=gdev))
+    chosen = [v[idx]]
+    d2 = (v - v[idx]) ** 2
+    for _ in range(1, k):
+        cum = torch.cumsum(d2, 0)
+        r = float(torch.rand((), generator=gen, device=gdev, dtype=_F64))
+        target = torch.tensor([r], dtype=_F64, device=v.device) * cum[-1]
+        idx = int(torch.searchsorted(cum, target, right=True))
+        if idx >= n or float(d2[idx]) == 0.0:  # r rounded up to the total: take the last positive weight
+            idx = int(torch.nonzero(d2).reshape(-1)[-1])
+        chosen.append(v[idx])
+        d2 = torch.minimum(d2, (v - v[idx]) ** 2)
+    return torch.sort(torch.stack(chosen)).values
+
+
+# ------------------------------------------------------------------------ exact DP
+
+
+def _segment_cost(s0, s1, s2, m, i):
+    w = s0[i] - s0[m]
+    t = s1[i] - s1[m]
+    return torch.clamp_min(s2[i] - s2[m] - t * t / w, 0.0)
+
+
+def _layer_divide_and_conquer(prev, j, n, s0, s1, s2):
+    """``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` using the monotone optimal split.
+
+    The reference's ``_layer_divide_and_conquer``: all sub-problems of one recursion level
+    in one vectorized pass (segment minimum by ``scatter_reduce``; ties → smallest split).
+    """
+    dev = prev.device
+    d = torch.full((n + 1,), math.inf, dtype=_F64, device=dev)
+    opt = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+
+    def vec(x):
+        return torch.tensor([x], dtype=torch.int64, device=dev)
+
+    ilo, ihi, mlo, mhi = vec(j), vec(n), vec(j - 1), vec(n - 1)
+    while ilo.numel():
+        mid = (ilo + ihi) // 2
+        a, b = mlo, torch.minimum(mhi, mid - 1)
+        lens = b - a + 1
+        tasks = ilo.numel()
+        total = int(lens.sum())
+        starts = torch.cumsum(lens, 0) - lens
+        task = torch.repeat_interleave(torch.arange(tasks, device=dev), lens, output_size=total)
+        pos = torch.arange(total, device=dev)
+        m = pos - starts[task] + a[task]
+        vals = prev[m] + _segment_cost(s0, s1, s2, m, mid[task])
+        best = torch.full((tasks,), math.inf, dtype=_F64, device=dev).scatter_reduce_(0, task, vals, "amin")
+        cand = torch.where(vals == best[task], pos, torch.full_like(pos, total))
+        first = torch.full((tasks,), total, dtype=torch.int64, device=dev).scatter_reduce_(0, task, cand, "amin")
+        om = m[first]
+        d[mid], opt[mid] = best, om
+        left, right = ilo <= mid - 1, mid + 1 <= ihi
+        ilo, ihi, mlo, mhi = (
+            torch.cat([ilo[left], mid[right] + 1]),
+            torch.cat([mid[left] - 1, ihi[right]]),
+            torch.cat([mlo[left], om[right]]),
+            torch.cat([om[left], mhi[right]]),
+        )
+    return d, opt
+
+
+def _weighted_mean(points: Tensor, weights: Tensor) -> Tensor:
+    """``Σ w·x / Σ w``; on CPU with NumPy's summation (``np.average``) so the DP matches the reference bit for bit."""
+    if points.device.type == "cpu":
+        return torch.tensor(np.average(points.numpy(), weights=weights.numpy()), dtype=_F64)
+    return (points * weights).sum() / weights.sum()
+
+
+def _optimal_segments(points: Tensor, weights: Tensor, k: int) -> Tensor:
+    """Segment starts ``(k,)`` of the exact k-segmentation of sorted weighted ``points`` (``k < len``)."""
+    n = points.numel()
+    dev = points.device
+    x = points - _weighted_mean(points, weights).to(dev)  # centred: less cancellation in S2 − S1²/S0
+    zero = torch.zeros(1, dtype=_F64, device=dev)
+    s0 = torch.cat([zero, torch.cumsum(weights, 0)])
+    s1 = torch.cat([zero, torch.cumsum(weights * x, 0)])
+    s2 = torch.cat([zero, torch.cumsum(weights * x * x, 0)])
+    d = torch.full((n + 1,), math.inf, dtype=_F64, device=dev)
+    ar = torch.arange(1, n + 1, device=dev)
+    d[1:] = _segment_cost(s0, s1, s2, torch.zeros_like(ar), ar)
+    opts = []
+    for j in range(2, k + 1):
+        d, opt = _layer_divide_and_conquer(d, j, n, s0, s1, s2)
+        opts.append(opt)
+    starts, i = [0], n  # backtrack: cluster j starts at opt_j[end of cluster j]
+    for opt in reversed(opts):
+        i = int(opt[i])
+        starts.insert(1, i)
+    return torch.tensor(starts, dtype=torch.int64, device=dev)
+
+
+def _segment_means(points: Tensor, weights: Tensor, starts: Tensor) -> Tensor:
+    """Weighted means of the segments starting at ``starts``; on CPU NumPy's ``add.reduceat`` (as the reference)."""
+    if points.device.type == "cpu":
+        p, w, st = points.numpy(), weights.numpy(), starts.numpy()
+        return torch.from_numpy(np.add.reduceat(w * p, st) / np.add.reduceat(w, st))
+    zero = torch.zeros(1, dtype=_F64, device=points.device)
+    pw = torch.cat([zero, torch.cumsum(weights * points, 0)])
+    pc = torch.cat([zero, torch.cumsum(weights, 0)])
+    ends = torch.cat([starts[1:], starts.new_full((1,), points.numel())])
+    return (pw[ends] - pw[starts]) / (pc[ends] - pc[starts])
+
+
+def _optimal_from_sorted(sv: _SortedValues, k: int) -> Tensor:
+    exact = _exact_centroids(sv, k)
+    if exact is not None:
+        return exact
+    uniq, counts = sv.distinct()
+    w = counts.to(_F64)
+    return _segment_means(uniq, w, _optimal_segments(uniq, w, k))
+
+
+def _binned_from_sorted(sv: _SortedValues, k: int, bins: int) -> Tensor:
+    bins = max(bins, 4 * k)
+    uniq, _ = sv.distinct()
+    if uniq.numel() <= 2 * bins:
+        return _optimal_from_sorted(sv, k)
+    dev = uniq.device
+    n = sv.n
+    by_count = torch.div(torch.arange(bins + 1, device=dev) * n, bins, rounding_mode="floor")
+    lo, hi = sv.sorted[0], sv.sorted[-1]
+    grid = lo + (hi - lo) * (torch.arange(1, bins, dtype=_F64, device=dev) / bins)
+    by_width = torch.searchsorted(sv.sorted, grid, right=False)
+    edges = torch.unique(torch.cat([by_count, by_width]))  # sorted; empty bins dropped
+    w = (edges[1:] - edges[:-1]).to(_F64)
+    means = (sv.prefix[edges[1:]] - sv.prefix[edges[:-1]]) / w
+    return _segment_means(means, w, _optimal_segments(means, w, k))
+
+
+def binned_optimal_centroids(values: Tensor, k: int, *, bins: int = DEFAULT_BINS) -> Tensor:
+    """SPEC §5 (torch-only fast init): the exact k-segmentation of ``bins`` equal-count bins.
+
+    The sorted values are cut at ``B = max(bins, 4k)`` equal-count edges *and* at ``B``
+    equal-width edges over ``[min, max]`` (so heavy tails keep their resolution: equal
+    counts alone would merge the few extreme values that form the outer clusters);
+    each of the (at most ``2B``) non-empty runs becomes one point at its mean with its
+    count as weight; the exact DP
+    (:func:`kmeans_1d_optimal`'s recurrence) segments those points; the centroids are
+    the segments' means over all their values. With at most that many distinct values
+    it *is* the exact optimum (at most ``2B`` distinct values: the DP runs on them). Followed by Lloyd (``kmeans_1d(init='binned')``) this
+    reaches the exact optimum or a local optimum next to it at a fraction of the DP's
+    cost on 10^6 values (docs/08-torch-qat.md).
+    """
+    v = _check_values(values)
+    k = _check_int(k, "k", min_value=1)
+    bins = _check_int(bins, "bins", min_value=1)
+    return _binned_from_sorted(_SortedValues(v.reshape(-1)), k, bins).to(v.dtype)
+
+
+def initial_centroids(values: Tensor, k: int, init: str = DEFAULT_INIT, *, seed=None,
+                      bins: int = DEFAULT_BINS) -> Tensor:
+    """SPEC §5: the ``(k,)`` sorted starting centroids of ``init`` (float64, on the values' device).
+
+    ``init`` ∈ {linear, quantile, kmeans++, optimal, binned} as in the module docstring
+    (``linear``/``quantile`` bit-identical to the reference's NumPy arithmetic;
+    ``kmeans++`` needs ``seed`` and ``k <`` #distinct values, as the reference).
+    """
+    v = _check_values(values)
+    k = _check_int(k, "k", min_value=1)
+    if not isinstance(init, str) or init not in INITS[:-1]:
+        raise ValueError(f"init must be one of {INITS[:-1]}, got {init!r}")
+    bins = _check_int(bins, "bins", min_value=1)
+    if init == "kmeans++":
+        gen = _generator(seed, v.device)
+    sv = _SortedValues(v.reshape(-1))
+    return _initial(sv, v.reshape(-1), k, init, gen if init == "kmeans++" else None, bins)
+
+
+def _initial(sv: _SortedValues, flat: Tensor, k: int, init: str, gen, bins: int) -> Tensor:
+    if init == "linear":
+        return _linspace_numpy(sv.sorted[0], sv.sorted[-1], k)
+    if init == "quantile":
+        q = (2 * torch.arange(k, dtype=_F64, device=flat.device) + 1) / (2 * k)
+        return _quantile_numpy(sv.sorted, q)
+    if init == "kmeans++":
+        d = sv.distinct()[0].numel()
+        if k >= d:
+            raise ValueError(f"init='kmeans++' needs k < the number of distinct values ({d}), got k={k}")
+        return _kmeans_pp(flat.to(_F64), k, gen)
+    if init == "binned":
+        return _binned_from_sorted(sv, k, bins)
+    return _optimal_from_sorted(sv, k)
+
+
+def _more_than_k_distinct(flat: Tensor, k: int) -> bool:
+    """``#distinct(flat) > k`` — decided on a short prefix when possible (no full sort in QAT refits)."""
+    n = flat.numel()
+    if n <= k:
+        return False
+    head = flat[: min(n, max(4 * (k + 1), 1024))]
+    if torch.unique(head).numel() > k:
+        return True
+    return torch.unique(flat).numel() > k
+
+
+#: Lloyd implementations (``method=``); see :func:`kmeans_1d`
+METHODS = ("auto", "direct", "sorted")
+#: ``method='auto'`` on the CPU: at most this many values are always clustered directly
+_SMALL = 1 << 16
+#: ``method='auto'`` on the CPU: a large warm start first runs this many direct updates before sorting
+_DIRECT_UPDATES = 4
+
+
+def _assign64(flat64: Tensor, c: Tensor) -> Tensor:
+    return _first_of_group(c)[torch.searchsorted(_midpoints(c), flat64, right=False)]
+
+
+def _direct_update(flat64: Tensor, c: Tensor, labels: Tensor) -> Tensor:
+    """The reference ``_update`` literally: ``np.bincount`` sums (``torch.bincount``, serial on CPU)."""
+    k = c.numel()
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.bincount(labels, weights=flat64, minlength=k)
+    return torch.sort(torch.where(counts > 0, sums / counts.clamp_min(1).to(_F64), c)).values
+
+
+def _direct_budget(method: str, flat64: Tensor, sv: _SortedValues | None) -> int | None:
+    """How many updates run directly (``None``: all of them)."""
+    if method == "direct":
+        return None
+    if method == "sorted" or flat64.device.type != "cpu":
+        return 0
+    if flat64.numel() <= _SMALL:
+        return None
+    return 0 if sv is not None else _DIRECT_UPDATES
+
+
+def _lloyd(flat64: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, method: str = "auto"):
+    """Lloyd from sorted float64 ``c`` until no label changes or ``max_iter`` updates.
+
+    Returns ``(c, n_iter, converged, labels or None)``. Two implementations, same
+    decisions (same midpoints, same labels), different summation:
+
+    * **direct** — the reference's update literally: labels by ``searchsorted`` on the
+      midpoints (``O(n log k)``), sums by ``torch.bincount`` (serial on the CPU, so the
+      centroids are bit-identical to the reference's ``np.bincount``);
+    * **sorted** — sort once, then ``O(k log n)`` per iteration from run ends and prefix
+      sums (the module docstring).
+
+    ``method='auto'``: on the CPU, direct for ``n ≤ 2^16``; for larger inputs sorted,
+    except that a warm start (no sorted values yet) first tries :data:`_DIRECT_UPDATES`
+    direct updates — usually all a ClusterQAT refit needs; elsewhere (CUDA) sorted.
+    """
+    budget = _direct_budget(method, flat64, sv)
+    converged, n_iter = False, 0
+    if budget is None or budget > 0:
+        labels = _assign64(flat64, c)
+        limit = max_iter if budget is None else min(max_iter, budget)
+        while n_iter < limit:
+            n_iter += 1
+            c = _direct_update(flat64, c, labels)
+            new_labels = _assign64(flat64, c)
+            if torch.equal(new_labels, labels):
+                return c, n_iter, True, new_labels
+            labels = new_labels
+        if n_iter == max_iter:
+            return c, n_iter, False, labels
+    if sv is None:
+        sv = _SortedValues(flat64)
+    ends = sv.run_ends(c)
+    while n_iter < max_iter:
+        n_iter += 1
+        c = sv.update(c, ends)
+        new_ends = sv.run_ends(c)
+        if torch.equal(new_ends, ends):
+            converged = True
+            break
+        ends = new_ends
+    return c, n_iter, converged, None
+
+
+def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int,
+            method: str = "auto"):
+    """The validated core of :func:`kmeans_1d`: ``(centroids in v's dtype, labels, n_iter, converged)``."""
+    flat = v.reshape(-1)
+    flat64 = flat.to(_F64)
+    if not _more_than_k_distinct(flat, k):
+        sv = _SortedValues(flat)
+        c = _exact_centroids(sv, k).to(v.dtype)
+        return c, _assign(v, c), 0, True
+    sv = None
+    if init == "warm":
+        c = c_warm
+    elif init == "linear":
+        lo, hi = torch.aminmax(flat64)
+        c = _linspace_numpy(lo, hi, k)
+    elif init == "kmeans++":
+        c = _kmeans_pp(flat64, k, gen)
+    else:
+        sv = _SortedValues(flat)
+        c = _initial(sv, flat, k, init, gen, bins)
+    c, n_iter, converged, labels = _lloyd(flat64, c, max_iter, sv, method)
+    c_out = c.to(v.dtype)
+    if labels is None or v.dtype != _F64:
+        labels = _assign(v, c_out)
+    else:
+        labels = labels.reshape(v.shape)
+    return c_out, labels, n_iter, converged
+
+
+def kmeans_1d_optimal(values: Tensor, k: int) -> KMeansResult:
+    """SPEC §5: the exact 1-D k-means optimum (reference :func:`~repspec.reference.kmeans.kmeans_1d_optimal`).
+
+    Dynamic programming over the distinct sorted values with multiplicities: prefix
+    sums ``S0, S1, S2`` (values centred) give ``cost(m, i) = S2 − S1²/S0``;
+    ``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` layer by layer with the
+    vectorized divide-and-conquer (the optimal split is monotone), ``O(k·n log n)``
+    work in ``O(k log n)`` torch calls; backtracking (ties → the smallest split) gives
+    the segments, whose means are the centroids; labels by :func:`assign`.
+    ``k ≥`` #distinct values: the exact rule of the module docstring.
+    """
+    v = _check_values(values)
+    k = _check_int(k, "k", min_value=1)
+    c = _optimal_from_sorted(_SortedValues(v.reshape(-1)), k).to(v.dtype)
+    labels = _assign(v, c)
+    return KMeansResult(c, labels, _sse(v, c, labels), 0, True)
+
+
+def kmeans_1d(values: Tensor, k: int, *, init: str | None = None, max_iter: int = 300, seed=None,
+              init_centroids: Tensor | None = None, bins: int = DEFAULT_BINS, method: str = "auto") -> KMeansResult:
+    """SPEC §5: 1-D k-means (Lloyd) with a named init — the reference :func:`~repspec.reference.kmeans.kmeans_1d`.
+
+    ``values``: a floating tensor of any shape (clustered flat; ``labels`` keep the
+    shape). ``k ≥ 1``. ``init``: one of :data:`INITS`; ``None`` means ``'warm'`` when
+    ``init_centroids`` is given and :data:`DEFAULT_INIT` otherwise. ``'warm'`` needs
+    ``init_centroids`` (``(k,)``, finite, on the values' device; sorted here) and other
+    inits refuse them. ``seed`` (int or :class:`torch.Generator`) is required by
+    ``kmeans++``. ``max_iter ≥ 0`` bounds the number of updates; ``bins`` is the
+    ``binned`` init's bin count. ``method``: the Lloyd implementation, one of
+    :data:`METHODS` (same decisions, different summation; :func:`_lloyd`): ``'direct'``
+    sums like the reference (bit-identical centroids on the CPU), ``'sorted'`` iterates
+    in ``O(k log n)`` after one sort, ``'auto'`` picks by size and device.
+
+    Cost: one sort (``O(n log n)``; a CPU warm start first tries a few direct
+    ``O(n log k)`` updates), then ``O(k log n)`` per Lloyd iteration, then ``O(n log k)``
+    for the labels; never an ``n×k`` matrix.
+
+    >>> v = torch.tensor([0.0, 0.1, 0.2, 5.0, 5.2, 9.0], dtype=torch.float64)
+    >>> r = kmeans_1d(v, 2, init="linear")
+    >>> r.centroids, r.labels, r.n_iter, r.converged
+    (tensor([0.1000, 6.4000], dtype=torch.float64), tensor([0, 0, 0, 1, 1, 1]), 1, True)
+
+    """
+    v = _check_values(values)
+    k = _check_int(k, "k", min_value=1)
+    max_iter = _check_int(max_iter, "max_iter", min_value=0)
+    bins = _check_int(bins, "bins", min_value=1)
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if init is None:
+        init = "warm" if init_centroids is not None else DEFAULT_INIT
+    if not isinstance(init, str) or init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    c = None
+    if init == "warm":
+        if init_centroids is None:
+            raise ValueError("init='warm' needs init_centroids")
+        c = torch.sort(_check_centroids(init_centroids, "init_centroids", k=k, sorted_=False,
+                                        device=v.device).to(_F64)).values
+    elif init_centroids is not None:
+        raise ValueError(f"init_centroids is only used with init='warm' (or init=None), got init={init!r}")
+    gen = _generator(seed, v.device) if init == "kmeans++" else None  # refuse a missing seed up front
+    centroids, labels, n_iter, converged = _kmeans(v, k, init, max_iter, gen, c, bins, method)
+    return KMeansResult(centroids, labels, _sse(v, centroids, labels), n_iter, converged)
+
+
+# ------------------------------------------------------------- fake quantization
+
+
+class _KMeansFakeQuant(torch.autograd.Function):
+    """``ŵ = c[assign(w, c)]``; backward: straight-through (``∂L/∂w = ∂L/∂ŵ``)."""
+
+    @staticmethod
+    def forward(ctx, w, c):
+        return c[_assign(w.detach(), c)]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def kmeans_fake_quantize(w: Tensor, centroids: Tensor, *, validate: bool = True) -> Tensor:
+    """SPEC §5: replace every weight by its assigned centroid (same tie rule); gradient straight-through.
+
+    ``centroids (k,)`` sorted ascending (cast to ``w``'s dtype). The output is exactly
+    ``centroids[assign(w, centroids)]`` — not ``w + (ĉ − w).detach()``, which would round.
+    ``validate=False`` skips the finiteness/sortedness checks (no device sync).
+
+    >>> w = torch.tensor([[0.2, 0.5], [0.9, 3.0]], dtype=torch.float64, requires_grad=True)
+    >>> kmeans_fake_quantize(w, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    tensor([[0., 0.],
+            [1., 1.]], dtype=torch.float64, grad_fn=<_KMeansFakeQuantBackward>)
+
+    """
+    if validate:
+        _check_values(w, "w")
+        c = _check_centroids(centroids, device=w.device)
+    else:
+        c = centroids
+    return _KMeansFakeQuant.apply(w, c.to(w.dtype))

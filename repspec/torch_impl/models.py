@@ -1,0 +1,448 @@
+"""SPEC §3 "Architectures": the RepVGG-family networks and their registry.
+
+One skeleton, :class:`VGGNet`, in the official RepVGG layout — ``stage0`` (a single
+block), ``stage1.0 … stage1.k``, …, ``gap``, ``linear`` — filled with any block kind
+by a ``block_factory``. ``create_model(name, num_classes=1000, **overrides)`` builds
+the registered architectures; ``list_models()`` lists their names.
+
+Registered names (``blocks`` per stage incl. stage0, ``widths``, first-block ``strides``)
+--------------------------------------------------------------------------------------
+ImageNet sizes (official: stage0 = min(64, 64a); stages 64a, 128a, 256a, 512b; stride 2 first):
+
+==========================  =====================  ===========================  ==============
+size                        blocks                 widths                       strides
+==========================  =====================  ===========================  ==============
+``a0`` (a=0.75, b=2.5)      1, 2, 4, 14, 1         48, 48, 96, 192, 1280        2, 2, 2, 2, 2
+``a1`` (a=1, b=2.5)         1, 2, 4, 14, 1         64, 64, 128, 256, 1280       2, 2, 2, 2, 2
+``b0`` (a=1, b=2.5)         1, 4, 6, 16, 1         64, 64, 128, 256, 1280       2, 2, 2, 2, 2
+``b1`` (a=2, b=4)           1, 4, 6, 16, 1         64, 128, 256, 512, 2048      2, 2, 2, 2, 2
+``tiny8`` (8x8 inputs)      1, 2, 2, 1             8, 8, 16, 32                 1, 1, 2, 2
+``tiny32`` (32x32 inputs)   1, 2, 2, 2, 1          16, 16, 32, 64, 128          1, 2, 2, 2, 2
+==========================  =====================  ===========================  ==============
+
+``tiny8`` keeps 8x8 in stage0/stage1 (8 → 8 → 8 → 4 → 2); ``tiny32`` keeps 32x32 in stage0
+(32 → 32 → 16 → 8 → 4 → 2).
+
+Families (block kind, extra overrides):
+
+- ``repvgg_{a0,a1,b0,b1,tiny8,tiny32}``: :class:`RepVGGBlock` (SPEC §2); ``oabn_threshold``
+  (default ``inf``), ``oabn_gradient``, ``deploy``.
+- ``repvgg_{a0,a1,b0,b1,tiny8,tiny32}_oabn``: the same with an OABN identity (SPEC §4),
+  ``oabn_threshold`` default 2.0 (the seed: s ≈ 1–3 best on ImageNet).
+- ``qarepvgg_{a0,a1,b0,b1,tiny8,tiny32}``: :class:`QARepVGGBlock` (SPEC §2); ``deploy``.
+- ``csla_vgg_{…}``: :class:`CSLABlock` (SPEC §3) with constant scales from ``scales``
+  (a state dict keyed ``stage{k}.{i}.scale_{conv|1x1|identity}.weight``; default: all 1),
+  ``identity`` (``'trainable'`` default | ``'constant'`` | ``'none'``) for blocks that can
+  have one.
+- ``repopt_vgg_{…}``: :class:`RepOptTargetBlock` (SPEC §3). Each conv is re-initialized to
+  ``W'_0 = α3·K3_0 + α1·pad(K1_0) + diag(d)·I_c`` from ``scales`` (default: unit scales)
+  with fresh imaginary kernels (``seed`` for a ``torch.Generator``;
+  ``use_identity_scales=False`` uses ``d = 1``); the model keeps the scales in
+  ``model.repopt_scales`` (float64 tensors keyed like the scale file).
+- ``hs_vgg_{…}``: :class:`HyperSearchBlock` (SPEC §3) with :func:`hypersearch_scale_init`.
+
+Every family also accepts ``in_channels`` (default 3), ``num_blocks``, ``widths``,
+``strides`` (replacing the size's config), ``bn_eps``, ``bn_momentum``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .blocks import (
+    CSLA_IDENTITY_MODES,
+    CSLABlock,
+    HyperSearchBlock,
+    QARepVGGBlock,
+    RepOptTargetBlock,
+    RepVGGBlock,
+    _LinearAddBlock,
+)
+from .oabn import check_oabn_gradient, check_oabn_threshold
+
+__all__ = [
+    "VGGNet",
+    "ArchConfig",
+    "ARCHITECTURES",
+    "create_model",
+    "list_models",
+    "hypersearch_scale_init",
+    "expected_scale_keys",
+    "repopt_from_csla",
+]
+
+#: ``block_factory(in_channels, out_channels, stride, stage_index, block_index) -> nn.Module``
+BlockFactory = Callable[[int, int, int, int, int], nn.Module]
+
+
+def hypersearch_scale_init(stage_index: int, block_index: int) -> float:
+    """SPEC §3: initial ``α3 = α1`` of HyperSearch block ``block_index`` of stage ``stage_index``.
+
+    1 for stage0 and for block 0 of every stage, ``sqrt(2/i)`` for block ``i ≥ 1``.
+    """
+    if stage_index == 0 or block_index == 0:
+        return 1.0
+    return math.sqrt(2.0 / block_index)
+
+
+def _check_int_seq(value, name: str, length: int | None = None, min_value: int = 1) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of integers, got {type(value).__name__}")
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name}[{i}] must be an integer, got {type(v).__name__}")
+        if v < min_value:
+            raise ValueError(f"{name}[{i}] must be >= {min_value}, got {v}")
+        out.append(int(v))
+    if not out:
+        raise ValueError(f"{name} must not be empty")
+    if length is not None and len(out) != length:
+        raise ValueError(f"{name} must have {length} entries (one per stage), got {len(out)}")
+    return tuple(out)
+
+
+class VGGNet(nn.Module):
+    """SPEC §3 "Architectures": the RepVGG/RepOpt-VGG skeleton, ``stage0 → stage1 … → gap → linear``.
+
+    ``VGGNet(block_factory, num_blocks, widths, strides, num_classes, in_channels=3)``:
+    ``num_blocks[k]``, ``widths[k]``, ``strides[k]`` describe stage ``k`` (``num_blocks[0]``
+    must be 1: ``stage0`` is a single block, stored directly as in the official code;
+    stages ``k ≥ 1`` are ``nn.Sequential``). ``strides[k]`` applies to the first block of
+    stage ``k``, the others have stride 1. ``block_factory(in, out, stride, stage, index)``
+    returns the block. Head: ``gap = AdaptiveAvgPool2d(1)``, ``linear = Linear(widths[-1], K)``.
+    """
+
+    def __init__(self, block_factory: BlockFactory, num_blocks: Sequence[int], widths: Sequence[int],
+                 strides: Sequence[int], num_classes: int = 1000, in_channels: int = 3):
+        if not callable(block_factory):
+            raise TypeError(f"block_factory must be callable, got {type(block_factory).__name__}")
+        num_blocks = _check_int_seq(num_blocks, "num_blocks")
+        widths = _check_int_seq(widths, "widths", len(num_blocks))
+        strides = _check_int_seq(strides, "strides", len(num_blocks))
+        if num_blocks[0] != 1:
+            raise ValueError(f"num_blocks[0] must be 1 (stage0 is a single block), got {num_blocks[0]}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        super().__init__()
+        self.num_blocks, self.widths, self.strides = num_blocks, widths, strides
+        self.num_classes, self.in_channels = int(num_classes), int(in_channels)
+        cin = self.in_channels
+        self.stage0 = block_factory(cin, widths[0], strides[0], 0, 0)
+        cin = widths[0]
+        for k in range(1, len(num_blocks)):
+            blocks = []
+            for i in range(num_blocks[k]):
+                blocks.append(block_factory(cin, widths[k], strides[k] if i == 0 else 1, k, i))
+                cin = widths[k]
+            self.add_module(f"stage{k}", nn.Sequential(*blocks))
+        self.gap = nn.AdaptiveAvgPool2d(output_size=1)
+        self.linear = nn.Linear(widths[-1], self.num_classes)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.num_blocks)
+
+    def named_blocks(self) -> Iterator[tuple[str, nn.Module]]:
+        """``("stage0", b), ("stage1.0", b), …`` in forward order (the state-dict prefixes)."""
+        yield "stage0", self.stage0
+        for k in range(1, self.num_stages):
+            for i, block in enumerate(getattr(self, f"stage{k}")):
+                yield f"stage{k}.{i}", block
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stage0(x)
+        for k in range(1, self.num_stages):
+            out = getattr(self, f"stage{k}")(out)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gap(self.features(x))
+        return self.linear(torch.flatten(out, 1))
+
+    def switch_to_deploy(self) -> None:
+        """Every block's ``switch_to_deploy()`` in place (see :func:`repspec.torch_impl.deploy.convert_to_deploy`
+        for a non-destructive conversion to a plain network)."""
+        for _, block in self.named_blocks():
+            block.switch_to_deploy()
+
+
+# ------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """SPEC §3 "Architectures": one registry entry — block family, per-stage config, family defaults, description."""
+
+    family: str
+    num_blocks: tuple[int, ...]
+    widths: tuple[int, ...]
+    strides: tuple[int, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def _official(num_blocks, a: float, b: float) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    widths = (min(64, int(64 * a)), int(64 * a), int(128 * a), int(256 * a), int(512 * b))
+    return (1,) + tuple(num_blocks), widths, (2, 2, 2, 2, 2)
+
+
+_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]] = {
+    "a0": (*_official((2, 4, 14, 1), 0.75, 2.5), "RepVGG-A0 layout: [2,4,14,1], a=0.75, b=2.5"),
+    "a1": (*_official((2, 4, 14, 1), 1.0, 2.5), "RepVGG-A1 layout: [2,4,14,1], a=1, b=2.5"),
+    "b0": (*_official((4, 6, 16, 1), 1.0, 2.5), "RepVGG-B0 layout: [4,6,16,1], a=1, b=2.5"),
+    "b1": (*_official((4, 6, 16, 1), 2.0, 4.0), "RepVGG-B1 layout: [4,6,16,1], a=2, b=4"),
+    "tiny8": ((1, 2, 2, 1), (8, 8, 16, 32), (1, 1, 2, 2), "small variant for 8x8 inputs (digits)"),
+    "tiny32": ((1, 2, 2, 2, 1), (16, 16, 32, 64, 128), (1, 2, 2, 2, 2), "small variant for 32x32 inputs (CIFAR)"),
+}
+
+#: family → (name pattern, block description, family defaults, extra override names)
+_FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
+    "repvgg": ("repvgg_{size}", "RepVGG blocks (SPEC §2)", {"oabn_threshold": math.inf, "oabn_gradient": "clip",
+                                                            "deploy": False},
+               ("oabn_threshold", "oabn_gradient", "deploy")),
+    "repvgg_oabn": ("repvgg_{size}_oabn", "RepVGG blocks with an OABN identity (SPEC §4)",
+                    {"oabn_threshold": 2.0, "oabn_gradient": "clip", "deploy": False},
+                    ("oabn_threshold", "oabn_gradient", "deploy")),
+    "qarepvgg": ("qarepvgg_{size}", "QARepVGG blocks (SPEC §2, YOLOv6)", {"deploy": False}, ("deploy",)),
+    "csla": ("csla_vgg_{size}", "CSLA blocks with constant scales (SPEC §3)",
+             {"scales": None, "identity": "trainable"}, ("scales", "identity")),
+    "repopt": ("repopt_vgg_{size}", "RepOpt-VGG target blocks, W'_0 re-initialized from scales (SPEC §3)",
+               {"scales": None, "seed": None, "use_identity_scales": True},
+               ("scales", "seed", "use_identity_scales")),
+    "hs": ("hs_vgg_{size}", "HyperSearch blocks, hypersearch_scale_init (SPEC §3)", {}, ()),
+}
+
+_COMMON_OVERRIDES = ("in_channels", "num_blocks", "widths", "strides", "bn_eps", "bn_momentum")
+
+ARCHITECTURES: dict[str, ArchConfig] = {}
+for _family, (_pattern, _what, _defaults, _extra) in _FAMILIES.items():
+    for _size, (_nb, _w, _s, _desc) in _SIZES.items():
+        ARCHITECTURES[_pattern.format(size=_size)] = ArchConfig(_family, _nb, _w, _s, dict(_defaults),
+                                                                f"{_what}; {_desc}")
+del _family, _pattern, _what, _defaults, _extra, _size, _nb, _w, _s, _desc
+
+
+def list_models() -> list[str]:
+    """Sorted names accepted by :func:`create_model`."""
+    return sorted(ARCHITECTURES)
+
+
+def _block_layout(num_blocks, widths, strides, in_channels) -> list[tuple[str, int, int, int, int, int]]:
+    """``[(prefix, in, out, stride, stage, index)]`` in forward order."""
+    out, cin = [], in_channels
+    for k, (n, w, s) in enumerate(zip(num_blocks, widths, strides)):
+        for i in range(n):
+            prefix = "stage0" if k == 0 else f"stage{k}.{i}"
+            out.append((prefix, cin, w, s if i == 0 else 1, k, i))
+            cin = w
+    return out
+
+
+def expected_scale_keys(name_or_model, **overrides) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of the scale file of an architecture (``stage{k}.{i}.scale_*.weight``).
+
+    Blocks with an identity branch (``in == out and stride == 1``) have three entries,
+    the others two — the layout of the published RepOpt-VGG scale files.
+    """
+    if isinstance(name_or_model, VGGNet):
+        layout = _block_layout(name_or_model.num_blocks, name_or_model.widths, name_or_model.strides,
+                               name_or_model.in_channels)
+    else:
+        cfg, opts = _resolve(name_or_model, 1, overrides)
+        layout = _block_layout(opts["num_blocks"], opts["widths"], opts["strides"], opts["in_channels"])
+    keys: dict[str, tuple[int, ...]] = {}
+    for prefix, cin, cout, stride, _, _ in layout:
+        keys[f"{prefix}.scale_conv.weight"] = (cout,)
+        keys[f"{prefix}.scale_1x1.weight"] = (cout,)
+        if cin == cout and stride == 1:
+            keys[f"{prefix}.scale_identity.weight"] = (cout,)
+    return keys
+
+
+def _scale_tensors(scales, layout) -> dict[str, torch.Tensor]:
+    """Validate a scale state dict against ``layout``; ``None`` → unit scales. Returns float64 CPU tensors."""
+    expected: dict[str, int] = {}
+    for prefix, cin, cout, stride, _, _ in layout:
+        expected[f"{prefix}.scale_conv.weight"] = cout
+        expected[f"{prefix}.scale_1x1.weight"] = cout
+        if cin == cout and stride == 1:
+            expected[f"{prefix}.scale_identity.weight"] = cout
+    if scales is None:
+        return {k: torch.ones(c, dtype=torch.float64, device="cpu") for k, c in expected.items()}
+    if not isinstance(scales, Mapping):
+        raise TypeError(f"scales must be a mapping (a scale state dict) or None, got {type(scales).__name__}")
+    extra = sorted(set(scales) - set(expected))
+    missing = sorted(set(expected) - set(scales))
+    if extra or missing:
+        raise ValueError(f"scales do not match the architecture: missing {missing}, unexpected {extra}")
+    out = {}
+    for k, c in expected.items():
+        v = scales[k]
+        try:
+            t = torch.as_tensor(v, device="cpu").detach()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"scales[{k!r}] must be a tensor or array: {exc}") from None
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"scales[{k!r}] must be real-valued, got dtype {t.dtype}")
+        t = t.to(torch.float64)
+        if t.shape != (c,):
+            raise ValueError(f"scales[{k!r}] must have shape ({c},), got {tuple(t.shape)}")
+        if not torch.all(torch.isfinite(t)):
+            raise ValueError(f"scales[{k!r}] must be finite")
+        out[k] = t.clone()
+    return out
+
+
+def _resolve(name, num_classes, overrides) -> tuple[ArchConfig, dict[str, Any]]:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())}")
+    cfg = ARCHITECTURES[name]
+    allowed = _COMMON_OVERRIDES + _FAMILIES[cfg.family][3]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise TypeError(f"create_model({name!r}) got unexpected override(s) {unknown}; allowed: {sorted(allowed)}")
+    opts: dict[str, Any] = dict(cfg.defaults)
+    opts.update(in_channels=3, num_blocks=cfg.num_blocks, widths=cfg.widths, strides=cfg.strides,
+                bn_eps=1e-5, bn_momentum=0.1)
+    opts.update(overrides)
+    nb = _check_int_seq(opts["num_blocks"], "num_blocks")
+    opts["num_blocks"] = nb
+    opts["widths"] = _check_int_seq(opts["widths"], "widths", len(nb))
+    opts["strides"] = _check_int_seq(opts["strides"], "strides", len(nb))
+    if nb[0] != 1:
+        raise ValueError(f"num_blocks[0] must be 1 (stage0 is a single block), got {nb[0]}")
+    cin = opts["in_channels"]
+    if isinstance(cin, bool) or not isinstance(cin, numbers.Integral) or cin < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {cin!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    for key in ("bn_eps", "bn_momentum"):
+        v = opts[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 \
+                or (key == "bn_momentum" and v > 1):
+            raise ValueError(f"{key} must be a finite number {'in [0, 1]' if key == 'bn_momentum' else '>= 0'}, "
+                             f"got {v!r}")
+    if "oabn_threshold" in opts:
+        opts["oabn_threshold"] = check_oabn_threshold(opts["oabn_threshold"], "oabn_threshold")
+        opts["oabn_gradient"] = check_oabn_gradient(opts["oabn_gradient"], "oabn_gradient")
+    for key in ("deploy", "use_identity_scales"):
+        if key in opts and not isinstance(opts[key], bool):
+            raise TypeError(f"{key} must be a bool, got {type(opts[key]).__name__}")
+    if "identity" in opts and opts["identity"] not in CSLA_IDENTITY_MODES:
+        raise ValueError(f"identity must be one of {CSLA_IDENTITY_MODES}, got {opts['identity']!r}")
+    if opts.get("seed") is not None and (isinstance(opts["seed"], bool)
+                                         or not isinstance(opts["seed"], numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(opts['seed']).__name__}")
+    return cfg, opts
+
+
+def create_model(name: str, num_classes: int = 1000, **overrides) -> VGGNet:
+    """Build a registered architecture (see the module docstring for names, configs and overrides).
+
+    Every argument is validated before anything is built: an unknown name raises
+    ``ValueError`` listing the valid names; an unknown override raises ``TypeError``
+    listing the allowed ones.
+    """
+    cfg, opts = _resolve(name, num_classes, overrides)
+    nb, widths, strides, cin = opts["num_blocks"], opts["widths"], opts["strides"], opts["in_channels"]
+    bn = dict(bn_eps=float(opts["bn_eps"]), bn_momentum=float(opts["bn_momentum"]))
+    layout = _block_layout(nb, widths, strides, cin)
+    scales = None
+    if cfg.family in ("csla", "repopt"):
+        scales = _scale_tensors(opts["scales"], layout)
+
+    def prefix_of(stage, index):
+        return "stage0" if stage == 0 else f"stage{stage}.{index}"
+
+    family = cfg.family
+    if family in ("repvgg", "repvgg_oabn"):
+        def factory(i, o, s, stage, index):
+            return RepVGGBlock(i, o, s, oabn_threshold=opts["oabn_threshold"], deploy=opts["deploy"],
+                               oabn_gradient=opts["oabn_gradient"], **bn)
+    elif family == "qarepvgg":
+        def factory(i, o, s, stage, index):
+            return QARepVGGBlock(i, o, s, deploy=opts["deploy"], **bn)
+    elif family == "csla":
+        def factory(i, o, s, stage, index):
+            p = prefix_of(stage, index)
+            has_id = i == o and s == 1
+            ident = opts["identity"] if has_id else "none"
+            d = scales[f"{p}.scale_identity.weight"] if has_id else 1.0
+            return CSLABlock(i, o, s, scales[f"{p}.scale_conv.weight"], scales[f"{p}.scale_1x1.weight"],
+                             ident, scale_identity=d, **bn)
+    elif family == "hs":
+        def factory(i, o, s, stage, index):
+            return HyperSearchBlock(i, o, s, hypersearch_scale_init(stage, index), **bn)
+    elif family == "repopt":
+        def factory(i, o, s, stage, index):
+            return RepOptTargetBlock(i, o, s, **bn)
+    else:  # pragma: no cover - the registry only holds the families above
+        raise AssertionError(family)
+
+    model = VGGNet(factory, nb, widths, strides, num_classes, cin)
+    if family == "repopt":
+        gen = None
+        if opts["seed"] is not None:
+            gen = torch.Generator().manual_seed(int(opts["seed"]))
+        for prefix, block in model.named_blocks():
+            d = scales.get(f"{prefix}.scale_identity.weight")
+            if d is not None and not opts["use_identity_scales"]:
+                d = torch.ones_like(d)
+            block.reinitialize(scales[f"{prefix}.scale_conv.weight"], scales[f"{prefix}.scale_1x1.weight"], d,
+                               generator=gen)
+        model.repopt_scales = scales
+    elif family == "csla":
+        model.repopt_scales = scales
+    return model
+
+
+@torch.no_grad()
+def repopt_from_csla(csla_model: VGGNet) -> VGGNet:
+    """The RepOpt-VGG target twin of a CSLA (or HyperSearch) network (SPEC §3 theorem).
+
+    Same layout; every target ``conv.weight = W'`` of the corresponding block, BN
+    parameters and running statistics and the head copied; dtype and device preserved.
+    ``repopt_scales`` holds the CSLA scales (float64, keyed like a scale file).
+    The input is not modified.
+    """
+    if not isinstance(csla_model, VGGNet):
+        raise TypeError(f"csla_model must be a VGGNet, got {type(csla_model).__name__}")
+    blocks = dict(csla_model.named_blocks())
+    for prefix, block in blocks.items():
+        if not isinstance(block, _LinearAddBlock) or block.deployed:
+            raise TypeError(f"block {prefix!r} must be a (non-deployed) CSLABlock or HyperSearchBlock, "
+                            f"got {type(block).__name__}")
+    ref = next(iter(csla_model.parameters()))
+
+    def factory(i, o, s, stage, index):
+        p = "stage0" if stage == 0 else f"stage{stage}.{index}"
+        src = blocks[p]
+        return RepOptTargetBlock(i, o, s, bn_eps=src.bn.eps, bn_momentum=src.bn.momentum)
+
+    target = VGGNet(factory, csla_model.num_blocks, csla_model.widths, csla_model.strides, csla_model.num_classes,
+                    csla_model.in_channels).to(dtype=ref.dtype, device=ref.device)
+    scales: dict[str, torch.Tensor] = {}
+    for prefix, block in target.named_blocks():
+        src = blocks[prefix]
+        block.conv.weight.copy_(src.get_equivalent_kernel())
+        block.bn.load_state_dict(src.bn.state_dict())
+        for key, p in (("scale_conv", src.scale_conv), ("scale_1x1", src.scale_1x1)):
+            scales[f"{prefix}.{key}.weight"] = p.weight.detach().to("cpu", torch.float64).clone()
+        if src.has_identity:
+            scales[f"{prefix}.scale_identity.weight"] = src.scale_identity.weight.detach().to(
+                "cpu", torch.float64).clone()
+    target.linear.load_state_dict(csla_model.linear.state_dict())
+    target.repopt_scales = scales
+    target.train(csla_model.training)
+    return target

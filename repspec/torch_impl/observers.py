@@ -1,0 +1,512 @@
+"""SPEC §5: PTQ calibrators in PyTorch — streaming observers that choose ``(lo, hi)``.
+
+Each observer sees an activation batch by batch (on its device, no gradient) and,
+at the end, returns the **same** ``(lo, hi)`` as the reference function in
+:mod:`repspec.reference.calibrate` applied to all batches (flattened, concatenated):
+
+==========================  ==========================================  =======  ==================================
+method                      observer                                    passes   memory per observed tensor
+==========================  ==========================================  =======  ==================================
+``minmax``                  :class:`MinMaxObserver`                     1        two scalars
+``moving_average_minmax``   :class:`MovingAverageMinMaxObserver`        1        two scalars
+``percentile``              :class:`PercentileObserver`                 1        ≤ 2·``capacity`` float64 (tails)
+``mse``                     :class:`MSEObserver`                        2        ``candidates`` float64 sums
+``entropy``                 :class:`EntropyObserver`                    2        ``num_bins`` int64 counts
+==========================  ==========================================  =======  ==================================
+
+Exactness (float64 data, tested in ``tests/test_torch_ptq.py``):
+
+- ``minmax``, ``moving_average_minmax``: bit-identical (the moving average evaluates
+  ``(1 − m)·lo + m·min`` in float64 like the reference).
+- ``percentile``: bit-identical. NumPy's ``method='linear'`` needs two order
+  statistics per side; the observer keeps the ``capacity`` smallest and largest
+  values seen (``torch.topk``), which contain them as long as
+  ``(n − 1)·(100 − p)/100 + 2 <= capacity`` (``n`` = values observed). Otherwise
+  :meth:`PercentileObserver.compute_range` raises ``ValueError`` (never an
+  approximate answer). Default ``capacity = 2^20`` (16 MiB of float64 per observer):
+  exact for ``p = 99.99`` up to 10^10 values.
+- ``mse``: the candidate grid ``α ∈ {N/N, …, 1/N}`` on ``α·[lo0, hi0]`` (or explicit
+  ratios) and the tie rule (smallest MSE, ties → largest ``α``) are the reference's.
+  ``lo0, hi0`` are global, so the observer makes **two passes**: min/max first, then
+  the squared error of every candidate accumulated batch by batch. The per-candidate
+  MSE is summed in a different order than NumPy's pairwise ``np.mean``, so two
+  candidates whose MSEs differ by a few ulps (not exact ties) may be ordered
+  differently; exact ties (identical error vectors) resolve identically.
+- ``entropy``: two passes (``max|x|`` first, then the histogram of ``|x|`` with NumPy's
+  own bin-index computation, integer counts — identical to ``np.histogram``); the KL
+  search over thresholds is then the reference's arithmetic on that histogram, so the
+  result is bit-identical.
+
+Every observer is an ``nn.Module`` whose ``forward`` observes and returns its input
+unchanged (insert it anywhere during calibration). Inputs must be non-empty, finite,
+floating-point tensors (``ValueError``/``TypeError`` naming the argument otherwise,
+before any state changes); any shape (flattened).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .quant import _check_tensor, activation_qmax, activation_qparams, check_bits
+
+__all__ = [
+    "METHODS",
+    "DEFAULT_MOMENTUM",
+    "DEFAULT_PERCENTILE",
+    "DEFAULT_MSE_CANDIDATES",
+    "DEFAULT_NUM_BINS",
+    "DEFAULT_PERCENTILE_CAPACITY",
+    "RangeObserver",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PercentileObserver",
+    "MSEObserver",
+    "EntropyObserver",
+    "make_observer",
+    "calibrate",
+]
+
+METHODS = ("minmax", "moving_average_minmax", "percentile", "mse", "entropy")
+DEFAULT_MOMENTUM = 0.01
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_MSE_CANDIDATES = 100
+DEFAULT_NUM_BINS = 2048
+DEFAULT_PERCENTILE_CAPACITY = 2**20
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    return value
+
+
+def _int(value, name: str, min_value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < min_value:
+        raise ValueError(f"{name} must be >= {min_value}, got {value}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- base
+
+
+class RangeObserver(nn.Module):
+    """SPEC §5 calibrator base: ``forward(x)`` observes ``x`` and returns it unchanged.
+
+    Protocol: observe every batch; observers with ``passes == 2`` need the same
+    batches again after :meth:`next_pass`; then :meth:`compute_range` gives
+    ``(lo, hi)`` as Python floats. :meth:`reset` starts over.
+    """
+
+    passes: int = 1
+
+    def __init__(self):
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        self.pass_index = 0
+        self.count = 0  # values observed in the current pass
+        self.batches = 0
+        self._reset_state()
+
+    def _reset_state(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def next_pass(self) -> None:
+        """Finish the current pass (two-pass observers: the next one sees the same batches again)."""
+        if self.batches == 0:
+            raise RuntimeError(f"{type(self).__name__}: no batch observed in pass {self.pass_index}")
+        if self.pass_index + 1 >= self.passes:
+            raise RuntimeError(f"{type(self).__name__} makes {self.passes} pass(es); no further pass")
+        self._end_pass(self.pass_index)
+        self.pass_index += 1
+        self._first_pass_count, self.count, self.batches = self.count, 0, 0
+
+    def _end_pass(self, index: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        x = _check_tensor(x, "x")
+        self._observe(x.detach().reshape(-1))
+        self.count += x.numel()
+        self.batches += 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.observe(x)
+        return x
+
+    def _require(self) -> None:
+        if self.pass_index != self.passes - 1 or self.batches == 0:
+            raise RuntimeError(f"{type(self).__name__} needs {self.passes} complete pass(es) over the batches "
+                               f"before compute_range (in pass {self.pass_index}, {self.batches} batch(es) seen)")
+        if self.passes == 2 and self.count != self._first_pass_count:
+            raise RuntimeError(f"{type(self).__name__}: the second pass saw {self.count} values, the first "
+                               f"{self._first_pass_count}; both passes must see the same batches")
+
+    def compute_range(self) -> tuple[float, float]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class _MinMaxTracker(RangeObserver):
+    def _reset_state(self) -> None:
+        self.min_val: Tensor | None = None
+        self.max_val: Tensor | None = None
+
+    def _track(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        bmin, bmax = torch.aminmax(x)
+        bmin, bmax = bmin.to(torch.float64), bmax.to(torch.float64)
+        if self.min_val is None:
+            self.min_val, self.max_val = bmin, bmax
+        else:
+            self.min_val, self.max_val = torch.minimum(self.min_val, bmin), torch.maximum(self.max_val, bmax)
+        return bmin, bmax
+
+
+class MinMaxObserver(_MinMaxTracker):
+    """SPEC §5 ``minmax``: ``(min x, max x)`` over all batches (= ``calibrate.minmax``)."""
+
+    def _observe(self, x: Tensor) -> None:
+        self._track(x)
+
+    def compute_range(self) -> tuple[float, float]:
+        self._require()
+        return float(self.min_val), float(self.max_val)
+
+
+class MovingAverageMinMaxObserver(RangeObserver):
+    """SPEC §5 ``moving_average_minmax``: first batch initializes, then
+    ``lo ← (1 − m)·lo + m·min x_t`` (same for ``hi``) — ``calibrate.moving_average_minmax``."""
+
+    def __init__(self, momentum: float = DEFAULT_MOMENTUM):
+        momentum = _real(momentum, "momentum")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.momentum = momentum
+        super().__init__()
+
+    def _reset_state(self) -> None:
+        self.lo: Tensor | None = None
+        self.hi: Tensor | None = None
+
+    def _observe(self, x: Tensor) -> None:
+        bmin, bmax = torch.aminmax(x)
+        bmin, bmax = bmin.to(torch.float64), bmax.to(torch.float64)
+        if self.lo is None:
+            self.lo, self.hi = bmin, bmax
+        else:
+            m = self.momentum
+            self.lo = (1.0 - m) * self.lo + m * bmin
+            self.hi = (1.0 - m) * self.hi + m * bmax
+
+    def compute_range(self) -> tuple[float, float]:
+        self._require()
+        return float(self.lo), float(self.hi)
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}"
+
+
+def _numpy_linear_percentile(get, n: int, p: float) -> float:
+    """NumPy's ``np.percentile(v, p, method='linear')`` on sorted values ``get(i) = v_i`` (same float ops)."""
+    q = p / 100.0
+    vi = (n - 1) * q
+    if vi >= n - 1:
+        return get(n - 1)
+    prev = math.floor(vi)
+    a, b = get(prev), get(prev + 1)
+    gamma = vi - prev
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+class PercentileObserver(RangeObserver):
+    """SPEC §5 ``percentile``: ``(P_{100−p}, P_p)`` with NumPy's linear interpolation (= ``calibrate.percentile``).
+
+    Keeps the ``capacity`` smallest and largest values (float64, on the data's device);
+    exact while the needed order statistics are among them (see the module docstring),
+    ``ValueError`` otherwise.
+    """
+
+    def __init__(self, percentile: float = DEFAULT_PERCENTILE, capacity: int = DEFAULT_PERCENTILE_CAPACITY):
+        p = _real(percentile, "percentile")
+        if not 50.0 <= p <= 100.0:
+            raise ValueError(f"percentile must be in [50, 100], got {p}")
+        self.percentile = p
+        self.capacity = _int(capacity, "capacity", 2)
+        super().__init__()
+
+    def _reset_state(self) -> None:
+        self.low: Tensor | None = None  # the smallest values seen (unsorted)
+        self.high: Tensor | None = None  # the largest values seen (unsorted)
+
+    def _observe(self, x: Tensor) -> None:
+        x = x.to(torch.float64)
+        low = x if self.low is None else torch.cat([self.low, x])
+        high = x if self.high is None else torch.cat([self.high, x])
+        if low.numel() > self.capacity:
+            low = torch.topk(low, self.capacity, largest=False, sorted=False).values
+            high = torch.topk(high, self.capacity, largest=True, sorted=False).values
+        self.low, self.high = low.clone() if low is x else low, high.clone() if high is x else high
+
+    def compute_range(self) -> tuple[float, float]:
+        self._require()
+        n, p = self.count, self.percentile
+        low = torch.sort(self.low).values.cpu()
+        high = torch.sort(self.high, descending=True).values.cpu()
+        kept = low.numel()  # == high.numel(): both are min(n, capacity)
+        need_lo = math.floor((n - 1) * ((100.0 - p) / 100.0)) + 2
+        need_hi = n - math.floor((n - 1) * (p / 100.0))
+        if kept < n and max(need_lo, need_hi) > kept:
+            raise ValueError(f"PercentileObserver(capacity={self.capacity}) kept too few tail values for "
+                             f"p={p} over {n} values (needs {max(need_lo, need_hi)}); increase capacity")
+
+        def lo_get(i):
+            return float(low[i])
+
+        def hi_get(i):
+            return float(high[n - 1 - i])
+
+        return _numpy_linear_percentile(lo_get, n, 100.0 - p), _numpy_linear_percentile(hi_get, n, p)
+
+    def extra_repr(self) -> str:
+        return f"percentile={self.percentile}, capacity={self.capacity}"
+
+
+def _mse_ratios(candidates) -> list[float]:
+    """Clipping ratios, descending, always containing 1 (reference ``calibrate._mse_ratios``)."""
+    if isinstance(candidates, numbers.Integral) and not isinstance(candidates, bool):
+        n = _int(candidates, "candidates", 1)
+        return [k / n for k in range(n, 0, -1)]
+    if isinstance(candidates, Tensor):
+        candidates = candidates.detach().cpu().numpy()
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, (Sequence, np.ndarray)):
+        raise TypeError(f"candidates must be an int or a sequence of ratios, got {type(candidates).__name__}")
+    try:
+        ratios = np.asarray(candidates, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("candidates must be an int or a sequence of real ratios") from None
+    if ratios.ndim != 1 or ratios.size == 0:
+        raise ValueError(f"candidates must be a non-empty 1-D sequence, got shape {ratios.shape}")
+    if not np.all(np.isfinite(ratios)) or np.any(ratios <= 0) or np.any(ratios > 1):
+        raise ValueError("candidates must be clipping ratios in (0, 1]")
+    return [float(a) for a in np.unique(np.append(ratios, 1.0))[::-1]]
+
+
+class MSEObserver(_MinMaxTracker):
+    """SPEC §5 ``mse``: the clipping ratio ``α`` of ``α·[lo0, hi0]`` minimizing the fake-quant MSE.
+
+    Two passes: pass 0 finds ``lo0 = min(min x, 0)``, ``hi0 = max(max x, 0)``; pass 1
+    accumulates ``Σ (x̂_α − x)²`` for every candidate in float64 (``chunk`` elements
+    × candidates at a time). Ties → the largest ``α`` (= ``calibrate.mse_optimal``).
+    """
+
+    passes = 2
+
+    def __init__(self, bits: int, candidates=DEFAULT_MSE_CANDIDATES, *, chunk: int = 2**22):
+        self.bits = check_bits(bits)
+        self.ratios = _mse_ratios(candidates)
+        self.chunk = _int(chunk, "chunk", 1)
+        super().__init__()
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self.sse: Tensor | None = None
+        self._qparams = None
+
+    def _end_pass(self, index: int) -> None:
+        lo0 = min(float(self.min_val), 0.0)
+        hi0 = max(float(self.max_val), 0.0)
+        self.lo0, self.hi0 = lo0, hi0
+        params = [activation_qparams(a * lo0, a * hi0, self.bits) for a in self.ratios]
+        self._qparams = (torch.stack([s for s, _ in params]), torch.stack([z for _, z in params]).to(torch.float64))
+
+    def _observe(self, x: Tensor) -> None:
+        if self.pass_index == 0:
+            self._track(x)
+            return
+        x = x.to(torch.float64)
+        scale, zp = (t.to(x.device) for t in self._qparams)
+        if self.sse is None:
+            self.sse = torch.zeros(len(self.ratios), dtype=torch.float64, device=x.device)
+        qmax = activation_qmax(self.bits)
+        pos = scale > 0
+        safe = torch.where(pos, scale, torch.ones_like(scale))[:, None]
+        step = max(1, self.chunk // len(self.ratios))
+        for start in range(0, x.numel(), step):
+            xs = x[start:start + step][None, :]
+            q = torch.clamp(torch.round(torch.where(pos[:, None], xs / safe, torch.zeros_like(xs)))
+                            + zp[:, None], 0, qmax)
+            err = (q - zp[:, None]) * scale[:, None] - xs
+            self.sse += (err * err).sum(dim=1)
+
+    def mse(self) -> Tensor:
+        """The MSE of every candidate (ratios in :attr:`ratios` order, descending)."""
+        self._require()
+        return self.sse / self.count
+
+    def compute_range(self) -> tuple[float, float]:
+        mse = self.mse().cpu().tolist()
+        best, best_mse = 1.0, math.inf
+        for a, m in zip(self.ratios, mse):  # descending: strict '<' keeps the largest ratio on ties
+            if m < best_mse:
+                best, best_mse = a, m
+        return best * self.lo0, best * self.hi0
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, candidates={len(self.ratios)}"
+
+
+def _kl_candidate(hist: np.ndarray, i: int, nq: int) -> float:
+    """KL(P‖Q) of the threshold at bin ``i`` — TensorRT's algorithm, the reference's float64 arithmetic."""
+    ref = hist[:i]
+    p = ref.astype(np.float64)
+    p[i - 1] += hist[i:].sum()
+    width = i // nq
+    starts = np.arange(nq) * width
+    chunk = np.minimum(np.arange(i) // width, nq - 1)
+    sums = np.add.reduceat(ref, starts).astype(np.float64)
+    nonzero = ref > 0
+    counts = np.add.reduceat(nonzero.astype(np.int64), starts)
+    q = np.zeros(i)
+    q[nonzero] = sums[chunk[nonzero]] / counts[chunk[nonzero]]
+    pos = p > 0
+    if np.any(pos & (q == 0)):
+        return math.inf
+    pn, qn = p[pos] / p.sum(), q[pos] / q.sum()
+    return float(np.sum(pn * np.log(pn / qn)))
+
+
+class EntropyObserver(_MinMaxTracker):
+    """SPEC §5 ``entropy``: TensorRT-style KL threshold on the histogram of ``|x|`` (= ``calibrate.entropy_kl``).
+
+    Two passes: pass 0 finds ``min x, max x`` (so ``A = max|x|``); pass 1 counts ``|x|``
+    into ``num_bins`` equal bins on ``[0, A]`` with ``np.histogram``'s index rule
+    (integer counts: identical). ``nq = 2^b`` levels when ``x >= 0``, else ``2^(b−1)``;
+    ``num_bins >= nq`` is required.
+    """
+
+    passes = 2
+
+    def __init__(self, bits: int, num_bins: int = DEFAULT_NUM_BINS):
+        self.bits = check_bits(bits)
+        self.num_bins = _int(num_bins, "num_bins", 1)
+        if self.num_bins < 2 ** (self.bits - 1):
+            raise ValueError(f"num_bins must be >= the number of quantized levels per side "
+                             f"({2 ** (self.bits - 1)} or more for bits={self.bits}), got {self.num_bins}")
+        super().__init__()
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self.hist: Tensor | None = None
+        self._edges = None
+
+    def _end_pass(self, index: int) -> None:
+        xmin, xmax = float(self.min_val), float(self.max_val)
+        self.nq = 2 ** (self.bits - 1) if xmin < 0 else 2**self.bits
+        if self.num_bins < self.nq:
+            raise ValueError(f"num_bins must be >= the number of quantized levels per side ({self.nq} for "
+                             f"bits={self.bits}), got {self.num_bins}")
+        self.amax = max(-xmin, xmax)
+        # np.histogram(a, bins=num_bins, range=(0.0, A)) bin edges
+        self._edges = torch.from_numpy(np.linspace(0.0, self.amax, self.num_bins + 1))
+
+    def _observe(self, x: Tensor) -> None:
+        if self.pass_index == 0:
+            self._track(x)
+            return
+        nb = self.num_bins
+        if self.hist is None:
+            self.hist = torch.zeros(nb, dtype=torch.int64, device=x.device)
+        if self.amax == 0.0:
+            return
+        a = x.to(torch.float64).abs()
+        edges = self._edges.to(a.device)
+        if bool((a > self.amax).any()):
+            raise ValueError("x holds values beyond the first pass's max|x|: both passes must see the same batches")
+        # NumPy's uniform-bin index computation, then its ±1 corrections at the edges
+        idx = ((a - 0.0) / self.amax * nb).to(torch.int64)
+        idx[idx == nb] -= 1
+        idx = idx - (a < edges[idx]).to(torch.int64)
+        idx = idx + ((a >= edges[idx + 1]) & (idx != nb - 1)).to(torch.int64)
+        self.hist += torch.bincount(idx, minlength=nb)
+
+    def compute_range(self) -> tuple[float, float]:
+        self._require()
+        xmin, xmax = float(self.min_val), float(self.max_val)
+        if self.amax == 0.0:
+            return xmin, xmax
+        hist = self.hist.cpu().numpy()
+        best_i, best_kl = self.num_bins, math.inf
+        for i in range(self.nq, self.num_bins + 1):
+            kl = _kl_candidate(hist, i, self.nq)
+            if kl < best_kl:  # ties → the smallest i
+                best_i, best_kl = i, kl
+        t = float(self._edges[best_i])
+        return max(-t, xmin), min(t, xmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, num_bins={self.num_bins}"
+
+
+# ---------------------------------------------------------------------- entry points
+
+_OPTIONS = {
+    "minmax": (),
+    "moving_average_minmax": ("momentum",),
+    "percentile": ("percentile", "capacity"),
+    "mse": ("candidates", "chunk"),
+    "entropy": ("num_bins",),
+}
+
+
+def make_observer(method: str, bits: int, **options) -> RangeObserver:
+    """SPEC §5: the observer for a calibrator name of :data:`METHODS` (reference names and options)."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, got {type(method).__name__}")
+    if method not in _OPTIONS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    unknown = sorted(set(options) - set(_OPTIONS[method]))
+    if unknown:
+        raise TypeError(f"calibrator {method!r} got unexpected option(s) {unknown}; allowed: {list(_OPTIONS[method])}")
+    bits = check_bits(bits)
+    if method == "minmax":
+        return MinMaxObserver()
+    if method == "moving_average_minmax":
+        return MovingAverageMinMaxObserver(**options)
+    if method == "percentile":
+        return PercentileObserver(**options)
+    if method == "mse":
+        return MSEObserver(bits, **options)
+    return EntropyObserver(bits, **options)
+
+
+def calibrate(method: str, batches, bits: int, **options) -> tuple[float, float]:
+    """SPEC §5: ``(lo, hi)`` of the named calibrator over ``batches`` — same contract as
+    :func:`repspec.reference.calibrate.calibrate` (a tensor is one batch, else a sequence of tensors)."""
+    observer = make_observer(method, bits, **options)
+    if isinstance(batches, Tensor):
+        batches = [batches]
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
+        raise TypeError(f"batches must be a tensor or a sequence of tensors, got {type(batches).__name__}")
+    if len(batches) == 0:
+        raise ValueError("batches must hold at least one batch")
+    for i, b in enumerate(batches):
+        _check_tensor(b, f"batches[{i}]")
+    for p in range(observer.passes):
+        if p:
+            observer.next_pass()
+        for b in batches:
+            observer.observe(b)
+    return observer.compute_range()

@@ -1,0 +1,773 @@
+"""SPEC §3: gradient re-parameterization — the RepOptimizer as a real ``torch.optim.Optimizer``.
+
+``RepOptimizerSGD`` executes the official RepOptimizers SGD update in its exact order::
+
+    d = M ⊙ g              (only for parameters that have a Grad Mult mask)
+    d = d + λ·W            (weight decay, NOT multiplied by M)
+    buf = d (first step) | buf = μ·buf + (1 − τ)·d
+    d = d + μ·buf (nesterov) | d = buf
+    W = W − lr·d
+
+Without masks it is bit-for-bit ``torch.optim.SGD`` (same operations in the same
+order, single-tensor and ``torch._foreach_*`` paths). The masks live in the
+per-parameter optimizer state (``state[p]['grad_mult_mask']``) so that
+``state_dict()`` / ``load_state_dict()`` carry them, and ``torch.load(...,
+weights_only=True)`` can read the checkpoint back.
+
+``RepOptimizerAdamW`` multiplies the gradient by a mask built with exponent 1 and then
+follows ``torch.optim.AdamW`` exactly. It is only *approximately* equivalent to
+training the CSLA model with AdamW (SPEC §3 "AdamW variant").
+
+Helpers: :func:`grad_mult_mask_from_scales` (the Grad Mult formula, vectorized),
+:func:`csla_equivalent_kernel` (``W' = α3·K3 + α1·pad(K1) + diag(d)·I``),
+:func:`build_repoptimizer` (one mask per target conv of a RepOpt-VGG model, official
+weight-decay grouping) and :func:`reinit_from_scales` (the ``W'_0`` re-initialization).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "RepOptimizerSGD",
+    "RepOptimizerAdamW",
+    "grad_mult_mask_from_scales",
+    "csla_equivalent_kernel",
+    "imaginary_kernels",
+    "target_blocks",
+    "build_grad_mult_masks",
+    "build_repoptimizer",
+    "weight_decay_groups",
+    "reinit_from_scales",
+    "IDENTITY_MODES",
+    "ADAMW_MASK_PLACEMENTS",
+]
+
+#: how the identity branch of the imaginary CSLA block is treated (SPEC §3):
+#: ``trainable`` (d is trained: the mask gets ``+1`` on the diagonal center),
+#: ``constant`` (identity present but fixed: no ``+1``; exact only for λ = 0),
+#: ``none`` (no identity branch at all).
+IDENTITY_MODES = ("trainable", "constant", "none")
+
+MASK_KEY = "grad_mult_mask"
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach) -> dict:
+    lr = _real(lr, "lr")
+    if lr < 0:
+        raise ValueError(f"Invalid learning rate: lr must be >= 0, got {lr}")
+    momentum = _real(momentum, "momentum")
+    if momentum < 0:
+        raise ValueError(f"Invalid momentum value: momentum must be >= 0, got {momentum}")
+    dampening = _real(dampening, "dampening")
+    weight_decay = _real(weight_decay, "weight_decay")
+    if weight_decay < 0:
+        raise ValueError(f"Invalid weight_decay value: weight_decay must be >= 0, got {weight_decay}")
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError(f"Nesterov momentum requires a momentum > 0 and zero dampening, "
+                         f"got momentum={momentum}, dampening={dampening}")
+    if foreach is not None and not isinstance(foreach, bool):
+        raise TypeError(f"foreach must be None or a bool, got {type(foreach).__name__}")
+    return dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                weight_decay=weight_decay, foreach=foreach)
+
+
+#: where RepOptimizerAdamW applies the mask (same names as ``repspec.reference.optim``)
+ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
+
+
+def _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement="grad_and_update") -> dict:
+    lr = _real(lr, "lr")
+    if lr < 0:
+        raise ValueError(f"Invalid learning rate: lr must be >= 0, got {lr}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    b1, b2 = _real(betas[0], "betas[0]"), _real(betas[1], "betas[1]")
+    for i, b in enumerate((b1, b2)):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: must be in [0, 1), got {b}")
+    eps = _real(eps, "eps")
+    if eps < 0:
+        raise ValueError(f"Invalid epsilon value: eps must be >= 0, got {eps}")
+    weight_decay = _real(weight_decay, "weight_decay")
+    if weight_decay < 0:
+        raise ValueError(f"Invalid weight_decay value: weight_decay must be >= 0, got {weight_decay}")
+    if not isinstance(amsgrad, bool):
+        raise TypeError(f"amsgrad must be a bool, got {type(amsgrad).__name__}")
+    if mask_placement not in ADAMW_MASK_PLACEMENTS:
+        raise ValueError(f"mask_placement must be one of {ADAMW_MASK_PLACEMENTS}, got {mask_placement!r}")
+    return dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                mask_placement=mask_placement)
+
+
+def _flatten_params(params) -> list:
+    """The parameter objects in ``params`` (tensors or param-group dicts), for validation only."""
+    out = []
+    for i, item in enumerate(params):
+        if isinstance(item, Mapping):
+            if "params" not in item:
+                raise ValueError(f"param group {i} has no 'params' entry")
+            ps = item["params"]
+            out.extend([ps] if isinstance(ps, Tensor) else list(ps))
+        else:
+            out.append(item)
+    for p in out:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"optimizer can only optimize Tensors, got {type(p).__name__}")
+    return out
+
+
+def _check_mask(p: Tensor, mask, where: str) -> Tensor:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{where} must be a torch.Tensor, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(p.shape):
+        raise ValueError(f"{where} must have the shape of its parameter {tuple(p.shape)}, got {tuple(mask.shape)}")
+    if not mask.is_floating_point():
+        raise TypeError(f"{where} must be a floating-point tensor, got dtype {mask.dtype}")
+    if not bool(torch.isfinite(mask).all()):
+        raise ValueError(f"{where} must contain only finite values")
+    return mask.detach().to(device=p.device, dtype=p.dtype).clone()
+
+
+def _check_masks(all_params: list, masks) -> list[tuple[Tensor, Tensor]]:
+    if masks is None:
+        return []
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"grad_mult_masks must be a dict {{Parameter: Tensor}} or None, got {type(masks).__name__}")
+    ids = {id(p) for p in all_params}
+    out = []
+    for k, (p, m) in enumerate(masks.items()):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"grad_mult_masks keys must be the Parameters themselves, got {type(p).__name__} "
+                            f"(key #{k})")
+        if id(p) not in ids:
+            raise ValueError(f"grad_mult_masks key #{k} (shape {tuple(p.shape)}) is not among the optimizer's params")
+        out.append((p, _check_mask(p, m, f"grad_mult_masks[key #{k}, param shape {tuple(p.shape)}]")))
+    return out
+
+
+class _MaskedOptimizer(torch.optim.Optimizer):
+    """Mask bookkeeping shared by the RepOptimizers (SPEC §3): masks are per-param state."""
+
+    def _install_masks(self, checked: list[tuple[Tensor, Tensor]]) -> None:
+        for p, m in checked:
+            self.state[p][MASK_KEY] = m
+
+    # -- mask accessors
+    def grad_mult_mask(self, p: Tensor) -> Tensor | None:
+        """The Grad Mult mask of ``p`` (SPEC §3), or None if ``p`` has none."""
+        st = self.state.get(p)
+        return None if st is None else st.get(MASK_KEY)
+
+    @property
+    def grad_mult_masks(self) -> dict[Tensor, Tensor]:
+        """``{param: mask}`` for every parameter that has a Grad Mult mask (SPEC §3)."""
+        return {p: st[MASK_KEY] for p, st in self.state.items() if MASK_KEY in st}
+
+    def set_grad_mult_mask(self, p: Tensor, mask: Tensor | None) -> None:
+        """Set (or with None, remove) the mask of parameter ``p`` (SPEC §3); validated first."""
+        if not any(p is q for g in self.param_groups for q in g["params"]):
+            raise ValueError(f"parameter of shape {tuple(p.shape)} is not optimized by this optimizer")
+        if mask is None:
+            if p in self.state:
+                self.state[p].pop(MASK_KEY, None)
+            return
+        self.state[p][MASK_KEY] = _check_mask(p, mask, "mask")
+
+    # -- state dict: masks travel inside per-param state; validate before touching anything
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load optimizer state, masks included (SPEC §3).
+
+        The masks of ``state_dict`` replace the current ones; a parameter that has a mask
+        now but none in ``state_dict`` keeps its current mask. Shapes are validated and
+        group hyper-parameters checked before any state changes.
+        """
+        if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
+        groups, saved_groups = self.param_groups, state_dict["param_groups"]
+        if len(groups) != len(saved_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
+                             f"this optimizer has {len(groups)}")
+        for gi, (g, sg) in enumerate(zip(groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(f"loaded state dict group {gi} has {len(sg['params'])} parameters, "
+                                 f"this optimizer's group has {len(g['params'])}")
+            self._check_group({**g, **{k: v for k, v in sg.items() if k != "params"}}, f"loaded param group {gi}")
+            for pid, p in zip(sg["params"], g["params"]):
+                st = state_dict["state"].get(pid, {})
+                if MASK_KEY in st:
+                    m = st[MASK_KEY]
+                    if not isinstance(m, Tensor) or tuple(m.shape) != tuple(p.shape):
+                        got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                        raise ValueError(f"loaded state dict: grad_mult_mask of param {pid} (group {gi}) must have "
+                                         f"shape {tuple(p.shape)}, got {got}")
+        keep = {p: st[MASK_KEY] for p, st in self.state.items() if MASK_KEY in st}
+        super().load_state_dict(state_dict)
+        for p, m in keep.items():
+            if MASK_KEY not in self.state[p]:
+                self.state[p][MASK_KEY] = m
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """``torch.optim.Optimizer.add_param_group`` plus hyper-parameter validation (SPEC §3)."""
+        if isinstance(param_group, Mapping):
+            merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+            self._check_group(merged, "param group")
+        super().add_param_group(param_group)
+
+    def _check_group(self, group: Mapping, where: str) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- SGD
+
+def _single_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay):
+    for i, p in enumerate(params):
+        m = masks[i]
+        d = grads[i] if m is None else grads[i] * m
+        if weight_decay != 0:
+            d = d.add(p, alpha=weight_decay)
+        if momentum != 0:
+            buf = bufs[i]
+            if buf is None:
+                buf = d.detach().clone()
+                bufs[i] = buf
+            else:
+                buf.mul_(momentum).add_(d, alpha=1 - dampening)
+            d = d.add(buf, alpha=momentum) if nesterov else buf
+        p.add_(d, alpha=-lr)
+
+
+def _foreach_add_owned(d: list, owned: list, other: list, alpha: float) -> None:
+    """``d[j] ← d[j] + alpha·other[j]``: in place where ``d[j]`` is our temporary, out of place where
+    it is still ``p.grad`` (never modified); afterwards every ``d[j]`` is ours."""
+    mine = [j for j in range(len(d)) if owned[j]]
+    theirs = [j for j in range(len(d)) if not owned[j]]
+    if mine:
+        torch._foreach_add_([d[j] for j in mine], [other[j] for j in mine], alpha=alpha)
+    if theirs:
+        for j, t in zip(theirs, torch._foreach_add([d[j] for j in theirs], [other[j] for j in theirs], alpha=alpha)):
+            d[j] = t
+    owned[:] = [True] * len(d)
+
+
+def _multi_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay):
+    buckets: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        buckets.setdefault((p.device, p.dtype), []).append(i)
+    for idx in buckets.values():
+        ps = [params[i] for i in idx]
+        d = [grads[i] for i in idx]
+        owned = [False] * len(idx)  # d[j] is our temporary (safe to modify in place)
+        masked = [j for j, i in enumerate(idx) if masks[i] is not None]
+        if masked:
+            prods = torch._foreach_mul([d[j] for j in masked], [masks[idx[j]] for j in masked])
+            for j, t in zip(masked, prods):
+                d[j], owned[j] = t, True
+        if weight_decay != 0:
+            _foreach_add_owned(d, owned, ps, weight_decay)
+        if momentum != 0:
+            group_bufs = [bufs[i] for i in idx]
+            if all(b is not None for b in group_bufs):
+                torch._foreach_mul_(group_bufs, momentum)
+                torch._foreach_add_(group_bufs, d, alpha=1 - dampening)
+            else:
+                for j, i in enumerate(idx):
+                    if bufs[i] is None:
+                        bufs[i] = d[j].detach().clone()
+                    else:
+                        bufs[i].mul_(momentum).add_(d[j], alpha=1 - dampening)
+                group_bufs = [bufs[i] for i in idx]
+            if nesterov:
+                _foreach_add_owned(d, owned, group_bufs, momentum)
+            else:
+                d = group_bufs
+        torch._foreach_add_(ps, d, alpha=-lr)
+
+
+def _default_foreach(params: list[Tensor]) -> bool:
+    """torch's default: the multi-tensor path when every parameter lives on an accelerator."""
+    return bool(params) and all(p.device.type != "cpu" for p in params)
+
+
+class RepOptimizerSGD(_MaskedOptimizer):
+    """RepOpt-SGD (SPEC §3): SGD whose update for masked parameters starts from ``M ⊙ g``.
+
+    Args:
+        params: parameters or param-group dicts (as for ``torch.optim.SGD``).
+        lr, momentum, dampening, nesterov, weight_decay: ``torch.optim.SGD``'s meaning
+            (per param group). Weight decay is added *after* the mask (not masked).
+        grad_mult_masks: ``{Parameter: Tensor}`` of Grad Mult masks (same shape as the
+            parameter; see :func:`grad_mult_mask_from_scales`). Copied into
+            ``state[p]['grad_mult_mask']`` in the parameter's dtype and device.
+        foreach: multi-tensor (``torch._foreach_*``) path if True, per-tensor loop if
+            False, torch's default (foreach on accelerators) if None. Both give the same
+            result.
+
+    Everything is validated (like ``torch.optim.SGD``: ``lr >= 0``, nesterov needs
+    ``momentum > 0`` and ``dampening == 0``, masks match their parameters' shapes …)
+    before any state is created. Without masks the result equals ``torch.optim.SGD``.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0,
+                 grad_mult_masks: Mapping[Tensor, Tensor] | None = None, foreach: bool | None = None):
+        defaults = _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach)
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            "but got a Tensor")
+        params = list(params)
+        all_params = _flatten_params(params)
+        checked = _check_masks(all_params, grad_mult_masks)
+        self.defaults = defaults  # add_param_group (called by super) validates groups against these
+        super().__init__(params, defaults)
+        self._install_masks(checked)
+
+    def _check_group(self, group, where):
+        try:
+            _check_sgd_hparams(group["lr"], group["momentum"], group["dampening"], group["nesterov"],
+                               group["weight_decay"], group.get("foreach"))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("foreach", None)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One RepOpt-SGD step (SPEC §3) for every param group; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, masks, bufs = [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("RepOptimizerSGD does not support sparse gradients")
+                st = self.state[p]
+                params.append(p)
+                grads.append(p.grad)
+                masks.append(st.get(MASK_KEY))
+                bufs.append(st.get("momentum_buffer"))
+            if not params:
+                continue
+            foreach = group["foreach"]
+            if foreach is None:
+                foreach = _default_foreach(params)
+            fn = _multi_tensor_repopt_sgd if foreach else _single_tensor_repopt_sgd
+            fn(params, grads, masks, bufs, lr=group["lr"], momentum=group["momentum"],
+               dampening=group["dampening"], nesterov=group["nesterov"], weight_decay=group["weight_decay"])
+            if group["momentum"] != 0:
+                for p, b in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = b
+        return loss
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+class RepOptimizerAdamW(_MaskedOptimizer):
+    """RepOpt-AdamW (SPEC §3 "AdamW variant"): ``torch.optim.AdamW`` with a Grad Mult mask ``M``.
+
+    The masks are normally built with ``exponent=1`` (:func:`grad_mult_mask_from_scales`).
+    With ``g̃ = M ⊙ g`` the update (decoupled weight decay, bias-corrected moments,
+    optional AMSGrad) is::
+
+        W ← W·(1 − lr·λ);  m ← β1·m + (1−β1)·g̃;  v ← β2·v + (1−β2)·g̃²
+        W ← W − lr/(1−β1^t) · [M ⊙] m / (sqrt(v)/sqrt(1−β2^t) + eps)
+
+    ``mask_placement`` (see ``repspec.reference.optim.ADAMW_MASK_PLACEMENTS``):
+    ``'grad_and_update'`` (default; the official ``RepOptimizerAdamW``, which multiplies
+    the gradient *and* the step by ``M``) or ``'grad'`` (only the gradient; Adam's
+    normalization then cancels ``|M|`` up to ``eps``, so it is nearly plain AdamW).
+    Either way it is only approximately equivalent to AdamW on the CSLA model.
+    Without masks it equals ``torch.optim.AdamW``. State keys: ``step`` (float32 scalar
+    tensor), ``exp_avg``, ``exp_avg_sq`` (``max_exp_avg_sq`` with AMSGrad), ``grad_mult_mask``.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
+                 grad_mult_masks: Mapping[Tensor, Tensor] | None = None, mask_placement: str = "grad_and_update"):
+        defaults = _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement)
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            "but got a Tensor")
+        params = list(params)
+        checked = _check_masks(_flatten_params(params), grad_mult_masks)
+        self.defaults = defaults
+        super().__init__(params, defaults)
+        self._install_masks(checked)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("mask_placement", "grad_and_update")
+
+    def _check_group(self, group, where):
+        try:
+            _check_adamw_hparams(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"],
+                                 group["amsgrad"], group["mask_placement"])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One RepOpt-AdamW step (SPEC §3) for every param group; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd, amsgrad = group["lr"], group["eps"], group["weight_decay"], group["amsgrad"]
+            twice = group["mask_placement"] == "grad_and_update"
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("RepOptimizerAdamW does not support sparse gradients")
+                st = self.state[p]
+                if "step" not in st:
+                    st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if amsgrad:
+                        st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                m = st.get(MASK_KEY)
+                grad = p.grad if m is None else p.grad * m
+                exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+                st["step"] += 1
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = st["step"].item()
+                bias_correction1 = 1 - beta1 ** step
+                bias_correction2 = 1 - beta2 ** step
+                step_size = lr / bias_correction1
+                bias_correction2_sqrt = bias_correction2 ** 0.5
+                if amsgrad:
+                    torch.maximum(st["max_exp_avg_sq"], exp_avg_sq, out=st["max_exp_avg_sq"])
+                    denom = (st["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(eps)
+                else:
+                    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                p.addcdiv_(exp_avg if (m is None or not twice) else exp_avg * m, denom, value=-step_size)
+        return loss
+
+
+# ----------------------------------------------------------------------------- masks and kernels
+
+def _as_vector(v, name: str, *, length: int | None = None) -> Tensor:
+    if not isinstance(v, Tensor):
+        try:
+            v = torch.as_tensor(v)
+        except Exception as e:  # noqa: BLE001 - re-raised with a clear message
+            raise TypeError(f"{name} must be a 1-D floating tensor, got {type(v).__name__}") from e
+    if not v.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {v.dtype}")
+    if v.dim() != 1 or v.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D per-channel tensor, got shape {tuple(v.shape)}")
+    if length is not None and v.numel() != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must contain only finite values")
+    return v.detach()
+
+
+def grad_mult_mask_from_scales(scale_conv, scale_1x1, in_channels: int, *, identity: str = "trainable",
+                               exponent: int = 2) -> Tensor:
+    """The Grad Mult mask of one target conv (SPEC §3), shape ``(O, in_channels, 3, 3)``::
+
+        M[o,i,p,q] = α3[o]^e + [p=q=1]·α1[o]^e + [p=q=1, o=i, identity == 'trainable']·1
+
+    ``e = exponent`` (2 for SGD, 1 for the AdamW variant). ``identity`` is one of
+    :data:`IDENTITY_MODES`; ``'trainable'`` and ``'constant'`` require
+    ``in_channels == O`` (an identity branch exists). Computed in the scales' dtype.
+    """
+    if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if identity not in IDENTITY_MODES:
+        raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {identity!r}")
+    if isinstance(exponent, bool) or not isinstance(exponent, numbers.Integral) or exponent < 1:
+        raise ValueError(f"exponent must be a positive integer (2 for SGD, 1 for AdamW), got {exponent!r}")
+    a3 = _as_vector(scale_conv, "scale_conv")
+    a1 = _as_vector(scale_1x1, "scale_1x1", length=a3.numel())
+    a1 = a1.to(device=a3.device)
+    dtype = torch.promote_types(a3.dtype, a1.dtype)
+    a3, a1 = a3.to(dtype), a1.to(dtype)
+    o = a3.numel()
+    if identity != "none" and in_channels != o:
+        raise ValueError(f"identity={identity!r} needs in_channels == out_channels, got in_channels={in_channels}, "
+                         f"out_channels={o} (use identity='none' for blocks without an identity branch)")
+    mask = (a3 ** exponent).view(o, 1, 1, 1).expand(o, in_channels, 3, 3).clone()
+    mask[:, :, 1, 1] += (a1 ** exponent).view(o, 1)
+    if identity == "trainable":
+        idx = torch.arange(o, device=a3.device)
+        mask[idx, idx, 1, 1] += 1
+    return mask
+
+
+def csla_equivalent_kernel(conv_weight: Tensor, conv_1x1_weight: Tensor, scale_conv: Tensor, scale_1x1: Tensor,
+                           scale_identity: Tensor | None = None) -> Tensor:
+    """``W' = α3·K3 + α1·pad(K1) + diag(d)·I`` (SPEC §3), differentiable.
+
+    Shapes: ``K3 (O, I, 3, 3)``, ``K1 (O, I, 1, 1)``, scales ``(O,)``; ``scale_identity``
+    (``d``) requires ``O == I``.
+    """
+    for t, n in ((conv_weight, "conv_weight"), (conv_1x1_weight, "conv_1x1_weight")):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{n} must be a floating-point torch.Tensor")
+    if conv_weight.dim() != 4 or tuple(conv_weight.shape[2:]) != (3, 3):
+        raise ValueError(f"conv_weight must have shape (O, I, 3, 3), got {tuple(conv_weight.shape)}")
+    o, i = conv_weight.shape[:2]
+    if tuple(conv_1x1_weight.shape) != (o, i, 1, 1):
+        raise ValueError(f"conv_1x1_weight must have shape ({o}, {i}, 1, 1), got {tuple(conv_1x1_weight.shape)}")
+    a3 = _check_scale_like(scale_conv, "scale_conv", o)
+    a1 = _check_scale_like(scale_1x1, "scale_1x1", o)
+    w = conv_weight * a3.view(o, 1, 1, 1) + F.pad(conv_1x1_weight * a1.view(o, 1, 1, 1), [1, 1, 1, 1])
+    if scale_identity is not None:
+        if o != i:
+            raise ValueError(f"scale_identity needs a square kernel (O == I), got O={o}, I={i}")
+        d = _check_scale_like(scale_identity, "scale_identity", o)
+        eye = torch.zeros_like(w)
+        idx = torch.arange(o, device=w.device)
+        eye[idx, idx, 1, 1] = 1
+        w = w + eye * d.view(o, 1, 1, 1)
+    return w
+
+
+def _check_scale_like(v, name: str, o: int) -> Tensor:
+    if not isinstance(v, Tensor) or not v.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor")
+    if v.numel() != o or (v.dim() != 1 and tuple(v.shape) != (1, o, 1, 1)):
+        raise ValueError(f"{name} must have shape ({o},), got {tuple(v.shape)}")
+    return v.reshape(o)
+
+
+def imaginary_kernels(out_channels: int, in_channels: int, generator: torch.Generator, *,
+                      dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor]:
+    """Fresh imaginary ``(K3, K1)`` of a CSLA block (SPEC §3 "Re-initialization").
+
+    torch's default conv init (``kaiming_uniform_(a=√5)`` = ``U(±1/√fan_in)``):
+    ``K3 ~ U(±1/√(9·I))``, then ``K1 ~ U(±1/√I)``, drawn in that order from ``generator``
+    (on CPU, so results do not depend on the device).
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    b3, b1 = 1.0 / math.sqrt(9 * in_channels), 1.0 / math.sqrt(in_channels)
+    k3 = (torch.rand((out_channels, in_channels, 3, 3), generator=generator, dtype=torch.float64) * 2 - 1) * b3
+    k1 = (torch.rand((out_channels, in_channels, 1, 1), generator=generator, dtype=torch.float64) * 2 - 1) * b1
+    return k3.to(dtype=dtype, device=device), k1.to(dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------- models
+
+def _is_target_block(m: nn.Module) -> bool:
+    try:
+        from .blocks import RepOptTargetBlock  # noqa: PLC0415 - written by another module owner
+    except ImportError:  # pragma: no cover - duck typing fallback
+        RepOptTargetBlock = None
+    if RepOptTargetBlock is not None and isinstance(m, RepOptTargetBlock):
+        return True
+    conv = getattr(m, "conv", None)
+    return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3) and isinstance(getattr(m, "bn", None),
+            nn.BatchNorm2d) and not hasattr(m, "scale_conv") and not hasattr(m, "conv_1x1"))
+
+
+
+
+def target_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[(prefix, block)]`` of every RepOpt target block (``conv3x3 → BN → ReLU``) in model
+    order, prefixes like ``stage0``, ``stage1.0`` (SPEC §3 "Architectures")."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    out = [(name, m) for name, m in model.named_modules() if name and _is_target_block(m)]
+    if not out:
+        raise ValueError(f"{type(model).__name__} has no RepOpt target blocks (conv3x3 → BN → ReLU)")
+    return out
+
+
+def _has_identity(block: nn.Module) -> bool:
+    conv = block.conv
+    return conv.in_channels == conv.out_channels and tuple(conv.stride) == (1, 1) and conv.groups == 1
+
+
+def _block_scales(scales: Mapping[str, Tensor], prefix: str, block: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
+    conv = block.conv
+    o = conv.out_channels
+    keys = {k: f"{prefix}.scale_{k}.weight" for k in ("conv", "1x1", "identity")}
+    for k in ("conv", "1x1"):
+        if keys[k] not in scales:
+            raise KeyError(f"scales has no entry {keys[k]!r} for block {prefix!r} (out_channels={o})")
+    vals = {}
+    for k in ("conv", "1x1", "identity"):
+        if keys[k] in scales:
+            v = scales[keys[k]]
+            if not isinstance(v, Tensor):
+                raise TypeError(f"scales[{keys[k]!r}] must be a torch.Tensor, got {type(v).__name__}")
+            if tuple(v.shape) != (o,):
+                raise ValueError(f"scales[{keys[k]!r}] must have shape ({o},) for block {prefix!r} "
+                                 f"(out_channels={o}), got {tuple(v.shape)}")
+            vals[k] = v
+    if _has_identity(block) and "identity" not in vals:
+        raise KeyError(f"scales has no entry {keys['identity']!r}, but block {prefix!r} has an identity branch "
+                       f"(in == out == {o}, stride 1)")
+    if not _has_identity(block) and "identity" in vals:
+        raise ValueError(f"scales has {keys['identity']!r}, but block {prefix!r} has no identity branch "
+                         f"(in={conv.in_channels}, out={o}, stride={tuple(conv.stride)})")
+    return vals["conv"], vals["1x1"], vals.get("identity")
+
+
+def _check_scales_cover(scales: Mapping[str, Tensor], blocks) -> None:
+    if not isinstance(scales, Mapping):
+        raise TypeError(f"scales must be a dict {{name: Tensor}}, got {type(scales).__name__}")
+    known = {f"{p}.scale_{k}.weight" for p, _ in blocks for k in ("conv", "1x1", "identity")}
+    extra = sorted(set(scales) - known)
+    if extra:
+        raise KeyError(f"scales has entries for no target block of the model: {extra[:5]}"
+                       f"{' …' if len(extra) > 5 else ''}")
+
+
+def build_grad_mult_masks(model: nn.Module, scales: Mapping[str, Tensor], *, identity: str = "trainable",
+                          exponent: int = 2) -> dict[Tensor, Tensor]:
+    """``{target conv weight: Grad Mult mask}`` for a RepOpt-VGG model (SPEC §3).
+
+    ``scales`` is keyed ``stage{k}.{i}.scale_{conv|1x1|identity}.weight``; every target
+    block needs its ``scale_conv``/``scale_1x1`` (shape ``(out_channels,)``), and a
+    ``scale_identity`` exactly when it has an identity branch (``in == out``, stride 1).
+    Masks are computed in float64 and cast to the weight's dtype/device. ``identity``
+    applies to blocks that have an identity branch (others always use ``'none'``).
+    """
+    if identity not in IDENTITY_MODES:
+        raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {identity!r}")
+    blocks = target_blocks(model)
+    _check_scales_cover(scales, blocks)
+    masks = {}
+    for prefix, block in blocks:
+        a3, a1, _ = _block_scales(scales, prefix, block)
+        w = block.conv.weight
+        mode = identity if _has_identity(block) else "none"
+        m = grad_mult_mask_from_scales(a3.detach().double().cpu(), a1.detach().double().cpu(),
+                                       block.conv.in_channels, identity=mode, exponent=exponent)
+        masks[w] = m.to(dtype=w.dtype, device=w.device)
+    return masks
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, *, no_decay_bn: bool = True) -> list[dict]:
+    """Param groups with the official RepOptimizers weight-decay rule (SPEC §3).
+
+    With ``no_decay_bn``: every 1-D parameter (BN ``γ, β``, trainable scales) and every
+    ``*.bias`` gets ``weight_decay = 0``, except identity scales (``*identity.weight``,
+    the ``d`` of a HyperSearch/CSLA block), which are decayed. Conv kernels and the
+    linear weight are decayed. Frozen parameters are skipped; empty groups are dropped.
+    """
+    weight_decay = _real(weight_decay, "weight_decay")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not isinstance(no_decay_bn, bool):
+        raise TypeError(f"no_decay_bn must be a bool, got {type(no_decay_bn).__name__}")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if no_decay_bn and "identity.weight" not in name and (p.dim() <= 1 or name.endswith(".bias")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_repoptimizer(model: nn.Module, scales: Mapping[str, Tensor] | None, lr: float, *, momentum: float = 0.0,
+                       dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                       no_decay_bn: bool = True, identity: str = "trainable", update_rule: str = "sgd",
+                       betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, amsgrad: bool = False,
+                       mask_placement: str = "grad_and_update",
+                       foreach: bool | None = None) -> RepOptimizerSGD | RepOptimizerAdamW:
+    """The RepOptimizer of a RepOpt-VGG model from its HyperSearch scales (SPEC §3).
+
+    One Grad Mult mask per target conv (:func:`build_grad_mult_masks`, exponent 2 for
+    ``update_rule='sgd'``, 1 for ``'adamw'``), param groups by
+    :func:`weight_decay_groups`. ``scales=None`` takes ``model.repopt_scales`` (set by
+    ``create_model('repopt_vgg_…')`` and ``repopt_from_csla``). Everything is validated
+    before the optimizer exists.
+    """
+    if scales is None:
+        scales = getattr(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model,
+                         "repopt_scales", None)
+        if scales is None:
+            raise ValueError("scales is None and the model has no 'repopt_scales'; pass the HyperSearch scales")
+    if update_rule not in ("sgd", "adamw"):
+        raise ValueError(f"update_rule must be 'sgd' or 'adamw', got {update_rule!r}")
+    if update_rule == "sgd":
+        _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach)
+    else:
+        _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement)
+    masks = build_grad_mult_masks(model, scales, identity=identity, exponent=2 if update_rule == "sgd" else 1)
+    groups = weight_decay_groups(model, weight_decay, no_decay_bn=no_decay_bn)
+    if update_rule == "sgd":
+        return RepOptimizerSGD(groups, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                               weight_decay=weight_decay, grad_mult_masks=masks, foreach=foreach)
+    return RepOptimizerAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                             grad_mult_masks=masks, mask_placement=mask_placement)
+
+
+@torch.no_grad()
+def reinit_from_scales(target_model: nn.Module, scales: Mapping[str, Tensor], generator: torch.Generator,
+                       use_identity_scales: bool = True) -> None:
+    """Re-initialize every target conv to ``W'_0 = α3·K3 + α1·pad(K1) + diag(d)·I`` (SPEC §3).
+
+    ``K3, K1`` are fresh imaginary kernels drawn block by block (model order, K3 then K1,
+    float64 on the CPU) from ``generator`` with torch's default conv init — the same
+    draws as :func:`imaginary_kernels` and ``RepOptTargetBlock.reinitialize``, which
+    does the per-block work. ``d`` is the block's ``scale_identity`` if
+    ``use_identity_scales`` else 1, and only for blocks with an identity branch
+    (official ``RepOptVGGHandler.reinitialize``). All scales are validated before any
+    weight changes.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if not isinstance(use_identity_scales, bool):
+        raise TypeError(f"use_identity_scales must be a bool, got {type(use_identity_scales).__name__}")
+    blocks = target_blocks(target_model)
+    _check_scales_cover(scales, blocks)
+    per_block = [(b, _block_scales(scales, p, b)) for p, b in blocks]  # validate everything first
+    for block, (a3, a1, d) in per_block:
+        a3, a1 = a3.detach().double().cpu(), a1.detach().double().cpu()
+        d = None if (d is None or not use_identity_scales) else d.detach().double().cpu()
+        if hasattr(block, "reinitialize"):
+            block.reinitialize(a3, a1, d, generator=generator)
+        else:  # a duck-typed target block
+            conv = block.conv
+            k3, k1 = imaginary_kernels(conv.out_channels, conv.in_channels, generator, dtype=torch.float64)
+            if d is None and _has_identity(block):
+                d = torch.ones(conv.out_channels, dtype=torch.float64)
+            w = csla_equivalent_kernel(k3, k1, a3, a1, d)
+            conv.weight.copy_(w.to(dtype=conv.weight.dtype, device=conv.weight.device))

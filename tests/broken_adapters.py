@@ -1,0 +1,285 @@
+"""Deliberately broken adapters: proof that the conformance suite catches real porting bugs (issue 6).
+
+Each is the correct :class:`ReferenceAdapter` with ONE method re-implemented the way a
+port plausibly gets it wrong. :data:`BROKEN` maps each to the clause that must catch it
+(``expected``) and the clauses that may plausibly catch it too (``plausible``, which
+contains ``expected``); ``tests/test_conformance.py`` asserts that every broken adapter
+fails its expected clause, fails nothing outside ``plausible``, and that the report
+names the clause and carries a counter-example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from repspec.conformance.adapter import OABNResult, ReferenceAdapter
+from repspec.reference import kmeans as ref_kmeans
+from repspec.reference import ops as ref_ops
+from repspec.reference import quant as ref_quant
+
+__all__ = ["BROKEN", "Broken"]
+
+
+class WeightDecayMaskedAdapter(ReferenceAdapter):
+    """RepOpt-SGD with the weight decay inside the mask: ``d = M ⊙ (g + λ·W)`` (SPEC: NOT multiplied by M)."""
+
+    name = "broken: weight decay multiplied by the mask"
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, lr, momentum, dampening, nesterov,
+                        weight_decay):
+        d = grad + weight_decay * param
+        if grad_mult_mask is not None:
+            d = grad_mult_mask * d
+        buf = None
+        if momentum != 0:
+            buf = d.copy() if momentum_buffer is None else momentum * momentum_buffer + (1 - dampening) * d
+            d = d + momentum * buf if nesterov else buf
+        return param - lr * d, buf
+
+
+class NoIdentityPlusOneAdapter(ReferenceAdapter):
+    """Grad Mult without the ``+1`` of a trainable identity branch."""
+
+    name = "broken: Grad Mult without the identity +1"
+
+    def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
+        o = len(scale_conv)
+        m = np.broadcast_to((np.asarray(scale_conv) ** exponent)[:, None, None, None], (o, in_channels, 3, 3)).copy()
+        m[:, :, 1, 1] += (np.asarray(scale_1x1) ** exponent)[:, None]
+        return m
+
+
+class InputChannelMaskAdapter(ReferenceAdapter):
+    """Grad Mult scales broadcast along the INPUT channel (``v[None, :, None, None]``) instead of the output one."""
+
+    name = "broken: Grad Mult mask indexed by input channel"
+
+    def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
+        o = len(scale_conv)
+        a3 = np.asarray(scale_conv) ** exponent
+        a1 = np.asarray(scale_1x1) ** exponent
+        m = np.broadcast_to(a3[None, :, None, None], (o, in_channels, 3, 3)).copy()
+        m[:, :, 1, 1] += a1[None, :]
+        if identity == "trainable":
+            m[np.arange(o), np.arange(o), 1, 1] += 1.0
+        return m
+
+
+class FirstStepDampenedAdapter(ReferenceAdapter):
+    """Momentum buffer created dampened on the first step (``buf = (1 − τ)·d`` instead of ``buf = d``)."""
+
+    name = "broken: first momentum buffer dampened"
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, lr, momentum, dampening, nesterov,
+                        weight_decay):
+        d = grad if grad_mult_mask is None else grad_mult_mask * grad
+        d = d + weight_decay * param
+        buf = None
+        if momentum != 0:
+            prev = np.zeros_like(param) if momentum_buffer is None else momentum_buffer
+            buf = momentum * prev + (1 - dampening) * d
+            d = d + momentum * buf if nesterov else buf
+        return param - lr * d, buf
+
+
+class OABNClipsGammaAdapter(ReferenceAdapter):
+    """OABN that clips ``γ`` to ``[−s, s]`` instead of the ratio ``t = γ/sqrt(σ² + eps)``."""
+
+    name = "broken: OABN clips gamma instead of the ratio"
+
+    def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
+        g = np.clip(gamma, -threshold, threshold)
+        res = ref_ops.batch_norm_train(x, g, beta, running_mean, running_var, momentum=momentum, eps=eps)
+        dx, dg, db = ref_ops.batch_norm_train_backward(dy, x, g, eps=eps)
+        if gradient == "clip":
+            dg = dg * (np.abs(gamma) <= threshold)
+        return OABNResult(res.y, res.running_mean, res.running_var, dx, dg, db)
+
+
+def _assign_ties_up(v, c):
+    labels = np.searchsorted(0.5 * c[:-1] + 0.5 * c[1:], v, side="right")  # on a midpoint: UPPER
+    return np.searchsorted(c, c, side="left")[labels]
+
+
+class KMeansTiesUpAdapter(ReferenceAdapter):
+    """k-means assignment that sends a value exactly on a midpoint to the UPPER centroid (``side='right'``)."""
+
+    name = "broken: k-means ties to the upper centroid"
+
+    def kmeans_fake_quantize(self, w, centroids):
+        c = np.asarray(centroids, dtype=np.float64)
+        return c[_assign_ties_up(np.asarray(w, dtype=np.float64), c)]
+
+    def kmeans_1d(self, values, k, *, init, max_iter, init_centroids=None):
+        v = np.asarray(values, dtype=np.float64)
+        flat = v.ravel()
+        uniq = np.unique(flat)
+        if k >= uniq.size:
+            c = np.concatenate([uniq, np.full(k - uniq.size, uniq[-1])])
+            return c, _assign_ties_up(v, c)
+        c = np.sort(init_centroids) if init == "warm" else ref_kmeans.initial_centroids(flat, k, init)
+        labels = _assign_ties_up(flat, c)
+        for _ in range(max_iter):
+            counts = np.bincount(labels, minlength=k)
+            sums = np.bincount(labels, weights=flat, minlength=k)
+            c = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), c))
+            new = _assign_ties_up(flat, c)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+        return c, labels.reshape(v.shape)
+
+
+def _qparams_unrounded_zp(lo, hi, bits):
+    qmax = 2**bits - 1
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / qmax
+    zp = 0.0 if scale == 0 else float(np.clip(-lo / scale, 0, qmax))  # BUG: not rounded
+    return scale, zp, qmax
+
+
+class ZeroPointNotRoundedAdapter(ReferenceAdapter):
+    """Asymmetric activation quantizer whose zero point is ``−lo/scale`` unrounded."""
+
+    name = "broken: asymmetric zero point not rounded"
+
+    def fake_quantize_activation(self, x, *, lo, hi, bits):
+        scale, zp, qmax = _qparams_unrounded_zp(lo, hi, bits)
+        if scale == 0:
+            return np.zeros_like(x)
+        q = np.clip(np.rint(x / scale) + zp, 0, qmax)
+        return (q - zp) * scale
+
+    def fake_quantize_activation_backward(self, dy, x, *, lo, hi, bits):
+        scale, zp, qmax = _qparams_unrounded_zp(lo, hi, bits)
+        return np.where((x >= -zp * scale) & (x <= (qmax - zp) * scale), dy, 0.0)
+
+
+# ---- more realistic bugs (beyond the required seven)
+
+
+class RoundHalfAwayAdapter(ReferenceAdapter):
+    """Weight quantizer rounding half away from zero (C's ``round``) instead of half to even."""
+
+    name = "broken: weights round half away from zero"
+
+    def fake_quantize_weight(self, w, *, bits, per_channel):
+        qmax = ref_quant.weight_qmax(bits)
+        scale = np.asarray(ref_quant.weight_qparams(w, bits, per_channel), dtype=np.float64)
+        s = scale if scale.ndim == 0 else scale.reshape((-1,) + (1,) * (np.ndim(w) - 1))
+        r = np.where(s > 0, w / np.where(s > 0, s, 1.0), 0.0)
+        return np.clip(np.sign(r) * np.floor(np.abs(r) + 0.5), -qmax, qmax) * s
+
+
+class TorchCodeMaskSTEAdapter(ReferenceAdapter):
+    """STE masked on the rounded code (torch.fake_quantize_per_tensor_affine's rule), not on the input."""
+
+    name = "broken: STE masks on the rounded code"
+
+    def fake_quantize_activation_backward(self, dy, x, *, lo, hi, bits):
+        scale, zp = ref_quant.activation_qparams(lo, hi, bits)
+        qmax = ref_quant.activation_qmax(bits)
+        if scale == 0:
+            return np.where(x == 0, dy, 0.0)
+        q = np.rint(x / scale) + zp
+        return np.where((q >= 0) & (q <= qmax), dy, 0.0)
+
+
+class WeightSTEFloatBoundaryAdapter(ReferenceAdapter):
+    """Weight STE that re-tests ``|w| ≤ qmax·scale`` in floating point (drops the largest weight's gradient)."""
+
+    name = "broken: weight STE boundary tested in floating point"
+
+    def fake_quantize_weight_backward(self, dy, w, *, bits, per_channel):
+        qmax = ref_quant.weight_qmax(bits)
+        scale = np.asarray(ref_quant.weight_qparams(w, bits, per_channel), dtype=np.float64)
+        s = scale if scale.ndim == 0 else scale.reshape((-1,) + (1,) * (np.ndim(w) - 1))
+        return np.where(np.abs(w) <= qmax * s, dy, 0.0)
+
+
+class FusionIgnoresGroupsIdentityAdapter(ReferenceAdapter):
+    """RepVGG fusion whose identity kernel ignores groups (``I[o, o, 1, 1]``, wrong when groups > 1)."""
+
+    name = "broken: fusion identity kernel ignores groups"
+
+    def fuse_repvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, oabn_threshold):
+        k, b = super().fuse_repvgg_block(params, buffers, in_channels=in_channels, out_channels=out_channels,
+                                         stride=stride, groups=groups, eps=eps, oabn_threshold=oabn_threshold)
+        if groups > 1 and in_channels == out_channels and stride == 1:
+            from repspec.reference.oabn import oabn_factor
+
+            t0 = oabn_factor(params["rbr_identity.weight"], buffers["rbr_identity.running_var"], eps, oabn_threshold)
+            per = in_channels // groups
+            o = np.arange(out_channels)
+            k = k.copy()
+            k[o, o % per, 1, 1] -= t0  # undo the right identity …
+            keep = o < per
+            k[o[keep], o[keep], 1, 1] += t0[keep]  # … and put it on I[o, o] where that index exists
+        return k, b
+
+
+class BiasedRunningVarAdapter(ReferenceAdapter):
+    """OABN/BN that tracks the running variance with the BIASED batch variance."""
+
+    name = "broken: running variance updated with the biased variance"
+
+    def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
+        out = super().oabn_train(x, gamma, beta, running_mean, running_var, dy, threshold=threshold,
+                                 momentum=momentum, eps=eps, gradient=gradient)
+        biased = np.asarray(x).var(axis=(0, 2, 3))
+        return out._replace(running_var=(1 - momentum) * running_var + momentum * biased)
+
+
+class LossSumNotMeanAdapter(ReferenceAdapter):
+    """A training iteration whose cross-entropy is summed over the batch (``reduction='sum'``), not averaged."""
+
+    name = "broken: cross-entropy summed instead of averaged"
+
+    def train_iteration(self, network, params, buffers, x, labels, *, optimizer, opt_state):
+        from repspec.conformance.adapter import TrainIterationResult
+        from repspec.reference.optim import SGD
+
+        net = network.reference_network(params)
+        n = len(labels)
+        logits, new_buffers, cache = net.forward(params, buffers, x, training=True)
+        loss = ref_ops.softmax_cross_entropy(logits, labels) * n
+        grads = net.backward(params, cache, ref_ops.softmax_cross_entropy_backward(logits, labels) * n)
+        names = network.trainable_names(params)
+        wd = optimizer.weight_decay
+        opt = SGD(lr=optimizer.lr, momentum=optimizer.momentum, dampening=optimizer.dampening,
+                  nesterov=optimizer.nesterov, weight_decay=dict(wd) if isinstance(wd, dict) else wd,
+                  grad_mult_masks=optimizer.grad_mult_masks)
+        stepped, state = opt.step({k: params[k] for k in names}, grads, {k: dict(v) for k, v in opt_state.items()})
+        return TrainIterationResult(loss, logits, grads, {**params, **stepped}, {**buffers, **new_buffers}, state)
+
+
+@dataclass(frozen=True)
+class Broken:
+    adapter: type
+    expected: str  # the clause that must catch it
+    plausible: frozenset  # clauses allowed to fail as well (contains expected)
+
+
+def _b(adapter, expected, *others) -> Broken:
+    return Broken(adapter, expected, frozenset((expected,) + others))
+
+
+#: broken adapter → the clause that must catch it, and the clauses that may also fail
+BROKEN: dict[str, Broken] = {
+    "wd_masked": _b(WeightDecayMaskedAdapter, "§3.repopt-sgd-step", "§3.theorem", "§1.train-iteration"),
+    "no_identity_plus_one": _b(NoIdentityPlusOneAdapter, "§3.grad-mult", "§3.theorem"),
+    "mask_by_input_channel": _b(InputChannelMaskAdapter, "§3.grad-mult", "§3.theorem"),
+    "first_step_dampened": _b(FirstStepDampenedAdapter, "§3.repopt-sgd-step", "§1.train-iteration"),
+    "oabn_clips_gamma": _b(OABNClipsGammaAdapter, "§4.oabn", "§2.fusion", "§1.train-iteration"),
+    "kmeans_ties_up": _b(KMeansTiesUpAdapter, "§5.kmeans-ties", "§5.kmeans"),
+    "zero_point_not_rounded": _b(ZeroPointNotRoundedAdapter, "§5.uniform-activation", "§5.ste"),
+    # beyond the required seven
+    "round_half_away": _b(RoundHalfAwayAdapter, "§5.uniform-weight"),
+    "ste_code_mask": _b(TorchCodeMaskSTEAdapter, "§5.ste"),
+    "weight_ste_float_boundary": _b(WeightSTEFloatBoundaryAdapter, "§5.ste-weight"),
+    "fusion_identity_ignores_groups": _b(FusionIgnoresGroupsIdentityAdapter, "§2.fusion", "§1.train-iteration"),
+    "biased_running_var": _b(BiasedRunningVarAdapter, "§4.oabn", "§1.train-iteration"),
+    "loss_summed": _b(LossSumNotMeanAdapter, "§1.train-iteration"),
+}

@@ -1,0 +1,319 @@
+"""SPEC §5/§6: the torch 1-D k-means (repspec.torch_impl.kmeans) equals the reference (repspec.reference.kmeans).
+
+What "equal" means here (SPEC §6, discrete decisions):
+
+* ``method='direct'`` — and ``'auto'`` on the CPU for ``n ≤ 2^16`` — sums like the
+  reference (``bincount``), so on the CPU centroids, labels, ``n_iter`` and ``converged``
+  are **bit-identical**, ties included; checked on tie-heavy data (values rounded to
+  0–2 decimals: duplicates and exact midpoints are common).
+* ``method='sorted'`` (and any method on CUDA) sums with prefix sums: centroids agree to
+  ``CENTROID_RTOL·max|v|`` and labels exactly, **except** when some value lies within
+  ``EPS·max|v|`` of a midpoint during the reference's run; such examples are found by
+  replaying the reference's Lloyd iterations and ``assume``-d away (never compared
+  loosely). Continuous data only, so the exclusion is rare.
+* ``optimal``: the DP is bit-identical to the reference on the CPU (same prefix sums and
+  centring); on another device a differing segmentation must be an SSE tie.
+* ``kmeans++``: torch's random stream differs from NumPy's, so only determinism, the
+  fixed-point property and ``SSE ≥`` the optimum are checked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from repspec.reference import kmeans as R
+from repspec.torch_impl import kmeans as T
+from tests import strategies as S
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
+EPS = 1e-9  # relative distance to a midpoint below which a decision may differ (SPEC §6)
+CENTROID_RTOL = 1e-12  # prefix-sum vs bincount sums, relative to max|v|
+SSE_RTOL = 1e-12
+
+ks = st.integers(1, 10)
+REF_INITS = ["linear", "quantile", "optimal"]
+
+
+def tt(a, device="cpu"):
+    return torch.as_tensor(np.asarray(a, dtype=np.float64)).to(device)
+
+
+def npy(t):
+    return t.detach().cpu().numpy()
+
+
+def _distinct_midpoints(c: np.ndarray) -> np.ndarray:
+    c = np.sort(c)
+    keep = c[1:] > c[:-1]
+    return (0.5 * c[:-1] + 0.5 * c[1:])[keep]
+
+
+def _margin(v: np.ndarray, c: np.ndarray) -> float:
+    """min |v − m| over values and midpoints between distinct centroids, relative to max|v|."""
+    m = _distinct_midpoints(c)
+    if m.size == 0:
+        return np.inf
+    scale = max(float(np.max(np.abs(v))), 1e-300)
+    return float(np.min(np.abs(v.ravel()[:, None] - m[None, :]))) / scale
+
+
+def reference_run_margin(v: np.ndarray, k: int, c0: np.ndarray, max_iter: int) -> float:
+    """Replay the reference's Lloyd from ``c0``: the smallest midpoint margin of every assignment."""
+    if np.unique(v).size <= k:
+        return np.inf  # exact path: no decision
+    c = np.sort(c0)
+    labels = R.assign(v, c)
+    margin = _margin(v, c)
+    for _ in range(max_iter):
+        counts = np.bincount(labels, minlength=k)
+        sums = np.bincount(labels, weights=v, minlength=k)
+        c = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), c))
+        new = R.assign(v, c)
+        margin = min(margin, _margin(v, c))
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return margin
+
+
+# ------------------------------------------------------------------ bit-identical paths
+
+
+@pytest.mark.parametrize("method", ["auto", "direct"])
+@pytest.mark.parametrize("init", REF_INITS + ["warm"])
+@given(v=S.cluster_values(), k=ks, seed=S.seeds, max_iter=st.sampled_from([0, 1, 3, 300]))
+@example(v=np.array([0.0, 0.5, 1.0, 1.0, 3.0]), k=2, seed=0, max_iter=300)  # 0.5 sits on a midpoint
+def test_matches_reference_bit_for_bit_on_cpu(init, method, v, k, seed, max_iter):
+    kw = {}
+    if init == "warm":
+        kw["init_centroids"] = np.sort(S.rng_from(seed).normal(size=k) * (np.std(v) + 1))
+    ref = R.kmeans_1d(v, k, init=init, max_iter=max_iter, **kw)
+    got = T.kmeans_1d(tt(v), k, init=init, max_iter=max_iter, method=method,
+                      **{n: tt(a) for n, a in kw.items()})
+    assert np.array_equal(npy(got.centroids), ref.centroids), (got.centroids, ref.centroids)
+    assert np.array_equal(npy(got.labels), ref.labels)
+    assert (got.n_iter, got.converged) == (ref.n_iter, ref.converged)
+    assert got.sse == pytest.approx(ref.sse, rel=SSE_RTOL, abs=1e-300)
+    assert got.labels.dtype == torch.int64 and got.labels.shape == v.shape
+
+
+@given(v=S.cluster_values(), k=ks)
+def test_optimal_dp_is_the_reference_dp_on_cpu(v, k):
+    ref = R.kmeans_1d_optimal(v, k)
+    got = T.kmeans_1d_optimal(tt(v), k)
+    assert np.array_equal(npy(got.centroids), ref.centroids)
+    assert np.array_equal(npy(got.labels), ref.labels)
+    assert got.sse == pytest.approx(ref.sse, rel=SSE_RTOL, abs=1e-300)
+    assert got.n_iter == 0 and got.converged
+
+
+# --------------------------------------------------------- prefix-sum path, any device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("init", REF_INITS + ["warm"])
+@given(v=S.continuous_values(), k=ks, seed=S.seeds)
+def test_sorted_path_matches_reference_except_near_midpoints(device, init, v, k, seed):
+    kw = {}
+    if init == "warm":
+        kw["init_centroids"] = np.sort(S.rng_from(seed).normal(size=k) * np.std(v))
+    ref = R.kmeans_1d(v, k, init=init, **kw)
+    c0 = kw.get("init_centroids") if init == "warm" else R.initial_centroids(v, k, init) \
+        if np.unique(v).size > k else None
+    if c0 is not None:
+        assume(reference_run_margin(v, k, c0, 300) > EPS)
+    got = T.kmeans_1d(tt(v, device), k, init=init, method="sorted",
+                      **{n: tt(a, device) for n, a in kw.items()})
+    if init == "optimal" and device != "cpu":
+        # the DP's centring sum differs off the CPU: a different segmentation must be a tie
+        if not np.allclose(npy(got.centroids), ref.centroids, rtol=0, atol=1e-9 * np.abs(v).max()):
+            assert got.sse == pytest.approx(ref.sse, rel=1e-9)
+            assume(False)
+    scale = float(np.abs(v).max())
+    np.testing.assert_allclose(npy(got.centroids), ref.centroids, rtol=0, atol=CENTROID_RTOL * scale)
+    assert np.array_equal(npy(got.labels), ref.labels)
+    assert (got.n_iter, got.converged) == (ref.n_iter, ref.converged)
+    assert got.sse == pytest.approx(ref.sse, rel=1e-9, abs=1e-12 * scale**2)
+    assert got.centroids.device.type == device
+
+
+def test_large_warm_start_switches_from_direct_to_sorted_and_still_matches():
+    """n > 2^16 on the CPU: a warm start runs direct updates, then sorts (``method='auto'``)."""
+    rng = np.random.default_rng(0)  # seed chosen: every decision is > EPS from a midpoint (5.6e-9)
+    v = rng.standard_t(3, 70_000)
+    c0 = np.linspace(-1, 1, 8)  # far from the optimum: ~100 iterations
+    assert reference_run_margin(v, 8, c0, 300) > EPS, "the fixed example comes too close to a midpoint"
+    ref = R.kmeans_1d(v, 8, init_centroids=c0)
+    got = T.kmeans_1d(tt(v), 8, init_centroids=tt(c0))
+    assert ref.n_iter > T._DIRECT_UPDATES
+    np.testing.assert_allclose(npy(got.centroids), ref.centroids, rtol=0, atol=1e-10 * np.abs(v).max())
+    assert np.array_equal(npy(got.labels), ref.labels)
+    assert (got.n_iter, got.converged) == (ref.n_iter, ref.converged)
+
+
+# -------------------------------------------------------------------------- the rules
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(a=st.integers(-64, 64), gap=st.integers(1, 64), shift=st.integers(-3, 3))
+@example(a=0, gap=1, shift=0)
+def test_value_on_a_midpoint_goes_to_the_lower_centroid(device, a, gap, shift):
+    """Dyadic centroids ``a·2^s`` and ``(a + 2·gap)·2^s``: their midpoint is exact."""
+    s = 2.0**shift
+    c = tt([a * s, (a + 2 * gap) * s], device)
+    mid = (a + gap) * s
+    v = tt([mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf)], device)
+    assert npy(T.assign(v, c)).tolist() == [0, 1, 0]
+    assert npy(T.kmeans_fake_quantize(v, c)).tolist() == [a * s, (a + 2 * gap) * s, a * s]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", T.METHODS)
+def test_empty_cluster_keeps_its_centroid(device, method):
+    v = tt([0.0, 1.0, 10.0, 11.0], device)
+    got = T.kmeans_1d(v, 3, init_centroids=tt([0.0, 5.0, 100.0], device), method=method)
+    # 100 never gets a member; 5 takes {10, 11} — the reference's lloyd_step example
+    ref = R.kmeans_1d(npy(v), 3, init_centroids=np.array([0.0, 5.0, 100.0]))
+    assert npy(got.centroids).tolist() == ref.centroids.tolist() == [0.5, 10.5, 100.0]
+    assert npy(got.labels).tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", T.METHODS)
+def test_duplicate_centroids_assign_to_the_lowest_index(device, method):
+    v = tt([1.0, 1.2, 5.0], device)
+    assert npy(T.assign(v, tt([0.0, 1.0, 1.0], device))).tolist() == [1, 1, 1]
+    got = T.kmeans_1d(v, 3, init_centroids=tt([1.0, 1.0, 5.0], device), method=method)
+    ref = R.kmeans_1d(npy(v), 3, init_centroids=np.array([1.0, 1.0, 5.0]))
+    assert npy(got.centroids).tolist() == ref.centroids.tolist()
+    assert npy(got.labels).tolist() == ref.labels.tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("init", ["linear", "quantile", "kmeans++", "optimal", "binned", "warm"])
+@given(v=S.cluster_values(max_size=12), extra=st.integers(0, 5))
+def test_k_at_least_distinct_is_exact(device, init, v, extra):
+    """k ≥ #distinct (also k > #values): distinct values, then copies of the max; SSE 0; no iteration."""
+    k = np.unique(v).size + extra
+    kw = {"init_centroids": tt(np.zeros(k), device)} if init == "warm" else {}
+    got = T.kmeans_1d(tt(v, device), k, init=init, seed=0, **kw)
+    ref = R.kmeans_1d(v, k, init="linear")
+    assert np.array_equal(npy(got.centroids), ref.centroids)
+    assert np.array_equal(npy(got.labels), ref.labels)
+    assert got.sse == 0.0 and got.n_iter == 0 and got.converged
+    assert npy(got.centroids)[-1] == v.max() and got.centroids.numel() == k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(v=S.continuous_values(max_size=60), k=st.integers(2, 6), seed=S.seeds)
+def test_kmeans_plus_plus_is_deterministic_and_a_local_optimum(device, v, k, seed):
+    assume(np.unique(v).size > k)
+    x = tt(v, device)
+    a = T.kmeans_1d(x, k, init="kmeans++", seed=seed)
+    b = T.kmeans_1d(x, k, init="kmeans++", seed=torch.Generator().manual_seed(seed))
+    assert torch.equal(a.centroids, b.centroids) and torch.equal(a.labels, b.labels)
+    opt = R.kmeans_1d_optimal(v, k)
+    assert a.sse >= opt.sse * (1 - 1e-12) - 1e-300
+    if a.converged:  # a Lloyd fixed point: one more reference update moves nothing
+        c, labels = R.lloyd_step(v, npy(a.centroids))
+        assert np.array_equal(labels, npy(a.labels))
+        np.testing.assert_allclose(c, npy(a.centroids), rtol=0, atol=1e-12 * np.abs(v).max())
+    init = T.initial_centroids(x, k, "kmeans++", seed=seed)
+    assert np.all(np.isin(npy(init), v)), "kmeans++ centroids are drawn from the values"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(seed=S.seeds, n=st.integers(50, 800), k=st.integers(2, 8))
+def test_optimal_sse_not_above_sklearn(device, seed, n, k):
+    """Peer: the exact optimum's SSE ≤ scikit-learn ``KMeans(n_init=10)`` SSE (1e-9 relative)."""
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    v = S.rng_from(seed).standard_t(3, n)
+    ours = T.kmeans_1d(tt(v, device), k)
+    with threadpoolctl.threadpool_limits(1):  # tiny problems: threads only add overhead on a shared CPU
+        km = sklearn_cluster.KMeans(k, n_init=10, random_state=seed % 2**31).fit(v.reshape(-1, 1))
+    theirs = R.sse(v, np.sort(km.cluster_centers_.ravel()))
+    assert ours.sse <= theirs * (1 + 1e-9)
+    assert ours.sse <= km.inertia_ * (1 + 1e-9)
+
+
+@given(seed=S.seeds, k=st.integers(2, 12), bins=st.sampled_from([8, 32, 128]))
+def test_binned_init_is_exact_with_few_distinct_values_and_near_optimal_otherwise(seed, k, bins):
+    rng = S.rng_from(seed)
+    few = np.round(rng.standard_t(3, 500), 1)
+    if np.unique(few).size <= 2 * max(bins, 4 * k):
+        c = T.binned_optimal_centroids(tt(few), k, bins=bins)
+        assert np.array_equal(npy(c), R.kmeans_1d_optimal(few, k).centroids)
+    many = rng.standard_t(3, 1500)
+    got = T.kmeans_1d(tt(many), k, init="binned", bins=bins)
+    opt = R.kmeans_1d_optimal(many, k)
+    assert got.converged and opt.sse * (1 - 1e-12) <= got.sse <= opt.sse * 1.05
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(v=S.continuous_values(), k=st.integers(2, 8))
+def test_float32_values_give_float32_centroids_and_consistent_labels(device, v, k):
+    x = tt(v, device).float()
+    got = T.kmeans_1d(x, k)
+    assert got.centroids.dtype == torch.float32 and got.centroids.device.type == device
+    assert torch.equal(got.labels, T.assign(x, got.centroids))
+    ref = R.kmeans_1d_optimal(npy(x).astype(np.float64), k)
+    assert got.sse == pytest.approx(ref.sse, rel=1e-5, abs=1e-6 * float(np.abs(v).max()) ** 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(w=S.quant_arrays(), k=st.integers(1, 6), seed=S.seeds)
+def test_fake_quantize_equals_reference_and_is_straight_through(device, w, k, seed):
+    c = np.sort(S.rng_from(seed).choice(w.ravel(), size=k))
+    x = tt(w, device).requires_grad_(True)
+    y = T.kmeans_fake_quantize(x, tt(c, device))
+    assert np.array_equal(npy(y), R.kmeans_fake_quantize(w, c))
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.equal(x.grad, g)
+
+
+# -------------------------------------------------------------------------- bad input
+
+BAD = [
+    (ValueError, "k must be >= 1", lambda: T.kmeans_1d(tt([1.0, 2.0]), 0)),
+    (TypeError, "k must be an integer", lambda: T.kmeans_1d(tt([1.0, 2.0]), 2.0)),
+    (TypeError, "k must be an integer", lambda: T.kmeans_1d(tt([1.0, 2.0]), True)),
+    (ValueError, "finite", lambda: T.kmeans_1d(tt([1.0, np.nan]), 1)),
+    (ValueError, "finite", lambda: T.kmeans_1d(tt([1.0, np.inf]), 1)),
+    (ValueError, "must not be empty", lambda: T.kmeans_1d(torch.zeros(0, dtype=torch.float64), 1)),
+    (TypeError, "torch.Tensor", lambda: T.kmeans_1d(np.array([1.0]), 1)),
+    (TypeError, "floating-point", lambda: T.kmeans_1d(torch.tensor([1, 2]), 1)),
+    (ValueError, "init must be one of", lambda: T.kmeans_1d(tt([1.0, 2.0]), 1, init="random")),
+    (ValueError, "needs an explicit seed", lambda: T.kmeans_1d(tt([1.0, 2.0, 3.0]), 2, init="kmeans++")),
+    (ValueError, "needs k < the number of distinct", lambda: T.initial_centroids(tt([1.0, 2.0]), 2, "kmeans++",
+                                                                                  seed=0)),
+    (ValueError, "needs init_centroids", lambda: T.kmeans_1d(tt([1.0, 2.0]), 1, init="warm")),
+    (ValueError, "only used with init='warm'", lambda: T.kmeans_1d(tt([1.0, 2.0]), 1, init="linear",
+                                                                   init_centroids=tt([0.0]))),
+    (ValueError, r"shape \(2,\)", lambda: T.kmeans_1d(tt([1.0, 2.0]), 2, init_centroids=tt([0.0]))),
+    (ValueError, "max_iter must be >= 0", lambda: T.kmeans_1d(tt([1.0, 2.0]), 1, max_iter=-1)),
+    (ValueError, "method must be one of", lambda: T.kmeans_1d(tt([1.0, 2.0]), 1, method="fast")),
+    (ValueError, "sorted ascending", lambda: T.assign(tt([1.0]), tt([2.0, 1.0]))),
+    (ValueError, "1-D", lambda: T.assign(tt([1.0]), tt([[1.0, 2.0]]))),
+    (ValueError, "finite", lambda: T.kmeans_fake_quantize(tt([1.0]), tt([0.0, np.nan]))),
+]
+
+
+@pytest.mark.parametrize("exc, match, call", BAD, ids=[f"{i}-{m}" for i, (_, m, _) in enumerate(BAD)])
+def test_bad_input(exc, match, call):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_k_larger_than_the_number_of_values_is_the_exact_rule():
+    """Documented behaviour: no error — k ≥ #distinct gives the distinct values, then copies of the max."""
+    got = T.kmeans_1d(tt([0.3, -1.0, 0.3]), 5)
+    assert npy(got.centroids).tolist() == [-1.0, 0.3, 0.3, 0.3, 0.3]
+    assert npy(got.labels).tolist() == [1, 0, 1]
+    assert got.sse == 0.0
