@@ -41,7 +41,7 @@ class CLIError(Exception):
 
 def theorem_demo(*, seed: int = 0, iterations: int = 10, channels: int = 4, size: int = 6, batch: int = 4,
                  lr: float = 0.05, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 1e-3,
-                 out=sys.stdout) -> float:
+                 out=None) -> float:
     """Train CSLA+SGD and target+RepOpt-SGD side by side in the float64 reference.
 
     Prints, per iteration, both losses and ``max |α3·K3 + α1·pad(K1) + diag(d)·I − W'|``
@@ -51,6 +51,7 @@ def theorem_demo(*, seed: int = 0, iterations: int = 10, channels: int = 4, size
     from repspec.reference.optim import SGD
     from repspec.reference.repopt import CSLABlock, RepOptTargetBlock, csla_equivalent_kernel, grad_mult_mask
 
+    out = sys.stdout if out is None else out
     rng = np.random.default_rng(seed)
     # stage0 changes width and stride (no identity); block 1 keeps both (identity, trainable d)
     shapes = [(3, channels, 2), (channels, channels, 1)]
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--update-every", type=_positive_int, default=10, help="ClusterQAT centroid refit period")
     qz.add_argument("--out", required=True, help="output directory (metrics.json, export.safetensors)")
     _add_data_args(qz)
-    _add_sgd_args(qz, lr=0.01, epochs=3)
+    _add_sgd_args(qz, lr=1e-4, epochs=3)  # frozen-BN fine-tuning diverges at 1e-2 (docs/07-qat.md)
     _add_runtime_args(qz)
 
     an = sub.add_parser("analyze", help="merged-weight outlier report (table, JSON, PNG histograms)")
@@ -358,8 +359,8 @@ def cmd_train(args) -> int:
     if is_repopt and args.scales is None:
         raise CLIError("repopt_vgg_* models need --scales (run `repspec hypersearch` first)")
     out = Path(args.out)
-    if args.resume and not out.exists():
-        raise CLIError(f"--resume: no checkpoint at {str(out)!r}")
+    if args.resume:
+        _check_resume_matches(out, args, overrides)
     train_set, test_set, info = _load_data(args)
     seed_everything(args.seed)
     if is_repopt:
@@ -375,12 +376,37 @@ def cmd_train(args) -> int:
         model, train_loader, optimizer=optimizer, scheduler=scheduler, epochs=args.epochs, device=device,
         eval_loader=test_loader, checkpoint_path=out, checkpoint_every=len(train_loader), resume=args.resume,
         checkpoint_extra={"model": args.model, "num_classes": info.num_classes, "model_overrides": overrides,
-                          "dataset": info.to_dict(), "seed": args.seed},
+                          "dataset": info.to_dict(), "run": _run_config(args)},
         progress=not args.no_progress, seed=args.seed,
         epoch_callback=lambda r: print(f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} "
                                        f"acc {r['train_acc']:.4f}, test acc {r['eval_acc']:.4f}"))
     print(f"final test accuracy {history.final_eval_acc:.4f}; checkpoint {out}")
     return 0
+
+
+#: the arguments that define a training run; `--resume` must repeat them (it continues that run)
+_RUN_KEYS = ("model", "dataset", "image_size", "batch_size", "seed", "epochs", "lr", "momentum", "weight_decay",
+             "nesterov", "oabn_threshold")
+
+
+def _run_config(args) -> dict:
+    return {k: getattr(args, k) for k in _RUN_KEYS}
+
+
+def _check_resume_matches(out: Path, args, overrides) -> None:
+    """``--resume`` continues the same run: refuse a missing checkpoint or changed arguments."""
+    from repspec.torch_impl.checkpoint import checkpoint_exists, load_checkpoint_extra
+
+    if not checkpoint_exists(out):
+        raise CLIError(f"--resume: no checkpoint at {str(out)!r}")
+    saved = (load_checkpoint_extra(out) or {}).get("run")
+    if saved is None:
+        raise CLIError(f"--resume: the checkpoint at {str(out)!r} records no run configuration")
+    now = json.loads(json.dumps(_run_config(args), default=str))
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}" for k in _RUN_KEYS if saved.get(k) != now[k]]
+    if changed:
+        raise CLIError("--resume continues the checkpointed run with the same arguments; changed: "
+                       + ", ".join(changed))
 
 
 def _make_optimizer(model, args, *, repopt: bool):
@@ -421,8 +447,6 @@ def cmd_hypersearch(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    import torch
-
     from repspec.torch_impl.data import make_loader, make_loaders
     from repspec.torch_impl.export import export_quantized
     from repspec.torch_impl.ptq import evaluate, ptq_quantize
@@ -463,7 +487,6 @@ def cmd_quantize(args) -> int:
         _write_json_atomic(tmp / "metrics.json", metrics)
     print(f"{args.method}: FP32 accuracy {fp32_acc:.4f} -> quantized {acc:.4f} "
           f"(W{args.bits}A{args.act_bits}); written to {out}")
-    del torch
     return 0
 
 
