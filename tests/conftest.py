@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -38,3 +39,28 @@ def pytest_report_header(config):
 
 # the conformance suite's --repspec-impl option (docs/porting.md)
 pytest_plugins = ["repspec.conformance.pytest_plugin"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_numerics():
+    """Equivalence tests compare float64 (and float32) arithmetic: TF32 is turned off on CUDA.
+
+    Small-tensor tests also run on one CPU thread: on 2 shared cores torch's default
+    threading made tiny models 5-10x slower (measured), and results do not depend on it.
+    """
+    try:
+        import torch
+    except ImportError:  # the reference runs without torch
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tf32 = None
+    if torch.cuda.is_available():
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.set_num_threads(threads)
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from repspec.reference.calibrate import (
@@ -97,6 +97,46 @@ def test_entropy_clips_a_lone_outlier_and_keeps_a_uniform_range():
     assert entropy_kl(u, 4, num_bins=128) == (-1.0, 1.0)  # nothing to gain by clipping a uniform
 
 
+def _post_relu(seed: int, n: int = 20_000) -> np.ndarray:
+    """ReLU(N(μ, 1)), μ ∈ [−1, 0] (50–84 % exact zeros), times a magnitude 10^[-2, 2]."""
+    rng = rng_from(seed)
+    return np.maximum(rng.normal(rng.uniform(-1.0, 0.0), 1.0, n), 0.0) * 10 ** rng.uniform(-2, 2)
+
+
+@settings(max_examples=6)
+@given(seed=seeds)
+@example(seed=0)
+def test_entropy_zero_bin_replace_fixes_post_relu_ranges(seed):
+    """The spike of exact zeros drives 'keep' (TensorRT's original) to a threshold ≤ A/2 with a
+    fake-quant MSE hundreds of times min/max's; 'replace' (NVIDIA pytorch-quantization) stays
+    near min/max. Margins from 200 seeds: hi_replace/hi_mm ≥ 0.61, MSE_keep/MSE_replace ≥ 75."""
+    x = _post_relu(seed)
+    assert np.mean(x == 0.0) > 0.4
+    mm = minmax(x)
+    rep = entropy_kl(x, 8)  # the default is 'replace'
+    assert rep == entropy_kl(x, 8, zero_bin="replace") == calibrate("entropy", [x], 8, zero_bin="replace")
+    keep = entropy_kl(x, 8, zero_bin="keep")
+    assert keep == calibrate("entropy", [x], 8, zero_bin="keep")
+    assert rep[1] >= 0.55 * mm[1]
+    assert keep[1] < rep[1]
+    mse_mm, mse_rep, mse_keep = (clipping_mse(x, *r, 8) for r in (mm, rep, keep))
+    assert mse_keep >= 10.0 * mse_rep
+    assert mse_keep >= 100.0 * mse_mm
+
+
+@given(seed=seeds, bits=st.integers(1, 6), num_bins=st.sampled_from([64, 128, 256]), signed=st.booleans())
+def test_entropy_zero_bin_options_agree_without_small_values(seed, bits, num_bins, signed):
+    """No |x| below 2·A/num_bins: bins 0 and 1 are both empty, the histograms and the results identical."""
+    rng = rng_from(seed)
+    n = int(rng.integers(1, 400))
+    x = rng.uniform(2.5 / num_bins, 1.0, n) * 10 ** rng.uniform(-3, 3)
+    if signed:
+        x *= rng.choice([-1.0, 1.0], n)
+    if (2 ** (bits - 1) if x.min() < 0 else 2**bits) > num_bins:
+        return
+    assert entropy_kl(x, bits, num_bins, zero_bin="replace") == entropy_kl(x, bits, num_bins, zero_bin="keep")
+
+
 def test_calibrate_dispatch_matches_functions():
     rng = rng_from(7)
     batches = [rng.standard_t(3, 50) for _ in range(3)]
@@ -105,6 +145,8 @@ def test_calibrate_dispatch_matches_functions():
     assert calibrate("percentile", batches, 8, percentile=99.0) == percentile(x, 99.0)
     assert calibrate("mse", batches, 4, candidates=20) == mse_optimal(x, 4, 20)
     assert calibrate("entropy", batches, 3, num_bins=64) == entropy_kl(x, 3, 64)
+    for zb in ("replace", "keep"):
+        assert calibrate("entropy", batches, 3, num_bins=64, zero_bin=zb) == entropy_kl(x, 3, 64, zero_bin=zb)
     assert calibrate("minmax", x, 8) == minmax(x)  # one array = one batch
     assert set(METHODS) == {"minmax", "moving_average_minmax", "percentile", "mse", "entropy"}
     lo, hi = calibrate("minmax", batches, 8)
@@ -144,5 +186,10 @@ def test_bad_input():
         mse_optimal(np.ones(3), 8, candidates=0)
     with pytest.raises(ValueError, match="num_bins must be >= the number of quantized levels"):
         entropy_kl(np.ones(3), 8, num_bins=64)
+    for bad in ("drop", None, "Replace"):
+        with pytest.raises(ValueError, match=r"zero_bin must be one of \('replace', 'keep'\)"):
+            entropy_kl(np.ones(3), 8, zero_bin=bad)
+    with pytest.raises(ValueError, match="zero_bin must be one of"):
+        calibrate("entropy", [np.ones(3)], 8, zero_bin="drop")
     with pytest.raises(TypeError, match="batches must be an array or a sequence"):
         calibrate("minmax", "abc", 8)

@@ -34,12 +34,6 @@ from repspec.torch_impl.models import create_model
 from repspec.torch_impl.optim import build_repoptimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(seed=0, num_classes=10, name="repvgg_tiny8"):

@@ -43,16 +43,6 @@ PERTURB = 1e-12
 MAX_GROWTH = 1e4
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    if CUDA:
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        yield
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    else:
-        yield
 
 
 def build(kind: str, layout: dict, seed: int, *, threshold: float = float("inf"), gradient: str = "clip"):

@@ -41,7 +41,8 @@ CASES = [
     ("percentile", {"percentile": 90.0}),
     ("percentile", {"percentile": 99.99}),
     ("mse", {"candidates": 25}),
-    ("entropy", {"num_bins": 64}),
+    ("entropy", {"num_bins": 64}),  # zero_bin='replace' (the default)
+    ("entropy", {"num_bins": 64, "zero_bin": "keep"}),
 ]
 
 
@@ -61,7 +62,7 @@ def _mse_near_tie(batches, bits, candidates, got, want) -> bool:
 @example(batches=[np.array([-1.5, -0.5, 0.5, 1.5]), np.array([2.5, 3.5])], bits=2)  # .5 ties
 def test_calibrators_equal_reference(device, method, options, batches, bits):
     if method == "entropy" and options["num_bins"] < 2**bits:
-        options = {"num_bins": 2**bits}
+        options = {**options, "num_bins": 2**bits}
     try:
         want = rc.calibrate(method, batches, bits, **options)
     except ValueError as exc:  # e.g. entropy num_bins < levels: both must refuse
@@ -74,6 +75,20 @@ def test_calibrators_equal_reference(device, method, options, batches, bits):
         assert _mse_near_tie(batches, bits, options["candidates"], got, want), (got, want)
         return
     assert got == want
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("zero_bin", ["replace", "keep"])
+def test_entropy_zero_bin_equals_reference_on_post_relu_activations(device, zero_bin):
+    """Many exact zeros, 8 bits, the default 2048 bins: both zero-bin options equal the reference."""
+    rng = rng_from(3)
+    batches = [np.maximum(rng.normal(-0.5, 1.0, 3000), 0.0) for _ in range(3)]
+    want = rc.calibrate("entropy", batches, 8, zero_bin=zero_bin)
+    assert obs.calibrate("entropy", _tensors(batches, device), 8, zero_bin=zero_bin) == want
+    if zero_bin == "replace":
+        assert obs.calibrate("entropy", _tensors(batches, device), 8) == want  # the default
+    else:
+        assert want != rc.calibrate("entropy", batches, 8)  # the option matters on this data
 
 
 @given(batches=act_batch_sequences(max_batches=5, max_size=60), p=st.sampled_from([50.0, 75.0, 97.5, 100.0]),
@@ -141,6 +156,8 @@ def test_observer_bad_input():
         obs.calibrate("minmax", [], 8)
     with pytest.raises(ValueError, match="candidates"):
         obs.MSEObserver(4, candidates=[0.5, 1.5])
+    with pytest.raises(ValueError, match=r"zero_bin must be one of \('replace', 'keep'\)"):
+        obs.make_observer("entropy", 8, zero_bin="drop")
 
 
 # -------------------------------------------------------------------------- PTQ
@@ -181,7 +198,8 @@ def _block_inputs(deploy, x) -> dict[str, list[np.ndarray]]:
 
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("calibrator, options", [("minmax", {}), ("percentile", {"percentile": 99.0}),
-                                                 ("entropy", {"num_bins": 128})])
+                                                 ("entropy", {"num_bins": 128}),
+                                                 ("entropy", {"num_bins": 128, "zero_bin": "keep"})])
 def test_ptq_equals_reference_on_deploy_network(per_channel, calibrator, options):
     model = _trained_like("repvgg_tiny8")
     loader = _loader()

@@ -12,6 +12,9 @@ method                     ``(lo, hi)``
 ``percentile``             ``(P_{100−p}(x), P_p(x))``, linear interpolation
 ``mse``                    the clipping ratio ``α`` of ``α·[lo0, hi0]`` minimizing MSE
 ``entropy``                TensorRT-style KL-divergence threshold on a histogram
+                           (zero bin replaced by its neighbour, as NVIDIA's
+                           pytorch-quantization does; ``zero_bin='keep'`` for
+                           TensorRT's original)
 =========================  =====================================================
 
 Batches may have any shape; they are flattened. Every function validates its
@@ -33,6 +36,8 @@ __all__ = [
     "DEFAULT_PERCENTILE",
     "DEFAULT_MSE_CANDIDATES",
     "DEFAULT_NUM_BINS",
+    "ZERO_BIN_MODES",
+    "DEFAULT_ZERO_BIN",
     "minmax",
     "moving_average_minmax",
     "percentile",
@@ -50,6 +55,10 @@ DEFAULT_PERCENTILE = 99.99
 DEFAULT_MSE_CANDIDATES = 100
 #: histogram bins of :func:`entropy_kl` (TensorRT's value)
 DEFAULT_NUM_BINS = 2048
+#: how :func:`entropy_kl` treats histogram bin 0 (the bin holding exact zeros)
+ZERO_BIN_MODES = ("replace", "keep")
+#: NVIDIA pytorch-quantization's handling (``bins[0] = bins[1]``)
+DEFAULT_ZERO_BIN = "replace"
 
 
 def _flat(x, name: str = "x") -> np.ndarray:
@@ -211,29 +220,60 @@ def _kl_candidate(hist: np.ndarray, i: int, nq: int) -> float:
     return float(np.sum(pn * np.log(pn / qn)))
 
 
-def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS) -> tuple[float, float]:
+def _check_zero_bin(zero_bin) -> str:
+    if not isinstance(zero_bin, str) or zero_bin not in ZERO_BIN_MODES:
+        raise ValueError(f"zero_bin must be one of {ZERO_BIN_MODES}, got {zero_bin!r}")
+    return zero_bin
+
+
+def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAULT_ZERO_BIN) -> tuple[float, float]:
     """Entropy (KL-divergence) calibration, TensorRT style *[repspec adaptation]*.
 
-    1. ``A = max|x|``; histogram of ``|x|`` with ``num_bins`` equal bins on ``[0, A]``.
-    2. Quantized levels per side: ``nq = 2^b`` when ``x ≥ 0`` (all levels on
+    1. ``A = max|x|``; histogram ``h`` of ``|x|`` with ``num_bins`` equal bins on ``[0, A]``.
+    2. Zero bin *[repspec: a choice among published variants]* — ``zero_bin``:
+
+       - ``'replace'`` (default): ``h[0] ← h[1]`` before any candidate is scored, in
+         the histogram used for both ``P`` and ``Q`` (and for the outlier mass).
+         This is NVIDIA pytorch-quantization's ``_compute_amax_entropy``
+         (TensorRT ``tools/pytorch-quantization/.../calib/histogram.py``:
+         ``bins = calib_hist[:]; bins[0] = bins[1]``). Why: post-ReLU activations put
+         a spike of exact zeros (often half the values or more) into bin 0. ``Q``
+         spreads each chunk's mass evenly over its non-empty bins, so the spike is
+         smeared over the first ``⌊i/nq⌋`` bins; that KL penalty, weighted by the
+         spike's mass, grows with ``i`` and drives the search to thresholds far too
+         small, which ruins INT8 PTQ accuracy. Zeros are represented exactly by the
+         quantizer at every threshold (``0`` is a level, §5.2), so the spike's
+         height says nothing about the best range.
+         With ``num_bins == 1`` there is no ``h[1]`` and nothing is replaced (the
+         only candidate is ``T = A`` then).
+       - ``'keep'``: the histogram as counted (TensorRT's original algorithm and
+         repspec's behaviour before the option existed).
+
+       The options agree whenever ``h[0] == h[1]``, e.g. when no ``|x|`` lies below
+       ``2·A/num_bins``.
+    3. Quantized levels per side: ``nq = 2^b`` when ``x ≥ 0`` (all levels on
        ``[0, T]``), else ``nq = 2^(b−1)`` (half the levels per sign, as TensorRT's
        128 for int8).
-    3. For every ``i ∈ [nq, num_bins]``: the KL divergence between the clipped
+    4. For every ``i ∈ [nq, num_bins]``: the KL divergence between the clipped
        reference distribution ``P`` and its ``nq``-level quantization ``Q``
-       (:func:`_kl_candidate`). The smallest KL wins, **ties to the smallest i**.
-    4. Threshold ``T = edges[i]`` (the right edge of the last kept bin;
+       (:func:`_kl_candidate` on ``h``). The smallest KL wins, **ties to the smallest i**.
+    5. Threshold ``T = edges[i]`` (the right edge of the last kept bin;
        ``i = num_bins`` gives ``T = A``), and ``(lo, hi) = (max(−T, min x), min(T, max x))``
        — always inside ``[min x, max x]``.
 
-    ``num_bins`` must be ``>= nq``. All-zero ``x`` gives ``(0.0, 0.0)``.
+    ``num_bins`` must be ``>= nq``; ``zero_bin`` must be one of :data:`ZERO_BIN_MODES`.
+    All-zero ``x`` gives ``(0.0, 0.0)``.
 
     >>> x = np.concatenate([np.linspace(0.0, 1.0, 1001), [4.0]])
     >>> entropy_kl(x, 1, num_bins=64)  # the lone 4.0 is clipped
+    (0.0, 1.0)
+    >>> entropy_kl(x, 1, num_bins=64, zero_bin="keep")
     (0.0, 1.0)
     """
     x = _flat(x)
     bits = check_bits(bits)
     num_bins = check_int(num_bins, "num_bins", min_value=1)
+    zero_bin = _check_zero_bin(zero_bin)
     xmin, xmax = float(x.min()), float(x.max())
     nq = 2 ** (bits - 1) if xmin < 0 else 2**bits
     if num_bins < nq:
@@ -244,6 +284,8 @@ def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS) -> tuple[float, float]
     if amax == 0.0:
         return xmin, xmax
     hist, edges = np.histogram(a, bins=num_bins, range=(0.0, amax))
+    if zero_bin == "replace" and num_bins > 1:
+        hist[0] = hist[1]
     best_i, best_kl = num_bins, np.inf
     for i in range(nq, num_bins + 1):
         kl = _kl_candidate(hist, i, nq)
@@ -262,7 +304,7 @@ _OPTIONS = {
     "moving_average_minmax": ("momentum",),
     "percentile": ("percentile",),
     "mse": ("candidates",),
-    "entropy": ("num_bins",),
+    "entropy": ("num_bins", "zero_bin"),
 }
 
 
@@ -273,7 +315,7 @@ def calibrate(method: str, batches, bits, **options) -> tuple[float, float]:
     ``moving_average_minmax`` sees all batches concatenated. ``bits`` (1..16) is
     validated for every method and used by ``mse`` and ``entropy``. ``options`` are
     the method's own keyword arguments: ``momentum`` (moving average),
-    ``percentile``, ``candidates`` (mse), ``num_bins`` (entropy).
+    ``percentile``, ``candidates`` (mse), ``num_bins`` and ``zero_bin`` (entropy).
 
     >>> calibrate("percentile", [np.arange(6.0), np.arange(6.0, 11.0)], 8, percentile=90)
     (1.0, 9.0)

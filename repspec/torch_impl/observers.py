@@ -35,7 +35,9 @@ Exactness (float64 data, tested in ``tests/test_torch_ptq.py``):
 - ``entropy``: two passes (``max|x|`` first, then the histogram of ``|x|`` with NumPy's
   own bin-index computation, integer counts — identical to ``np.histogram``); the KL
   search over thresholds is then the reference's arithmetic on that histogram, so the
-  result is bit-identical.
+  result is bit-identical. ``zero_bin`` (``'replace'``, the default: ``h[0] ← h[1]``
+  as NVIDIA pytorch-quantization does; or ``'keep'``, TensorRT's original) is applied
+  to that histogram exactly as the reference does.
 
 Every observer is an ``nn.Module`` whose ``forward`` observes and returns its input
 unchanged (insert it anywhere during calibration). Inputs must be non-empty, finite,
@@ -61,6 +63,8 @@ __all__ = [
     "DEFAULT_PERCENTILE",
     "DEFAULT_MSE_CANDIDATES",
     "DEFAULT_NUM_BINS",
+    "ZERO_BIN_MODES",
+    "DEFAULT_ZERO_BIN",
     "DEFAULT_PERCENTILE_CAPACITY",
     "RangeObserver",
     "MinMaxObserver",
@@ -77,6 +81,8 @@ DEFAULT_MOMENTUM = 0.01
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_MSE_CANDIDATES = 100
 DEFAULT_NUM_BINS = 2048
+ZERO_BIN_MODES = ("replace", "keep")  # reference calibrate.ZERO_BIN_MODES
+DEFAULT_ZERO_BIN = "replace"  # NVIDIA pytorch-quantization's bins[0] = bins[1]
 DEFAULT_PERCENTILE_CAPACITY = 2**20
 
 
@@ -395,13 +401,22 @@ class EntropyObserver(_MinMaxTracker):
     into ``num_bins`` equal bins on ``[0, A]`` with ``np.histogram``'s index rule
     (integer counts: identical). ``nq = 2^b`` levels when ``x >= 0``, else ``2^(b−1)``;
     ``num_bins >= nq`` is required.
+
+    ``zero_bin='replace'`` (default) sets ``h[0] ← h[1]`` before the KL search (NVIDIA
+    pytorch-quantization's ``_compute_amax_entropy``: the spike of exact zeros of
+    post-ReLU activations otherwise drives the threshold far too low);
+    ``zero_bin='keep'`` searches the histogram as counted (TensorRT's original).
+    Same rule as the reference (no replacement when ``num_bins == 1``).
     """
 
     passes = 2
 
-    def __init__(self, bits: int, num_bins: int = DEFAULT_NUM_BINS):
+    def __init__(self, bits: int, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAULT_ZERO_BIN):
         self.bits = check_bits(bits)
         self.num_bins = _int(num_bins, "num_bins", 1)
+        if not isinstance(zero_bin, str) or zero_bin not in ZERO_BIN_MODES:
+            raise ValueError(f"zero_bin must be one of {ZERO_BIN_MODES}, got {zero_bin!r}")
+        self.zero_bin = zero_bin
         if self.num_bins < 2 ** (self.bits - 1):
             raise ValueError(f"num_bins must be >= the number of quantized levels per side "
                              f"({2 ** (self.bits - 1)} or more for bits={self.bits}), got {self.num_bins}")
@@ -447,7 +462,9 @@ class EntropyObserver(_MinMaxTracker):
         xmin, xmax = float(self.min_val), float(self.max_val)
         if self.amax == 0.0:
             return xmin, xmax
-        hist = self.hist.cpu().numpy()
+        hist = self.hist.cpu().numpy().copy()
+        if self.zero_bin == "replace" and self.num_bins > 1:
+            hist[0] = hist[1]
         best_i, best_kl = self.num_bins, math.inf
         for i in range(self.nq, self.num_bins + 1):
             kl = _kl_candidate(hist, i, self.nq)
@@ -457,7 +474,7 @@ class EntropyObserver(_MinMaxTracker):
         return max(-t, xmin), min(t, xmax)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, num_bins={self.num_bins}"
+        return f"bits={self.bits}, num_bins={self.num_bins}, zero_bin={self.zero_bin!r}"
 
 
 # ---------------------------------------------------------------------- entry points
@@ -467,7 +484,7 @@ _OPTIONS = {
     "moving_average_minmax": ("momentum",),
     "percentile": ("percentile", "capacity"),
     "mse": ("candidates", "chunk"),
-    "entropy": ("num_bins",),
+    "entropy": ("num_bins", "zero_bin"),
 }
 
 
