@@ -33,7 +33,7 @@ test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks --benchmark-enable -q
+	$(PY) -m pytest benchmarks --benchmark-enable -q -s
 
 clean:
 	rm -rf $(VENV) .hypothesis .benchmarks

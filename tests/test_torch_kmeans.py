@@ -39,6 +39,25 @@ ks = st.integers(1, 10)
 REF_INITS = ["linear", "quantile", "optimal"]
 
 
+
+
+class loops:
+    """Run the CPU's DP recursion / sorted Lloyd loop with NumPy (the default) or with the torch code
+    that runs on other devices (so the CUDA code path is checked on the CPU too)."""
+
+    def __init__(self, backend: str):
+        self.numpy = backend == "numpy"
+
+    def __enter__(self):
+        self.old, T._NUMPY_LOOPS_ON_CPU = T._NUMPY_LOOPS_ON_CPU, self.numpy
+
+    def __exit__(self, *exc):
+        T._NUMPY_LOOPS_ON_CPU = self.old
+
+
+LOOPS = ["numpy", "torch"]
+
+
 def tt(a, device="cpu"):
     return torch.as_tensor(np.asarray(a, dtype=np.float64)).to(device)
 
@@ -102,23 +121,54 @@ def test_matches_reference_bit_for_bit_on_cpu(init, method, v, k, seed, max_iter
     assert got.labels.dtype == torch.int64 and got.labels.shape == v.shape
 
 
+@pytest.mark.parametrize("backend", LOOPS)
 @given(v=S.cluster_values(), k=ks)
-def test_optimal_dp_is_the_reference_dp_on_cpu(v, k):
+@example(v=np.array([0.0, 1.0, 2.0]), k=2)  # an exact tie: {0}{1,2} vs {0,1}{2} -> the smallest split
+@example(v=np.array([-1.0, 0.0, 0.0, 1.0, 5.0, 6.0, 7.0]), k=3)
+def test_optimal_dp_is_the_reference_dp_on_cpu(backend, v, k):
     ref = R.kmeans_1d_optimal(v, k)
-    got = T.kmeans_1d_optimal(tt(v), k)
+    with loops(backend):
+        got = T.kmeans_1d_optimal(tt(v), k)
     assert np.array_equal(npy(got.centroids), ref.centroids)
     assert np.array_equal(npy(got.labels), ref.labels)
     assert got.sse == pytest.approx(ref.sse, rel=SSE_RTOL, abs=1e-300)
     assert got.n_iter == 0 and got.converged
 
 
-# --------------------------------------------------------- prefix-sum path, any device
+@given(v=S.cluster_values(), k=ks)
+@example(v=np.array([0.0, 1.0, 2.0]), k=2)
+def test_inits_are_the_reference_inits_bit_for_bit(v, k):
+    for init in ("linear", "quantile", "optimal"):
+        assert np.array_equal(npy(T.initial_centroids(tt(v), k, init)), R.initial_centroids(v, k, init)), init
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@given(v=S.cluster_values(), k=ks)
+@example(v=np.array([0.0, 1.0, 2.0]), k=2)
+def test_torch_and_numpy_dp_backends_agree(device, v, k):
+    """The DP's torch backend (used off the CPU) and its NumPy backend (CPU) segment identically;
+    on the CPU both are the reference's DP bit for bit."""
+    uniq, counts = np.unique(v, return_counts=True)
+    assume(k < uniq.size)
+    w = counts.astype(np.float64)
+    a = T._optimal_segments(tt(uniq, device), tt(w, device), k, backend="torch")
+    b = T._optimal_segments(tt(uniq), tt(w), k, backend="numpy")
+    if device == "cpu":
+        assert torch.equal(a, b)
+    else:  # a different centring sum: a different segmentation must be an SSE tie
+        ca = T._segment_means(tt(uniq), tt(w), a.cpu())
+        cb = T._segment_means(tt(uniq), tt(w), b)
+        assert R.sse(v, npy(ca)) == pytest.approx(R.sse(v, npy(cb)), rel=1e-9, abs=1e-12)
+
+
+# --------------------------------------------------------- prefix-sum path, any device
+
+
+@pytest.mark.parametrize("backend", LOOPS)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("init", REF_INITS + ["warm"])
 @given(v=S.continuous_values(), k=ks, seed=S.seeds)
-def test_sorted_path_matches_reference_except_near_midpoints(device, init, v, k, seed):
+def test_sorted_path_matches_reference_except_near_midpoints(device, init, backend, v, k, seed):
     kw = {}
     if init == "warm":
         kw["init_centroids"] = np.sort(S.rng_from(seed).normal(size=k) * np.std(v))
@@ -127,8 +177,9 @@ def test_sorted_path_matches_reference_except_near_midpoints(device, init, v, k,
         if np.unique(v).size > k else None
     if c0 is not None:
         assume(reference_run_margin(v, k, c0, 300) > EPS)
-    got = T.kmeans_1d(tt(v, device), k, init=init, method="sorted",
-                      **{n: tt(a, device) for n, a in kw.items()})
+    with loops(backend):
+        got = T.kmeans_1d(tt(v, device), k, init=init, method="sorted",
+                          **{n: tt(a, device) for n, a in kw.items()})
     if init == "optimal" and device != "cpu":
         # the DP's centring sum differs off the CPU: a different segmentation must be a tie
         if not np.allclose(npy(got.centroids), ref.centroids, rtol=0, atol=1e-9 * np.abs(v).max()):
@@ -142,15 +193,15 @@ def test_sorted_path_matches_reference_except_near_midpoints(device, init, v, k,
     assert got.centroids.device.type == device
 
 
-def test_large_warm_start_switches_from_direct_to_sorted_and_still_matches():
-    """n > 2^16 on the CPU: a warm start runs direct updates, then sorts (``method='auto'``)."""
+def test_large_warm_start_takes_the_sorted_path_and_still_matches():
+    """n > 2^16 on the CPU: ``method='auto'`` sorts once and iterates on prefix sums."""
     rng = np.random.default_rng(0)  # seed chosen: every decision is > EPS from a midpoint (5.6e-9)
     v = rng.standard_t(3, 70_000)
     c0 = np.linspace(-1, 1, 8)  # far from the optimum: ~100 iterations
     assert reference_run_margin(v, 8, c0, 300) > EPS, "the fixed example comes too close to a midpoint"
     ref = R.kmeans_1d(v, 8, init_centroids=c0)
     got = T.kmeans_1d(tt(v), 8, init_centroids=tt(c0))
-    assert ref.n_iter > T._DIRECT_UPDATES
+    assert ref.n_iter > 50 and not T._use_direct("auto", tt(v))
     np.testing.assert_allclose(npy(got.centroids), ref.centroids, rtol=0, atol=1e-10 * np.abs(v).max())
     assert np.array_equal(npy(got.labels), ref.labels)
     assert (got.n_iter, got.converged) == (ref.n_iter, ref.converged)
@@ -170,6 +221,36 @@ def test_value_on_a_midpoint_goes_to_the_lower_centroid(device, a, gap, shift):
     v = tt([mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf)], device)
     assert npy(T.assign(v, c)).tolist() == [0, 1, 0]
     assert npy(T.kmeans_fake_quantize(v, c)).tolist() == [a * s, (a + 2 * gap) * s, a * s]
+
+
+@pytest.mark.parametrize("backend", LOOPS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", T.METHODS)
+def test_every_lloyd_implementation_sends_midpoint_values_to_the_lower_cluster(device, method, backend):
+    """{0, 1, 2} from [0, 2]: 1 sits on the midpoint, joins 0 -> [0.5, 2] (the upper choice would give [0, 1.5])."""
+    with loops(backend):
+        got = T.kmeans_1d(tt([0.0, 1.0, 2.0], device), 2, init_centroids=tt([0.0, 2.0], device), method=method)
+    ref = R.kmeans_1d(np.array([0.0, 1.0, 2.0]), 2, init_centroids=np.array([0.0, 2.0]))
+    assert npy(got.centroids).tolist() == [0.5, 2.0] == ref.centroids.tolist()
+    assert npy(got.labels).tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("backend", LOOPS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", T.METHODS)
+def test_duplicate_centroid_moving_past_its_copy_is_resorted(device, method, backend):
+    """From [1, 1, 9]: {2, 2.5} join the lowest copy, which moves to 2.25 past the empty copy at 1 -> sorted."""
+    v = np.array([2.0, 2.5, 8.0, 9.0])
+    ref = R.kmeans_1d(v, 3, init_centroids=np.array([1.0, 1.0, 9.0]), max_iter=1)
+    assert ref.centroids.tolist() == [1.0, 2.25, 8.5]
+    with loops(backend):
+        for max_iter in (1, 300):
+            got = T.kmeans_1d(tt(v, device), 3, init_centroids=tt([1.0, 1.0, 9.0], device), method=method,
+                              max_iter=max_iter)
+            ref = R.kmeans_1d(v, 3, init_centroids=np.array([1.0, 1.0, 9.0]), max_iter=max_iter)
+            assert npy(got.centroids).tolist() == ref.centroids.tolist()
+            assert npy(got.labels).tolist() == ref.labels.tolist()
+            assert (got.n_iter, got.converged) == (ref.n_iter, ref.converged)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -61,27 +61,23 @@ N_ITER = 5
 EPS = 1e-9  # relative distance to a decision boundary below which an example is discarded
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    if CUDA:
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        yield
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    else:
-        yield
+
+
 
 
 # ------------------------------------------------------------------------- set-up
 
 
-def build(kind: str, layout: dict, seed: int):
-    """Torch model (float64, CPU), its reference network, random trained-looking state, 2 batches."""
-    overrides = {k: layout[k] for k in ("num_blocks", "widths", "strides", "in_channels")}
-    if kind == "repvgg_oabn":
-        overrides["oabn_threshold"] = OABN_S
-    model = create_model(MODEL[kind], num_classes=layout["num_classes"], **overrides).double()
+def build(kind: str, layout: dict, seed: int, *, model=None):
+    """Torch model (float64, CPU), its reference network, random trained-looking state, 2 batches.
+
+    ``model``: a ready torch model to use instead of the registry one (``kind`` then unused)."""
+    if model is None:
+        overrides = {k: layout[k] for k in ("num_blocks", "widths", "strides", "in_channels")}
+        if kind == "repvgg_oabn":
+            overrides["oabn_threshold"] = OABN_S
+        model = create_model(MODEL[kind], num_classes=layout["num_classes"], **overrides)
+    model = model.double()
     net = reference_network_for(model)
     rng = np.random.default_rng(seed)
     params, buffers = net.init(rng)
@@ -191,9 +187,10 @@ def decision_margin(qnet, records, params0, buffers0, batches) -> float:
                 scale, zp = RQu.activation_qparams(lo, hi, aq.bits)
                 lo_r, hi_r = RQu.activation_range(scale, zp, aq.bits)
                 width = max(hi_r - lo_r, 1e-300)
-                margin = min(margin, _code_margin(c.x / scale))
-                if min(lo, 0.0) < 0.0:
-                    margin = min(margin, _code_margin(-min(lo, 0.0) / scale))
+                if scale > 0.0:  # scale 0 (a zero range): every input maps to zp, no rounding decision
+                    margin = min(margin, _code_margin(c.x / scale))
+                    if min(lo, 0.0) < 0.0:
+                        margin = min(margin, _code_margin(-min(lo, 0.0) / scale))
                 xs = c.x[~((c.x == 0.0) & (lo_r == 0.0))]  # exact zeros on an exact 0 bound: same on both sides
                 if xs.size:
                     margin = min(margin, float(np.min(np.abs(xs - lo_r))) / width,
@@ -212,8 +209,8 @@ def decision_margin(qnet, records, params0, buffers0, batches) -> float:
 
 
 def run_and_compare(kind, layout, spec, hp, seed, device, *, act_bits, keep_first_fp32, on_tie=assume,
-                    record=event):
-    model, net, params, buffers, batches, calib, rng = build(kind, layout, seed)
+                    record=event, model=None):
+    model, net, params, buffers, batches, calib, rng = build(kind, layout, seed, model=model)
     rwq, twq = quantizers(spec)
     ranges = calibrated_ranges(net, params, buffers, calib, rng, keep_first_fp32) if act_bits else {}
     qnet, qbuf = RQ.make_qat_network(net, params, buffers, weight_quantizer=rwq, act_bits=act_bits,
@@ -299,6 +296,22 @@ def test_every_block_kind_and_quantizer_on_a_fixed_network(kind, spec, device):
     hp = dict(lr=0.05, momentum=0.9, dampening=0.0, nesterov=True, weight_decay=1e-4)
     run_and_compare(kind, FIXED_LAYOUT, spec, hp, 11, device, act_bits=4, keep_first_fp32=False,
                     on_tie=_require, record=lambda _: None)
+
+
+@pytest.mark.parametrize("spec", [{"kind": "uniform", "bits": 3, "per_channel": True},
+                                  {"kind": "kmeans", "bits": 2, "update_every": 1}], ids=["uniform", "kmeans"])
+def test_grouped_blocks(spec):
+    """Grouped convolutions (RepVGG ``groups=2``, with and without identity): fusion, quantization, training."""
+    from repspec.torch_impl.models import VGGNet
+
+    def factory(i, o, s, stage, index):
+        return RepVGGBlock(i, o, s, groups=1 if stage == 0 else 2)
+
+    model = VGGNet(factory, (1, 2), (4, 4), (1, 2), num_classes=3, in_channels=2)
+    layout = dict(num_blocks=(1, 2), widths=(4, 4), strides=(1, 2), in_channels=2, hw=6, batch=3, num_classes=3)
+    hp = dict(lr=0.05, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0)
+    run_and_compare("repvgg", layout, spec, hp, 5, "cpu", act_bits=5, keep_first_fp32=False, on_tie=_require,
+                    record=lambda _: None, model=model)
 
 
 # ---------------------------------------------------------------- torch-side properties
@@ -395,6 +408,39 @@ def test_codebooks_reproduce_the_quantized_kernels(bits):
         assert cb.centroids.shape == (2**bits,) and cb.indices.shape == k_hat.shape
         assert torch.unique(k_hat).numel() <= 2**bits
         assert (cb.stride, cb.groups) == (block.stride, block.groups)
+
+
+@given(seed=S.seeds, bits=st.integers(1, 4), update_every=st.integers(1, 4),
+       scales=st.lists(st.sampled_from([0.0, 1e-3, 0.1, 2.0]), min_size=1, max_size=6))
+def test_cached_assignment_equals_the_full_assignment(seed, bits, update_every, scales):
+    """``cache_assignments=True`` (check the two midpoints around each weight, re-assign the movers) gives
+    exactly ``kmeans_fake_quantize(kernel, centroids)``, in training (with refits) and in eval, for small
+    and large moves (weights crossing several midpoints)."""
+    from repspec.torch_impl.kmeans import kmeans_fake_quantize
+    rng = S.rng_from(seed)
+    kernel = torch.from_numpy(rng.standard_t(3, (4, 3, 3, 3)))
+    cached = TQ.KMeansWeightQuantizer(bits, update_every=update_every)
+    plain = TQ.KMeansWeightQuantizer(bits, update_every=update_every, cache_assignments=False)
+    for q in (cached, plain):
+        q.initialize(kernel)
+    for i, scale in enumerate(scales):
+        kernel = kernel + scale * torch.from_numpy(rng.standard_normal(kernel.shape))
+        if cached._cache is not None and i % 2:  # some weights exactly on the midpoint below / above them
+            bounds = cached._bounds(cached.centroids)
+            if cached._cache[2] is None:
+                lower, upper = bounds[:-1][cached._cache[1]], bounds[1:][cached._cache[1]]
+            else:
+                lower, upper = cached._cache[2], cached._cache[3]
+            pick = torch.from_numpy(rng.random(kernel.shape) < 0.3)
+            kernel = torch.where(pick & torch.isfinite(lower), lower, kernel)
+            kernel = torch.where(pick & ~torch.isfinite(lower) & torch.isfinite(upper), upper, kernel)
+        mode = i % 3 != 2
+        cached.train(mode)
+        plain.train(mode)
+        a, b = cached(kernel), plain(kernel)
+        assert torch.equal(cached.centroids, plain.centroids)
+        assert torch.equal(a, b) and torch.equal(a, kmeans_fake_quantize(kernel, cached.centroids))
+    assert plain._cache is None
 
 
 def test_uniform_quantized_kernel_uses_at_most_2_to_the_bits_minus_1_values():

@@ -1,53 +1,58 @@
-"""SPEC §5 *[repspec]*: 1-D k-means in PyTorch — sort once, ``searchsorted``, prefix sums.
+"""SPEC §5 *[repspec]*: 1-D k-means in PyTorch — sort once, then ``O(k log n)`` Lloyd iterations.
 
 The rules are exactly those of :mod:`repspec.reference.kmeans` (the oracle); this
-module is the fast, device-agnostic implementation (CPU or CUDA: every tensor stays
-on the device of the input).
+module is the fast, device-agnostic implementation (CPU or CUDA: results stay on the
+device of the input). docs/12-torch-qat.md has the measurements.
 
 **Assignment** (:func:`assign`). Centroids sorted ascending; decision boundaries are
 the midpoints ``m_j = 0.5·c_j + 0.5·c_{j+1}`` (the reference's formula, same float
-operations); ``label(v) = #{j : m_j < v}`` = ``torch.searchsorted(m, v, right=False)``
-(NumPy ``side='left'``), so a value **exactly on a midpoint goes to the lower
-centroid**; duplicate centroids: the **lowest index** of the equal group.
+operations); ``label(v) = #{j : m_j < v}`` — for ``k ≤ 32`` a branchless scan of ``k − 1``
+vectorized comparisons, else ``torch.searchsorted(m, v, right=False)`` (NumPy
+``side='left'``) — so a value **exactly on a midpoint goes to the lower centroid**;
+duplicate centroids: the **lowest index** of the equal group.
 
-**Lloyd without an n×k distance matrix.** The values are sorted once
+**Lloyd without an n×k matrix** (``method='sorted'``). The values are sorted once
 (``O(n log n)``) and their float64 prefix sums ``S`` taken once. With sorted values
-every cluster is a contiguous run, so one Lloyd iteration only needs the ``k``
-run ends ``E_j = #{v : label(v) ≤ j}``: ``torch.searchsorted(sorted_v, m, right=True)``
-(``#{v ≤ m_j}``, ``O(k log n)``), mapped through the duplicate rule. The update is
+every cluster is a contiguous run, so one iteration only needs the run ends
+``E_j = #{v : label(v) ≤ j}`` = ``searchsorted(sorted_v, m, right=True)`` (``#{v ≤ m_j}``,
+``O(k log n)``) mapped through the duplicate rule. The update is
 ``c_j = (S[E_j] − S[E_{j−1}]) / (E_j − E_{j−1})``; an **empty cluster keeps its
 centroid**; then the centroids are sorted again (as the reference's ``np.sort``).
 The labels are unchanged iff ``E`` is unchanged, so the stopping rule ("no label
-changed, or ``max_iter`` updates") is the reference's. Per iteration: ``O(k log n)``
-work, independent of ``n`` apart from the binary search. The per-value labels are
-computed once at the end (``O(n log k)``).
+changed, or ``max_iter`` updates") is the reference's. The per-value labels are
+computed once at the end. ``method='direct'`` is the reference's update literally
+(assign all values, ``bincount`` sums: ``O(n)`` per iteration, bit-identical centroids
+on the CPU); ``'auto'`` (default) is direct on the CPU up to 2^16 values, sorted
+otherwise. On the CPU the ``k``-sized work of the sorted loop and the DP recursion run
+with NumPy (lower per-call overhead; same operations), elsewhere with torch.
 
 **k ≥ number of distinct values**: exact, as the reference — the centroids are the
 distinct values followed by ``k − d`` copies of the largest; no iterations; SSE 0.
 
 **Inits** (``init=``): ``linear`` (NumPy's ``linspace`` arithmetic on ``[min, max]``),
-``quantile`` (NumPy's default ``linear`` quantile arithmetic at ``(2j+1)/(2k)``),
-``kmeans++`` (D² sampling; needs ``seed`` — an ``int`` or a :class:`torch.Generator`;
-the random stream is torch's, so centroids differ from the reference's NumPy stream
-for the same seed), ``optimal`` (:func:`kmeans_1d_optimal`, the exact DP, the
-default), ``warm`` (``init_centroids``, sorted on entry: the ClusterQAT refit), and
-the torch-only fast path ``binned`` (:func:`binned_optimal_centroids`: the exact DP
-over ``bins`` equal-count bins of the sorted values, then Lloyd on all values — see
-docs/08-torch-qat.md for why and for measurements).
+``quantile`` (NumPy's default ``linear`` quantile arithmetic at ``(2j+1)/(2k)``) — both
+bit-identical to the reference; ``kmeans++`` (D² sampling; needs ``seed`` — an ``int``
+or a :class:`torch.Generator`; the random stream is torch's, so the centroids differ from
+the reference's NumPy stream for the same seed); ``optimal`` (:func:`kmeans_1d_optimal`,
+the exact DP, the default); ``warm`` (``init_centroids``, sorted on entry: the
+ClusterQAT refit); and the torch-only fast path ``binned``
+(:func:`binned_optimal_centroids`: the exact DP over ≤ 2·``bins`` equal-count and
+equal-width bins, then Lloyd on all values).
 
-**Precision.** All arithmetic is float64 (inputs of other dtypes are converted for
-the computation); ``centroids`` are returned in the input's dtype and ``labels`` are the
+**Precision.** All arithmetic is float64 (other dtypes are converted for the
+computation); ``centroids`` are returned in the input's dtype and ``labels`` are the
 assignment of the input values to *those* centroids. Against the reference (float64,
-CPU): labels agree exactly and centroids to a few ulps (the prefix-sum segment sums
-and the reference's ``np.bincount`` sums round differently), except for values within
-``ε`` of a midpoint (SPEC §6; tests/test_torch_kmeans.py states ε). The ``optimal``
-DP is bit-identical to the reference on CPU (same prefix sums, same comparisons, ties
-→ the smallest split; its centring mean is taken with NumPy's summation on CPU).
+CPU): ``'direct'`` is bit-identical; ``'sorted'`` gives the same labels and centroids
+within a few ulps (prefix-sum vs ``bincount`` sums) except for values within ``ε`` of a
+midpoint (SPEC §6; tests/test_torch_kmeans.py states ε). The ``optimal`` DP is
+bit-identical to the reference on the CPU (same prefix sums, same comparisons, ties →
+the smallest split; its centring mean and segment sums use NumPy's summation there).
 
 Errors: ``TypeError`` for non-tensors, non-floating tensors, non-integer ``k`` /
 ``max_iter``; ``ValueError`` for empty or non-finite values, ``k < 1``, unsorted or
-mis-shaped centroids, unknown inits, ``kmeans++`` without ``seed``. Everything is
-validated before anything is computed.
+mis-shaped centroids, unknown inits or methods, ``kmeans++`` without ``seed``.
+Everything is validated before anything is computed. ``k`` larger than the number of
+values is not an error: it is the exact rule above.
 """
 
 from __future__ import annotations
@@ -159,10 +164,34 @@ def _first_of_group(c: Tensor) -> Tensor:
     return torch.searchsorted(c, c, right=False)
 
 
+#: up to this many centroids the assignment is a branchless scan over the midpoints
+#: (``k − 1`` vectorized comparisons: ~3x faster than ``torch.searchsorted`` for k = 16 on the CPU)
+_SCAN_MAX_K = 32
+
+
+def _raw_labels(flat: Tensor, m: Tensor) -> Tensor:
+    """``#{j : m_j < v}`` for every ``v`` (``torch.searchsorted(m, v, right=False)``), int64."""
+    if m.numel() + 1 <= _SCAN_MAX_K:
+        acc = torch.zeros(flat.shape, dtype=torch.uint8, device=flat.device)
+        for j in range(m.numel()):
+            acc += flat > m[j]
+        return acc.long()
+    return torch.searchsorted(m, flat.contiguous(), right=False)
+
+
 def _assign(v: Tensor, c: Tensor) -> Tensor:
-    """Labels of ``v`` (any shape) for sorted ``c`` of the same dtype (reference ``_assign``)."""
-    labels = torch.searchsorted(_midpoints(c), v.reshape(-1).contiguous(), right=False)  # on a midpoint: lower
-    return _first_of_group(c)[labels].reshape(v.shape)
+    """Labels of ``v`` (any shape) for sorted ``c`` of the same dtype (reference ``_assign``).
+
+    ``label = #{j : m_j < v}`` (a value on a midpoint goes to the lower centroid), then
+    the duplicate rule (the lowest index of a group of equal centroids).
+    """
+    flat = v.reshape(-1)
+    if c.numel() == 1:
+        return torch.zeros(v.shape, dtype=torch.int64, device=v.device)
+    labels = _raw_labels(flat, _midpoints(c))
+    if bool((c[1:] == c[:-1]).any()):
+        labels = _first_of_group(c)[labels]
+    return labels.reshape(v.shape)
 
 
 def midpoints(centroids: Tensor) -> Tensor:
@@ -221,8 +250,9 @@ class _SortedValues:
     def __init__(self, flat: Tensor):
         self.n = flat.numel()
         self.sorted = _sort(flat).to(_F64)
-        zero = torch.zeros(1, dtype=_F64, device=flat.device)
-        self.prefix = torch.cat([zero, torch.cumsum(self.sorted, 0)])
+        self.prefix = torch.empty(self.n + 1, dtype=_F64, device=flat.device)
+        self.prefix[0] = 0.0
+        torch.cumsum(self.sorted, 0, out=self.prefix[1:])
         self._distinct: Tensor | None = None
         self._counts: Tensor | None = None
 
@@ -370,8 +400,15 @@ def _weighted_mean(points: Tensor, weights: Tensor) -> Tensor:
     return (points * weights).sum() / weights.sum()
 
 
-def _optimal_segments(points: Tensor, weights: Tensor, k: int) -> Tensor:
-    """Segment starts ``(k,)`` of the exact k-segmentation of sorted weighted ``points`` (``k < len``)."""
+def _optimal_segments(points: Tensor, weights: Tensor, k: int, backend: str | None = None) -> Tensor:
+    """Segment starts ``(k,)`` of the exact k-segmentation of sorted weighted ``points`` (``k < len``).
+
+    ``backend``: ``'numpy'`` (the default on the CPU) or ``'torch'`` (the default elsewhere).
+    """
+    if backend is None:
+        backend = "numpy" if points.device.type == "cpu" and _NUMPY_LOOPS_ON_CPU else "torch"
+    if backend == "numpy":
+        return torch.from_numpy(_optimal_segments_numpy(points.numpy(), weights.numpy(), k))
     n = points.numel()
     dev = points.device
     x = points - _weighted_mean(points, weights).to(dev)  # centred: less cancellation in S2 − S1²/S0
@@ -391,6 +428,64 @@ def _optimal_segments(points: Tensor, weights: Tensor, k: int) -> Tensor:
         i = int(opt[i])
         starts.insert(1, i)
     return torch.tensor(starts, dtype=torch.int64, device=dev)
+
+
+# The same DP with NumPy arrays — the CPU backend. The recursion issues O(k log n) small array
+# operations; NumPy's per-call overhead is several times lower than torch's, which is what the
+# binned fast path (a DP over a few thousand points) is bound by. Same operations, same order,
+# so both backends (and the reference) give bit-identical results.
+
+
+def _segment_cost_numpy(s0, s1, s2, m, i):
+    w = s0[i] - s0[m]
+    t = s1[i] - s1[m]
+    return np.maximum(s2[i] - s2[m] - t * t / w, 0.0)
+
+
+def _layer_divide_and_conquer_numpy(prev, j, n, s0, s1, s2):
+    d = np.full(n + 1, np.inf)
+    opt = np.zeros(n + 1, dtype=np.int64)
+    ilo, ihi = np.array([j]), np.array([n])
+    mlo, mhi = np.array([j - 1]), np.array([n - 1])
+    while ilo.size:
+        mid = (ilo + ihi) // 2
+        a, b = mlo, np.minimum(mhi, mid - 1)
+        lens = b - a + 1
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        task = np.repeat(np.arange(ilo.size), lens)
+        pos = np.arange(task.size)
+        m = pos - starts[task] + a[task]
+        vals = prev[m] + _segment_cost_numpy(s0, s1, s2, m, mid[task])
+        best = np.minimum.reduceat(vals, starts)
+        first = np.minimum.reduceat(np.where(vals == best[task], pos, task.size), starts)  # smallest split
+        d[mid], opt[mid] = best, m[first]
+        left, right = ilo <= mid - 1, mid + 1 <= ihi
+        ilo, ihi, mlo, mhi = (
+            np.concatenate([ilo[left], mid[right] + 1]),
+            np.concatenate([mid[left] - 1, ihi[right]]),
+            np.concatenate([mlo[left], opt[mid][right]]),
+            np.concatenate([opt[mid][left], mhi[right]]),
+        )
+    return d, opt
+
+
+def _optimal_segments_numpy(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    n = points.size
+    x = points - np.average(points, weights=weights)
+    s0 = np.concatenate([[0.0], np.cumsum(weights)])
+    s1 = np.concatenate([[0.0], np.cumsum(weights * x)])
+    s2 = np.concatenate([[0.0], np.cumsum(weights * x * x)])
+    d = np.full(n + 1, np.inf)
+    d[1:] = _segment_cost_numpy(s0, s1, s2, np.zeros(n, dtype=np.int64), np.arange(1, n + 1))
+    opts = []
+    for j in range(2, k + 1):
+        d, opt = _layer_divide_and_conquer_numpy(d, j, n, s0, s1, s2)
+        opts.append(opt)
+    starts, i = [0], n
+    for opt in reversed(opts):
+        i = int(opt[i])
+        starts.insert(1, i)
+    return np.array(starts, dtype=np.int64)
 
 
 def _segment_means(points: Tensor, weights: Tensor, starts: Tensor) -> Tensor:
@@ -416,10 +511,10 @@ def _optimal_from_sorted(sv: _SortedValues, k: int) -> Tensor:
 
 def _binned_from_sorted(sv: _SortedValues, k: int, bins: int) -> Tensor:
     bins = max(bins, 4 * k)
-    uniq, _ = sv.distinct()
-    if uniq.numel() <= 2 * bins:
+    head = sv.sorted[: 4 * (2 * bins + 1)]  # sorted: counting the head's distinct values is one pass
+    if torch.unique_consecutive(head).numel() <= 2 * bins and sv.distinct()[0].numel() <= 2 * bins:
         return _optimal_from_sorted(sv, k)
-    dev = uniq.device
+    dev = sv.sorted.device
     n = sv.n
     by_count = torch.div(torch.arange(bins + 1, device=dev) * n, bins, rounding_mode="floor")
     lo, hi = sv.sorted[0], sv.sorted[-1]
@@ -432,7 +527,7 @@ def _binned_from_sorted(sv: _SortedValues, k: int, bins: int) -> Tensor:
 
 
 def binned_optimal_centroids(values: Tensor, k: int, *, bins: int = DEFAULT_BINS) -> Tensor:
-    """SPEC §5 (torch-only fast init): the exact k-segmentation of ``bins`` equal-count bins.
+    """SPEC §5 (torch-only fast init): the exact k-segmentation of ≤ 2·bins equal-count and equal-width bins.
 
     The sorted values are cut at ``B = max(bins, 4k)`` equal-count edges *and* at ``B``
     equal-width edges over ``[min, max]`` (so heavy tails keep their resolution: equal
@@ -441,9 +536,10 @@ def binned_optimal_centroids(values: Tensor, k: int, *, bins: int = DEFAULT_BINS
     count as weight; the exact DP
     (:func:`kmeans_1d_optimal`'s recurrence) segments those points; the centroids are
     the segments' means over all their values. With at most that many distinct values
-    it *is* the exact optimum (at most ``2B`` distinct values: the DP runs on them). Followed by Lloyd (``kmeans_1d(init='binned')``) this
-    reaches the exact optimum or a local optimum next to it at a fraction of the DP's
-    cost on 10^6 values (docs/08-torch-qat.md).
+    it *is* the exact optimum (at most ``2B`` distinct values: the DP runs on them).
+    Followed by Lloyd (``kmeans_1d(init='binned')``) this reaches the exact optimum or a
+    local optimum next to it at a fraction of the DP's cost on 10^6 values
+    (docs/12-torch-qat.md: 1.0000007x the optimal SSE in 37 ms vs 11 s).
     """
     v = _check_values(values)
     k = _check_int(k, "k", min_value=1)
@@ -497,16 +593,18 @@ def _more_than_k_distinct(flat: Tensor, k: int) -> bool:
     return torch.unique(flat).numel() > k
 
 
+#: on the CPU, run the DP recursion and the sorted Lloyd loop (many small-array calls) with NumPy —
+#: same operations, same results as their torch versions, which run elsewhere (tests flip this switch)
+_NUMPY_LOOPS_ON_CPU = True
+
 #: Lloyd implementations (``method=``); see :func:`kmeans_1d`
 METHODS = ("auto", "direct", "sorted")
-#: ``method='auto'`` on the CPU: at most this many values are always clustered directly
+#: ``method='auto'`` on the CPU clusters at most this many values directly (bit-identical to the reference)
 _SMALL = 1 << 16
-#: ``method='auto'`` on the CPU: a large warm start first runs this many direct updates before sorting
-_DIRECT_UPDATES = 4
 
 
 def _assign64(flat64: Tensor, c: Tensor) -> Tensor:
-    return _first_of_group(c)[torch.searchsorted(_midpoints(c), flat64, right=False)]
+    return _assign(flat64, c)
 
 
 def _direct_update(flat64: Tensor, c: Tensor, labels: Tensor) -> Tensor:
@@ -517,49 +615,45 @@ def _direct_update(flat64: Tensor, c: Tensor, labels: Tensor) -> Tensor:
     return torch.sort(torch.where(counts > 0, sums / counts.clamp_min(1).to(_F64), c)).values
 
 
-def _direct_budget(method: str, flat64: Tensor, sv: _SortedValues | None) -> int | None:
-    """How many updates run directly (``None``: all of them)."""
-    if method == "direct":
-        return None
-    if method == "sorted" or flat64.device.type != "cpu":
-        return 0
-    if flat64.numel() <= _SMALL:
-        return None
-    return 0 if sv is not None else _DIRECT_UPDATES
+def _use_direct(method: str, flat: Tensor) -> bool:
+    if method != "auto":
+        return method == "direct"
+    return flat.device.type == "cpu" and flat.numel() <= _SMALL
 
 
-def _lloyd(flat64: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, method: str = "auto"):
+def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, method: str = "auto"):
     """Lloyd from sorted float64 ``c`` until no label changes or ``max_iter`` updates.
 
     Returns ``(c, n_iter, converged, labels or None)``. Two implementations, same
     decisions (same midpoints, same labels), different summation:
 
-    * **direct** — the reference's update literally: labels by ``searchsorted`` on the
-      midpoints (``O(n log k)``), sums by ``torch.bincount`` (serial on the CPU, so the
-      centroids are bit-identical to the reference's ``np.bincount``);
+    * **direct** — the reference's update literally: labels by comparison with the
+      midpoints (``O(n·min(k, log k))``), sums by ``torch.bincount`` (serial on the CPU, so
+      the centroids are bit-identical to the reference's ``np.bincount``);
     * **sorted** — sort once, then ``O(k log n)`` per iteration from run ends and prefix
-      sums (the module docstring).
+      sums (the module docstring). Even a warm start that converges after one update
+      needs two full assignments directly, so one sort (plus the final assignment) is
+      never slower on large inputs.
 
-    ``method='auto'``: on the CPU, direct for ``n ≤ 2^16``; for larger inputs sorted,
-    except that a warm start (no sorted values yet) first tries :data:`_DIRECT_UPDATES`
-    direct updates — usually all a ClusterQAT refit needs; elsewhere (CUDA) sorted.
+    ``method='auto'``: direct on the CPU for ``n ≤ 2^16``, sorted otherwise.
     """
-    budget = _direct_budget(method, flat64, sv)
     converged, n_iter = False, 0
-    if budget is None or budget > 0:
+    if _use_direct(method, flat):
+        flat64 = flat.to(_F64)
         labels = _assign64(flat64, c)
-        limit = max_iter if budget is None else min(max_iter, budget)
-        while n_iter < limit:
+        while n_iter < max_iter:
             n_iter += 1
             c = _direct_update(flat64, c, labels)
             new_labels = _assign64(flat64, c)
             if torch.equal(new_labels, labels):
                 return c, n_iter, True, new_labels
             labels = new_labels
-        if n_iter == max_iter:
-            return c, n_iter, False, labels
+        return c, n_iter, False, labels
     if sv is None:
-        sv = _SortedValues(flat64)
+        sv = _SortedValues(flat)
+    if c.device.type == "cpu" and _NUMPY_LOOPS_ON_CPU:  # k-sized work per iteration: NumPy's call overhead is lower
+        c_np, n_iter, converged = _sorted_lloyd_numpy(sv.sorted.numpy(), sv.prefix.numpy(), c.numpy(), max_iter)
+        return torch.from_numpy(c_np), n_iter, converged, None
     ends = sv.run_ends(c)
     while n_iter < max_iter:
         n_iter += 1
@@ -572,11 +666,34 @@ def _lloyd(flat64: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, m
     return c, n_iter, converged, None
 
 
+def _sorted_lloyd_numpy(sorted_v: np.ndarray, prefix: np.ndarray, c: np.ndarray, max_iter: int):
+    """:meth:`_SortedValues.run_ends` / :meth:`_SortedValues.update` with the same float64 arithmetic, in NumPy."""
+    n = sorted_v.size
+
+    def run_ends(c):
+        raw = np.append(np.searchsorted(sorted_v, 0.5 * c[:-1] + 0.5 * c[1:], side="right"), n)
+        return raw[np.searchsorted(c, c, side="right") - 1]
+
+    ends = run_ends(c)
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        n_iter += 1
+        starts = np.concatenate(([0], ends[:-1]))
+        counts = ends - starts
+        means = (prefix[ends] - prefix[starts]) / np.maximum(counts, 1).astype(np.float64)
+        c = np.sort(np.where(counts > 0, means, c))
+        new_ends = run_ends(c)
+        if np.array_equal(new_ends, ends):
+            converged = True
+            break
+        ends = new_ends
+    return c, n_iter, converged
+
+
 def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int,
             method: str = "auto"):
     """The validated core of :func:`kmeans_1d`: ``(centroids in v's dtype, labels, n_iter, converged)``."""
     flat = v.reshape(-1)
-    flat64 = flat.to(_F64)
     if not _more_than_k_distinct(flat, k):
         sv = _SortedValues(flat)
         c = _exact_centroids(sv, k).to(v.dtype)
@@ -585,14 +702,14 @@ def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | N
     if init == "warm":
         c = c_warm
     elif init == "linear":
-        lo, hi = torch.aminmax(flat64)
-        c = _linspace_numpy(lo, hi, k)
+        lo, hi = torch.aminmax(flat)
+        c = _linspace_numpy(lo.to(_F64), hi.to(_F64), k)
     elif init == "kmeans++":
-        c = _kmeans_pp(flat64, k, gen)
+        c = _kmeans_pp(flat.to(_F64), k, gen)
     else:
         sv = _SortedValues(flat)
         c = _initial(sv, flat, k, init, gen, bins)
-    c, n_iter, converged, labels = _lloyd(flat64, c, max_iter, sv, method)
+    c, n_iter, converged, labels = _lloyd(flat, c, max_iter, sv, method)
     c_out = c.to(v.dtype)
     if labels is None or v.dtype != _F64:
         labels = _assign(v, c_out)
@@ -632,11 +749,12 @@ def kmeans_1d(values: Tensor, k: int, *, init: str | None = None, max_iter: int 
     ``binned`` init's bin count. ``method``: the Lloyd implementation, one of
     :data:`METHODS` (same decisions, different summation; :func:`_lloyd`): ``'direct'``
     sums like the reference (bit-identical centroids on the CPU), ``'sorted'`` iterates
-    in ``O(k log n)`` after one sort, ``'auto'`` picks by size and device.
+    in ``O(k log n)`` after one sort, ``'auto'`` (default) is direct on the CPU for
+    ``n ≤ 2^16`` and sorted otherwise.
 
-    Cost: one sort (``O(n log n)``; a CPU warm start first tries a few direct
-    ``O(n log k)`` updates), then ``O(k log n)`` per Lloyd iteration, then ``O(n log k)``
-    for the labels; never an ``n×k`` matrix.
+    Cost (sorted): one sort (``O(n log n)``), then ``O(k log n)`` per Lloyd iteration,
+    then one assignment for the labels (``k − 1`` vectorized comparisons for ``k ≤ 32``,
+    else a binary search); never an ``n×k`` matrix.
 
     >>> v = torch.tensor([0.0, 0.1, 0.2, 5.0, 5.2, 9.0], dtype=torch.float64)
     >>> r = kmeans_1d(v, 2, init="linear")

@@ -41,14 +41,15 @@ import math
 import numbers
 from typing import Mapping, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock, identity_kernel, pad_1x1_to_3x3
-from .kmeans import DEFAULT_INIT, INITS, _check_values, _kmeans, _assign
+from .kmeans import DEFAULT_BINS, DEFAULT_INIT, INITS, _assign, _check_values, _kmeans
 from .models import VGGNet
-from .oabn import bn_factor
+from .oabn import OABN
 from .quant import ActivationFakeQuant, check_bits, fake_quantize_weight
 
 __all__ = [
@@ -69,6 +70,46 @@ SUPPORTED_BLOCKS = (RepVGGBlock, QARepVGGBlock, RepOptTargetBlock)
 
 def _pc(v: Tensor) -> Tensor:
     return v[:, None, None, None]
+
+
+def _sqrt_constant(x: Tensor) -> Tensor:
+    """``sqrt(x)`` of a constant (no gradient), correctly rounded.
+
+    ``torch.sqrt`` on the CPU is not correctly rounded in float64 (measured: ~1% of values
+    one ulp off against ``math.sqrt``), which would make the fused kernel differ from the
+    reference's in the last bit; NumPy's (hardware) square root is exact, so the CPU
+    uses it (zero-copy). CUDA's double-precision ``sqrt`` is IEEE-rounded.
+    """
+    x = x.detach()
+    if x.device.type == "cpu" and x.dtype in (torch.float64, torch.float32, torch.float16):
+        return torch.from_numpy(np.sqrt(x.contiguous().numpy()))
+    return torch.sqrt(x)
+
+
+class _StraightThroughClip(torch.autograd.Function):
+    """Forward: ``clamp(t, −s, s)`` exactly; backward: identity (OABN ``gradient='straight_through'``)."""
+
+    @staticmethod
+    def forward(ctx, t, s):
+        return t.clamp(-s, s)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _bn_factor(bn: nn.Module) -> Tensor:
+    """SPEC §0/§4: ``t = γ/sqrt(σ² + eps)`` with the running statistics (constants), clipped for an OABN.
+
+    The reference's arithmetic exactly (one correctly rounded square root, one division,
+    an exact clip); differentiable in ``γ`` — OABN ``'clip'``: the gradient of ``clamp``
+    (it passes at ``|t| = s``, as the reference), ``'straight_through'``: identity.
+    """
+    t = bn.weight / _sqrt_constant(bn.running_var + bn.eps)
+    if isinstance(bn, OABN) and math.isfinite(bn.threshold):
+        s = float(bn.threshold)
+        t = _StraightThroughClip.apply(t, s) if bn.gradient == "straight_through" else t.clamp(-s, s)
+    return t
 
 
 def _check_block(block, what: str = "block") -> nn.Module:
@@ -100,10 +141,10 @@ def fused_kernel_bias(block: nn.Module) -> tuple[Tensor, Tensor]:
     _check_block(block)
     if isinstance(block, RepOptTargetBlock):
         bn = block.bn
-        t = bn_factor(bn)
+        t = _bn_factor(bn)
         return _pc(t) * block.conv.weight, bn.bias - bn.running_mean * t
     dense = block.rbr_dense
-    t3 = bn_factor(dense.bn)
+    t3 = _bn_factor(dense.bn)
     if isinstance(block, QARepVGGBlock):
         kernel = _pc(t3) * dense.conv.weight + pad_1x1_to_3x3(block.rbr_1x1.weight)
         if block.rbr_identity is not None:
@@ -111,15 +152,15 @@ def fused_kernel_bias(block: nn.Module) -> tuple[Tensor, Tensor]:
                                               device=kernel.device)
         bias = dense.bn.bias - dense.bn.running_mean * t3
         post = block.bn
-        tp = bn_factor(post)
+        tp = _bn_factor(post)
         return _pc(tp) * kernel, tp * (bias - post.running_mean) + post.bias
     one = block.rbr_1x1
-    t1 = bn_factor(one.bn)
+    t1 = _bn_factor(one.bn)
     kernel = _pc(t3) * dense.conv.weight + _pc(t1) * pad_1x1_to_3x3(one.conv.weight)
     bias = (dense.bn.bias - dense.bn.running_mean * t3) + (one.bn.bias - one.bn.running_mean * t1)
     ident = block.rbr_identity
     if ident is not None:
-        t0 = bn_factor(ident)  # OABN: clipped, with its gradient mode
+        t0 = _bn_factor(ident)  # OABN: clipped, with its gradient mode
         eye = identity_kernel(block.out_channels, block.groups, dtype=kernel.dtype, device=kernel.device)
         kernel = kernel + _pc(t0) * eye
         bias = bias + (ident.bias - ident.running_mean * t0)
@@ -162,30 +203,31 @@ class UniformWeightQuantizer(nn.Module):
         return f"bits={self.bits}, per_channel={self.per_channel}"
 
     def initialize(self, kernel: Tensor) -> None:
-        """Nothing to fit (the uniform quantizer is stateless)."""
+        """SPEC §5: nothing to fit (the uniform quantizer is stateless)."""
 
     def forward(self, kernel: Tensor) -> Tensor:
         return fake_quantize_weight(kernel, self.bits, self.per_channel, validate=False)
 
 
-class _GatherSTE(torch.autograd.Function):
-    """``ŵ = c[labels]``; backward: straight-through."""
+class _ReplaceSTE(torch.autograd.Function):
+    """Forward: the precomputed ``ŵ`` (exactly); backward: straight-through ``∂L/∂w = ∂L/∂ŵ``."""
 
     @staticmethod
-    def forward(ctx, w, c, labels):
-        return c[labels]
+    def forward(ctx, w, w_hat):
+        return w_hat.view_as(w_hat)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None
+        return grad, None
 
 
 class KMeansWeightQuantizer(nn.Module):
     """SPEC §5 ClusterQAT: ``2^bits`` centroids per layer, refitted on a schedule (reference ``KMeansWeightQuantizer``).
 
-    ``KMeansWeightQuantizer(bits, update_every=1, init='optimal', max_iter=300, seed=None)``;
-    ``bits`` in 1..16, ``update_every ≥ 1``, ``max_iter ≥ 0``, ``init`` one of
-    :data:`repspec.torch_impl.kmeans.INITS` except ``'warm'`` (``seed`` for ``kmeans++``).
+    ``KMeansWeightQuantizer(bits, update_every=1, init='optimal', max_iter=300, seed=None,
+    cache_assignments=True)``; ``bits`` in 1..16, ``update_every ≥ 1``, ``max_iter ≥ 0``,
+    ``init`` one of :data:`repspec.torch_impl.kmeans.INITS` except ``'warm'`` (``seed`` for
+    ``kmeans++``; ``'binned'`` is the fast fit for 10^6-value layers).
 
     Buffers: ``centroids (k,)`` ascending (the kernel's dtype) and ``step`` (int64: the
     training forwards seen). :meth:`initialize` fits the centroids on a kernel with
@@ -194,12 +236,21 @@ class KMeansWeightQuantizer(nn.Module):
     warm-started from the current ones (:func:`repspec.torch_impl.kmeans.kmeans_1d` with
     ``init_centroids``), then ``step`` is incremented; in eval nothing changes. The output
     replaces every weight by its assigned centroid (midpoint ties → the lower centroid);
-    the gradient is straight-through. A module is one layer's codebook: do not share it
-    between blocks (:func:`make_qat_model` copies its template per block).
+    the gradient is straight-through.
+
+    ``cache_assignments``: keep, per weight, its centroid and the two midpoints around
+    it (three kernel-sized tensors, not saved in the state dict). A forward without a
+    refit then only checks ``m_lower < w ≤ m_upper`` (two comparisons per weight) and
+    re-assigns the few weights that crossed a midpoint — exactly the full assignment's
+    result, at the cost of a uniform fake quantization. ``False`` assigns every weight
+    each forward (no extra memory).
+
+    A module is one layer's codebook: do not share it between blocks
+    (:func:`make_qat_model` copies its template per block).
     """
 
     def __init__(self, bits: int, update_every: int = 1, init: str = DEFAULT_INIT, max_iter: int = 300,
-                 seed: int | None = None):
+                 seed: int | None = None, cache_assignments: bool = True):
         bits = check_bits(bits)
         update_every = _check_int(update_every, "update_every", 1)
         max_iter = _check_int(max_iter, "max_iter", 0)
@@ -210,11 +261,14 @@ class KMeansWeightQuantizer(nn.Module):
             seed = _check_int(seed, "seed", 0)
         if init == "kmeans++" and seed is None:
             raise ValueError("init='kmeans++' needs an explicit seed to be deterministic")
+        cache_assignments = _check_bool(cache_assignments, "cache_assignments")
         super().__init__()
         self.bits, self.update_every, self.init, self.max_iter, self.seed = bits, update_every, init, max_iter, seed
+        self.cache_assignments = cache_assignments
         self.register_buffer("centroids", torch.zeros(2**bits))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self._fitted = False
+        self._cache: tuple | None = None  # (centroids, labels, lower, upper, ŵ): see _quantized
 
     @property
     def k(self) -> int:
@@ -224,31 +278,79 @@ class KMeansWeightQuantizer(nn.Module):
         return (f"bits={self.bits}, update_every={self.update_every}, init={self.init!r}, "
                 f"max_iter={self.max_iter}")
 
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_cache"] = None  # a cache, not state (copies and pickles rebuild it)
+        return state
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._cache = None
         if prefix + "centroids" in state_dict:
             self._fitted = True
 
     @torch.no_grad()
     def initialize(self, kernel: Tensor) -> None:
-        """Fit the centroids on ``kernel`` with ``init`` and reset ``step`` to 0 (reference ``init_state``)."""
+        """SPEC §5: fit the centroids on ``kernel`` with ``init`` and reset ``step`` to 0 (reference ``init_state``)."""
         kernel = _check_values(kernel.detach(), "kernel")
         gen = None
         if self.init == "kmeans++":
             gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        c, _, _, _ = _kmeans(kernel, self.k, self.init, self.max_iter, gen, None, 4096)
+        c, _, _, _ = _kmeans(kernel, self.k, self.init, self.max_iter, gen, None, DEFAULT_BINS)
         self.centroids = c.clone()
         self.step = torch.zeros((), dtype=torch.int64, device=kernel.device)
+        self._cache = None
         self._fitted = True
 
     @torch.no_grad()
     def refit(self, kernel: Tensor) -> Tensor:
-        """Lloyd warm-started from the current centroids (stored); returns the labels of ``kernel``."""
+        """SPEC §5 ClusterQAT refit: Lloyd warm-started from the current centroids (stored); returns the labels."""
         kernel = _check_values(kernel.detach(), "kernel")
         c0 = self.centroids.to(device=kernel.device, dtype=torch.float64)
-        c, labels, _, _ = _kmeans(kernel, self.k, "warm", self.max_iter, None, torch.sort(c0).values, 4096)
+        c, labels, _, _ = _kmeans(kernel, self.k, "warm", self.max_iter, None, torch.sort(c0).values, DEFAULT_BINS)
         self.centroids = c.to(self.centroids.dtype)
         return labels
+
+    @torch.no_grad()
+    def _quantized(self, kernel: Tensor, labels: Tensor | None) -> Tensor:
+        """``centroids[assign(kernel)]`` in the kernel's dtype — through the cache when possible.
+
+        The cache is ``(centroids, labels, lower, upper, ŵ)``: after a full assignment only the
+        labels are kept; the per-weight midpoints ``lower``/``upper`` are gathered the first
+        time a forward without a refit needs them (never, with ``update_every=1``).
+        """
+        w = kernel.detach()
+        c = self.centroids.to(w.dtype)
+        cache = self._cache
+        usable = (cache is not None and labels is None and cache[4].shape == w.shape
+                  and cache[4].dtype == w.dtype and cache[4].device == w.device and torch.equal(cache[0], c))
+        if usable:
+            _, lab_all, lower, upper, q = cache
+            bounds = self._bounds(c)
+            if lower is None:
+                lower, upper = bounds[:-1][lab_all], bounds[1:][lab_all]
+            moved = (w <= lower) | (w > upper)
+            if bool(moved.any()):
+                idx = moved.nonzero(as_tuple=True)
+                lab = _assign(w[idx], c)
+                lower, upper, q = lower.clone(), upper.clone(), q.clone()
+                lower[idx], upper[idx], q[idx] = bounds[:-1][lab], bounds[1:][lab], c[lab]
+            self._cache = (cache[0], None, lower, upper, q)
+            return q
+        if labels is None:
+            labels = _assign(w, c)
+        q = c[labels]
+        if self.cache_assignments and not bool((c[1:] == c[:-1]).any()):  # duplicates: no simple bounds
+            self._cache = (c.clone(), labels, None, None, q)
+        else:
+            self._cache = None
+        return q
+
+    @staticmethod
+    def _bounds(c: Tensor) -> Tensor:
+        """``[−inf, m_0, …, m_{k−2}, +inf]``: weight ``w`` has label ``j`` iff ``bounds[j] < w ≤ bounds[j+1]``."""
+        inf = torch.full((1,), math.inf, dtype=c.dtype, device=c.device)
+        return torch.cat([-inf, 0.5 * c[:-1] + 0.5 * c[1:], inf])
 
     def forward(self, kernel: Tensor) -> Tensor:
         if not self._fitted:
@@ -259,14 +361,13 @@ class KMeansWeightQuantizer(nn.Module):
             if int(self.step) % self.update_every == 0:
                 labels = self.refit(kernel)
             self.step += 1
-        c = self.centroids.to(kernel.dtype)
-        if labels is None or c.dtype != self.centroids.dtype:
-            labels = _assign(kernel.detach(), c)
-        return _GatherSTE.apply(kernel, c, labels)
+        if labels is not None and self.centroids.dtype != kernel.dtype:
+            labels = None
+        return _ReplaceSTE.apply(kernel, self._quantized(kernel, labels))
 
     @torch.no_grad()
     def labels(self, kernel: Tensor) -> Tensor:
-        """The centroid index of every weight of ``kernel`` (int64, kernel-shaped), no refit."""
+        """SPEC §5: the centroid index of every weight of ``kernel`` (int64, kernel-shaped), no refit."""
         return _assign(kernel.detach(), self.centroids.to(kernel.dtype))
 
 
@@ -336,14 +437,14 @@ class QATBlock(nn.Module):
 
     @property
     def block(self) -> nn.Module:
-        """The wrapped training-form block (its parameters are this module's)."""
+        """SPEC §5: the wrapped training-form block (its parameters are this module's)."""
         return self._inner[0]
 
     def extra_repr(self) -> str:
         return f"{type(self.block).__name__}({self.in_channels}, {self.out_channels}, stride={self.stride})"
 
     def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
-        """:func:`fused_kernel_bias` of the wrapped block (differentiable, frozen statistics)."""
+        """SPEC §2/§5: :func:`fused_kernel_bias` of the wrapped block (differentiable, frozen statistics)."""
         return fused_kernel_bias(self.block)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -356,7 +457,7 @@ class QATBlock(nn.Module):
 
     @torch.no_grad()
     def quantized_kernel_bias(self) -> tuple[Tensor, Tensor]:
-        """The deployed ``(K̂, b)`` as eval mode uses it (no refit, no range update, no gradient)."""
+        """SPEC §5: the deployed ``(K̂, b)`` as eval mode uses it (no refit, no range update, no gradient)."""
         kernel, bias = fused_kernel_bias(self.block)
         wq = self.weight_quant
         if isinstance(wq, KMeansWeightQuantizer):
@@ -368,7 +469,7 @@ class QATBlock(nn.Module):
 
     @torch.no_grad()
     def codebook(self) -> Codebook | None:
-        """This layer's ClusterQAT :class:`Codebook` (``None`` without a k-means weight quantizer)."""
+        """SPEC §5: this layer's ClusterQAT :class:`Codebook` (``None`` without a k-means weight quantizer)."""
         wq = self.weight_quant
         if not isinstance(wq, KMeansWeightQuantizer):
             return None
@@ -452,7 +553,7 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
 
 
 def qat_blocks(model: nn.Module) -> dict[str, QATBlock]:
-    """``{name: QATBlock}`` of a model (state-dict prefixes, forward order)."""
+    """SPEC §5: ``{name: QATBlock}`` of a model (state-dict prefixes, forward order)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return {name: m for name, m in model.named_modules() if isinstance(m, QATBlock)}
