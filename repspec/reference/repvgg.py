@@ -402,8 +402,48 @@ class _BlockCache(NamedTuple):
     buffers: Arrays  # the running stats the forward used (eval backward needs them)
 
 
+class _BranchBlockStructure:
+    """What the RepVGG and QARepVGG blocks share: parameter layout, init and validation.
+
+    A subclass names its layout with ``_param_shapes_fn`` / ``_buffer_shapes_fn``
+    (``(in, out, stride, groups) -> {name: shape}``).
+    """
+
+    _param_shapes_fn = staticmethod(repvgg_param_shapes)
+    _buffer_shapes_fn = staticmethod(repvgg_buffer_shapes)
+
+    @property
+    def has_identity(self) -> bool:
+        return _has_identity(self.in_channels, self.out_channels, self.stride)
+
+    def param_shapes(self) -> dict[str, tuple]:
+        return self._param_shapes_fn(self.in_channels, self.out_channels, self.stride, self.groups)
+
+    def buffer_shapes(self) -> dict[str, tuple]:
+        return self._buffer_shapes_fn(self.in_channels, self.out_channels, self.stride, self.groups)
+
+    def trainable_names(self) -> tuple[str, ...]:
+        return tuple(self.param_shapes())
+
+    def init_params(self, rng: np.random.Generator) -> Arrays:
+        """Kaiming-normal conv weights ``N(0, 2/fan_in)``, ``fan_in = (I/g)·kh·kw`` (dense first, then 1x1);
+        ``γ = 1``, ``β = 0``."""
+        return _init_params(self.param_shapes(), rng)
+
+    def init_buffers(self) -> Arrays:
+        """``running_mean = 0``, ``running_var = 1`` (PyTorch's BN init)."""
+        return _init_buffers(self.buffer_shapes())
+
+    def _check(self, params, buffers) -> tuple[Arrays, Arrays]:
+        note = _identity_note(self.has_identity, self.in_channels, self.out_channels, self.stride)
+        params = _check_tree(params, self.param_shapes(), "params", note)
+        buffers = _check_tree(buffers, self.buffer_shapes(), "buffers", note)
+        _check_running_var(buffers, "buffers")
+        return params, buffers
+
+
 @dataclass(frozen=True)
-class RepVGGBlock:
+class RepVGGBlock(_BranchBlockStructure):
     """The training-form RepVGG block (SPEC §2), optionally with an OABN identity (SPEC §4).
 
     ``y = relu(BN3(conv3x3(x)) + BN1(conv1x1(x)) + BN0(x))``: conv3x3 with padding 1,
@@ -434,36 +474,6 @@ class RepVGGBlock:
                       oabn_gradient=check_gradient_mode(self.oabn_gradient, "oabn_gradient"))
         for k, v in values.items():
             object.__setattr__(self, k, v)
-
-    # -------------------------------------------------------------- structure
-    @property
-    def has_identity(self) -> bool:
-        return _has_identity(self.in_channels, self.out_channels, self.stride)
-
-    def param_shapes(self) -> dict[str, tuple]:
-        return repvgg_param_shapes(self.in_channels, self.out_channels, self.stride, self.groups)
-
-    def buffer_shapes(self) -> dict[str, tuple]:
-        return repvgg_buffer_shapes(self.in_channels, self.out_channels, self.stride, self.groups)
-
-    def trainable_names(self) -> tuple[str, ...]:
-        return tuple(self.param_shapes())
-
-    def init_params(self, rng: np.random.Generator) -> Arrays:
-        """Kaiming-normal conv weights ``N(0, 2/fan_in)``, ``fan_in = (I/g)·kh·kw`` (dense first, then 1x1);
-        ``γ = 1``, ``β = 0``."""
-        return _init_params(self.param_shapes(), rng)
-
-    def init_buffers(self) -> Arrays:
-        """``running_mean = 0``, ``running_var = 1`` (PyTorch's BN init)."""
-        return _init_buffers(self.buffer_shapes())
-
-    def _check(self, params, buffers) -> tuple[Arrays, Arrays]:
-        note = _identity_note(self.has_identity, self.in_channels, self.out_channels, self.stride)
-        params = _check_tree(params, self.param_shapes(), "params", note)
-        buffers = _check_tree(buffers, self.buffer_shapes(), "buffers", note)
-        _check_running_var(buffers, "buffers")
-        return params, buffers
 
     # -------------------------------------------------------------- forward/backward
     def forward(self, params, buffers, x, *, training: bool) -> tuple[np.ndarray, Arrays, Any]:
@@ -565,7 +575,7 @@ class RepVGGBlock:
 
 
 @dataclass(frozen=True)
-class QARepVGGBlock:
+class QARepVGGBlock(_BranchBlockStructure):
     """The training-form QARepVGG block of YOLOv6 (SPEC §2).
 
     ``y = relu(BNpost(BN3(conv3x3(x)) + conv1x1(x) + x))``: the 1x1 branch has no BN
@@ -580,6 +590,9 @@ class QARepVGGBlock:
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
 
+    _param_shapes_fn = staticmethod(qarepvgg_param_shapes)
+    _buffer_shapes_fn = staticmethod(qarepvgg_buffer_shapes)
+
     def __post_init__(self):
         cin, o, stride, groups = _check_config(self.in_channels, self.out_channels, self.stride, self.groups)
         values = dict(in_channels=cin, out_channels=o, stride=stride, groups=groups,
@@ -587,34 +600,6 @@ class QARepVGGBlock:
                       bn_eps=check_nonneg_float(self.bn_eps, "bn_eps"))
         for k, v in values.items():
             object.__setattr__(self, k, v)
-
-    @property
-    def has_identity(self) -> bool:
-        return _has_identity(self.in_channels, self.out_channels, self.stride)
-
-    def param_shapes(self) -> dict[str, tuple]:
-        return qarepvgg_param_shapes(self.in_channels, self.out_channels, self.stride, self.groups)
-
-    def buffer_shapes(self) -> dict[str, tuple]:
-        return qarepvgg_buffer_shapes(self.in_channels, self.out_channels, self.stride, self.groups)
-
-    def trainable_names(self) -> tuple[str, ...]:
-        return tuple(self.param_shapes())
-
-    def init_params(self, rng: np.random.Generator) -> Arrays:
-        """Kaiming-normal conv weights ``N(0, 2/fan_in)`` (dense first, then 1x1); ``γ=1, β=0``."""
-        return _init_params(self.param_shapes(), rng)
-
-    def init_buffers(self) -> Arrays:
-        """``running_mean = 0``, ``running_var = 1``."""
-        return _init_buffers(self.buffer_shapes())
-
-    def _check(self, params, buffers) -> tuple[Arrays, Arrays]:
-        note = _identity_note(self.has_identity, self.in_channels, self.out_channels, self.stride)
-        params = _check_tree(params, self.param_shapes(), "params", note)
-        buffers = _check_tree(buffers, self.buffer_shapes(), "buffers", note)
-        _check_running_var(buffers, "buffers")
-        return params, buffers
 
     def forward(self, params, buffers, x, *, training: bool) -> tuple[np.ndarray, Arrays, Any]:
         """``(y, new_buffers, cache)``; training mode updates both BNs' running statistics."""
