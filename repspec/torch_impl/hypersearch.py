@@ -142,7 +142,7 @@ def train_hypersearch(model: nn.Module, loader: Iterable, *, epochs: int | None 
 
     losses: list[float] = []
     model.train()
-    bar = tqdm(total=total, desc="HyperSearch", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="HyperSearch", disable=None if progress else True, leave=False)
     try:
         for step, batch in enumerate(itertools.islice(batches(), total)):
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):

@@ -543,7 +543,7 @@ def calibrate_activations(deploy: VGGNet, batches: list[Tensor], layer_names, *,
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=passes * len(batches), desc=f"calibrating ({calibrator})", disable=not progress,
+        bar = tqdm(total=passes * len(batches), desc=f"calibrating ({calibrator})", disable=None if progress else True,
                    leave=False)
         for p in range(passes):
             if p:

@@ -133,7 +133,7 @@ def evaluate_metrics(model: nn.Module, loader: Iterable, device=None, *,
     except TypeError:
         total = None
     try:
-        for batch in tqdm(loader, total=total, desc="eval", disable=not progress, leave=False):
+        for batch in tqdm(loader, total=total, desc="eval", disable=None if progress else True, leave=False):
             x, y = _split_batch(batch, device, dtype)
             logits = model(x)
             n = int(y.shape[0])
@@ -354,7 +354,7 @@ def train_classifier(model: nn.Module, train_loader: Iterable, *, optimizer: tor
         model.train()
         if freeze_bn:
             freeze_batchnorm(model)
-        bar = tqdm(total=bpe, initial=sie, desc=f"epoch {epoch + 1}", disable=not progress, leave=False,
+        bar = tqdm(total=bpe, initial=sie, desc=f"epoch {epoch + 1}", disable=None if progress else True, leave=False,
                    dynamic_ncols=True)
         epoch_done = False
         try:
