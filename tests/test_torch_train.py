@@ -164,15 +164,31 @@ def test_resume_checks(digits8, tmp_path):
                          checkpoint_extra={"train_state": 1})
 
 
-def test_progress_bar_can_be_disabled(digits8, capsys):
+def test_progress_bar_shows_on_a_terminal_only_and_can_be_disabled(digits8, capsys, monkeypatch):
+    import io
+    import sys
+
     train, test, _ = digits8
     model = create_model("repvgg_tiny8", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = make_loader(train, 100)
     train_classifier(model, loader, optimizer=opt, steps=1, progress=False)
     assert capsys.readouterr().err == ""
+    # progress=True on a non-terminal stream (CI logs, files): no bar flooding the output
     train_classifier(model, loader, optimizer=opt, steps=1, progress=True)
-    assert "epoch 1" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train_classifier(model, loader, optimizer=opt, steps=1, progress=True)
+    assert "epoch 1" in terminal.getvalue()
+    terminal.truncate(0)
+    train_classifier(model, loader, optimizer=opt, steps=1, progress=False)
+    assert terminal.getvalue() == ""
 
 
 def test_evaluate_and_freeze_bn(digits8):

@@ -197,7 +197,8 @@ def train_classifier(model: nn.Module, train_loader: Iterable, *, optimizer: tor
         checkpoint_extra: plain data stored in every checkpoint's ``extra`` (e.g. the
             model name and data settings for the command line); keys
             :data:`RESERVED_EXTRA_KEYS` are taken.
-        progress: tqdm progress bars (one per epoch); ``False`` disables them.
+        progress: tqdm progress bars (one per epoch) on a terminal (none when stderr is not a TTY);
+            ``False`` disables them.
         seed: if given and the run does not resume, :func:`seed_everything` first.
         freeze_bn: keep BatchNorm layers in eval mode (SPEC §5 QAT).
         step_callback: ``step_callback(global_step, loss, model)`` after every step
