@@ -186,14 +186,23 @@ def test_hypersearch_matches_reference(device, layout, hp, seed):
     assert {k for k in ref_scales if "scale_identity" in k} == {k for k in result.scales if "scale_identity" in k}
 
 
-def test_hypersearch_progress_bar_and_epochs(capsys):
+def test_hypersearch_progress_bar_and_epochs(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)  # progress bars are drawn on terminals only
     model = create_model("hs_vgg_tiny8", 3, in_channels=1, num_blocks=(1, 1), widths=(2, 2),
                          strides=(1, 1)).double()
     g = torch.Generator().manual_seed(0)
     loader = [(torch.randn(2, 1, 4, 4, generator=g), torch.tensor([0, 1])) for _ in range(2)]
     res = train_hypersearch(model, loader, epochs=2, lr=0.05, progress=True)
     assert res.steps == 4 and len(res.losses) == 4
-    assert "HyperSearch" in capsys.readouterr().err
+    assert "HyperSearch" in terminal.getvalue()
     assert set(res.scales) == {"stage0.scale_conv.weight", "stage0.scale_1x1.weight",
                                "stage1.0.scale_conv.weight", "stage1.0.scale_1x1.weight",
                                "stage1.0.scale_identity.weight"}
