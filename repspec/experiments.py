@@ -280,8 +280,8 @@ def format_table(results: dict) -> str:
     qat_cols = [f"{m}_w{b}" for b in cfg["qat_bits"] for m in ("qat", "clusterqat")]
     head = (["model", "FP32"] + [f"INT8 {short.get(c, c)}" for c in cals]
             + [f"PTQ W{b}A{cfg['act_bits']}" for b in cfg["ptq_bits"] if b != 8]
-            + [c.replace("clusterqat", "ClusterQAT").replace("qat_", "QAT ").replace("_w", " W") for c in qat_cols]
-            + ["max|A|/max|C|", "max|t0|"])
+            + [f"{'ClusterQAT' if c.startswith('cluster') else 'QAT'} W{c.rsplit('_w', 1)[1]}" for c in qat_cols]
+            + [r"max\|A\|/max\|C\|", r"max\|t0\|"])  # pipes escaped inside a Markdown table
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(v):
