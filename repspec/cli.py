@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -238,38 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def _atomic_dir(out: Path):
-    """Yield a temp directory beside ``out``; on success it replaces ``out`` (nothing half-written)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(tmp, out)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    from repspec.torch_impl.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
 def _setup_torch(args) -> str:
     import torch
 
@@ -449,6 +413,7 @@ def cmd_hypersearch(args) -> int:
 
 def cmd_quantize(args) -> int:
     from repspec.torch_impl.data import make_loader, make_loaders
+    from repspec.torch_impl.io import atomic_directory, atomic_save_json, json_default
     from repspec.torch_impl.export import export_quantized
     from repspec.torch_impl.ptq import evaluate, ptq_quantize
 
@@ -465,7 +430,7 @@ def cmd_quantize(args) -> int:
     calib_loader = make_loader(train_set, args.batch_size, seed=args.seed, shuffle=False)
     fp32_acc = evaluate(model, test_loader, device=device)
     out = Path(args.out)
-    with _atomic_dir(out) as tmp:
+    with atomic_directory(out) as tmp:
         if args.method == "ptq":
             qmodel = ptq_quantize(model, calib_loader, weight_bits=args.bits, act_bits=args.act_bits,
                                   calibrator=args.calibrator, per_channel=args.per_channel,
@@ -485,7 +450,7 @@ def cmd_quantize(args) -> int:
                    "quantized_accuracy": acc, "checkpoint": str(args.checkpoint), "model": extra["model"]}
         if args.method == "ptq":
             metrics["calibrator"] = args.calibrator
-        _write_json_atomic(tmp / "metrics.json", metrics)
+        atomic_save_json(metrics, tmp / "metrics.json", indent=2, default=json_default, allow_nan=True)
     print(f"{args.method}: FP32 accuracy {fp32_acc:.4f} -> quantized {acc:.4f} "
           f"(W{args.bits}A{args.act_bits}); written to {out}")
     return 0
@@ -493,10 +458,11 @@ def cmd_quantize(args) -> int:
 
 def cmd_analyze(args) -> int:
     from repspec.torch_impl.analysis import write_report
+    from repspec.torch_impl.io import atomic_directory
 
     model, extra = _build_from_checkpoint(args.checkpoint)
     out = Path(args.out)
-    with _atomic_dir(out) as tmp:
+    with atomic_directory(out) as tmp:
         write_report(model, tmp)
     print(f"analysis of {extra['model']} written to {out}")
     print((out / "layer_stats.md").read_text())

@@ -86,7 +86,7 @@ def _model_specs(cfg: DemoConfig) -> list[tuple[str, str, dict]]:
 
 
 def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str, bits: int, act_bits: int = 8,
-            epochs: int = 1, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
+            act_ranges=None, epochs: int = 1, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
             update_every: int = 10, per_channel: bool = False, calib_batches: int = 4, device="cpu",
             progress: bool = True, seed: int = 0, export_path=None) -> dict:
     """QAT on merged weights (``method='qat'``, uniform) or ClusterQAT (``'clusterqat'``), SPEC §5.
@@ -95,7 +95,9 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
     (first block and head FP32, BN statistics frozen), fine-tunes the branch
     parameters with SGD through the straight-through estimators, and returns
     ``{"accuracy", "state_size", "history"}`` measured on the deployed quantized model.
-    ``calib_loader`` (optional) seeds the activation ranges by min/max calibration.
+    Activation ranges are seeded from ``act_ranges`` (``{block prefix: (lo, hi)}``, e.g. a PTQ
+    model's ``act_ranges()``) or, failing that, by min/max calibration on ``calib_loader``;
+    with neither, the first training batch initializes them.
     """
     import torch
 
@@ -108,8 +110,7 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
         raise ValueError(f"method must be 'qat' or 'clusterqat', got {method!r}")
     wq = (UniformWeightQuantizer(bits, per_channel=per_channel) if method == "qat"
           else KMeansWeightQuantizer(bits, update_every=update_every))
-    act_ranges = None
-    if calib_loader is not None and act_bits is not None:
+    if act_ranges is None and calib_loader is not None and act_bits is not None:
         act_ranges = _calibrated_ranges(model, calib_loader, act_bits, calib_batches, device)
     qat_model = make_qat_model(model, weight_quantizer=wq, act_bits=act_bits, act_ranges=act_ranges).to(device)
     optimizer = torch.optim.SGD([p for p in qat_model.parameters() if p.requires_grad], lr=lr, momentum=momentum,
@@ -192,7 +193,7 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
     """Run the demo; write ``results.json`` and PNGs to ``out_dir`` (replaced atomically)."""
     import torch
 
-    from repspec.cli import _atomic_dir, _write_json_atomic
+    from repspec.torch_impl.io import atomic_directory, atomic_save_json, json_default
     from repspec.torch_impl.analysis import write_report
     from repspec.torch_impl.data import load_digits_dataset, make_loader, make_loaders
     from repspec.torch_impl.ptq import evaluate, ptq_quantize
@@ -210,8 +211,8 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
     results: dict = {"config": asdict(cfg), "mode": "quick" if quick else "full", "seed": seed,
                      "dataset": info.to_dict(), "machine": _machine(device), "models": {}}
     out_dir = Path(out_dir)
-    with _atomic_dir(out_dir) as tmp:
-        trained = {}
+    with atomic_directory(out_dir) as tmp:
+        trained, act_ranges = {}, {}
         for label, name, overrides in _model_specs(cfg):
             log(f"[{label}] training {name} {overrides or ''}")
             model, extra = _train_fp32(label, name, overrides, cfg, data, device, seed, progress, log)
@@ -219,17 +220,25 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
             entry = {"registry_name": name, "overrides": overrides, **extra}
             entry["fp32_accuracy"] = evaluate(model, test_loader, device=device)
             entry.update(_outlier_summary(model))
-            entry["ptq_int8"] = {}
-            for cal in cfg.calibrators:
-                q = ptq_quantize(model, calib_loader, weight_bits=8, act_bits=8, calibrator=cal,
-                                 num_batches=cfg.calib_batches, progress=False)
-                entry["ptq_int8"][cal] = evaluate(q, test_loader, device=device)
+            ptq_cache: dict = {}
+
+            def ptq(weight_bits, act_bits, calibrator):
+                """One PTQ + evaluation per distinct setting (W8A8 min/max appears in both sweeps)."""
+                key = (weight_bits, act_bits, calibrator)
+                if key not in ptq_cache:
+                    q = ptq_quantize(model, calib_loader, weight_bits=weight_bits, act_bits=act_bits,
+                                     calibrator=calibrator, num_batches=cfg.calib_batches, progress=False)
+                    ptq_cache[key] = (q, evaluate(q, test_loader, device=device))
+                return ptq_cache[key]
+
+            entry["ptq_int8"] = {cal: ptq(8, 8, cal)[1] for cal in cfg.calibrators}
             entry["ptq_bits"] = {}
             for bits in cfg.ptq_bits:
-                q = ptq_quantize(model, calib_loader, weight_bits=bits, act_bits=cfg.act_bits, calibrator="minmax",
-                                 num_batches=cfg.calib_batches, progress=False)
-                entry["ptq_bits"][str(bits)] = {"accuracy": evaluate(q, test_loader, device=device),
-                                                "state_size": int(q.state_size())}
+                q, acc = ptq(bits, cfg.act_bits, "minmax")
+                entry["ptq_bits"][str(bits)] = {"accuracy": acc, "state_size": int(q.state_size())}
+            # min/max ranges are calibrated on the FP32 deploy network, so they do not depend on
+            # the weight bits: QAT below starts from these instead of calibrating again
+            act_ranges[label] = ptq(cfg.ptq_bits[0], cfg.act_bits, "minmax")[0].act_ranges()
             log(f"  FP32 {entry['fp32_accuracy']:.4f}; INT8 PTQ "
                 + ", ".join(f"{c} {a:.4f}" for c, a in entry["ptq_int8"].items())
                 + f"; max|A|/max|C| {entry['max_ratio_A_C']}")
@@ -241,9 +250,9 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
             entry["qat"] = {}
             for bits in cfg.qat_bits:
                 for method in ("qat", "clusterqat"):
-                    r = run_qat(trained[label], train_loader, test_loader, calib_loader, method=method, bits=bits,
-                                act_bits=cfg.act_bits, epochs=cfg.qat_epochs, lr=cfg.qat_lr, momentum=cfg.momentum,
-                                update_every=cfg.update_every, calib_batches=cfg.calib_batches, device=device,
+                    r = run_qat(trained[label], train_loader, test_loader, method=method, bits=bits,
+                                act_bits=cfg.act_bits, act_ranges=act_ranges[label], epochs=cfg.qat_epochs,
+                                lr=cfg.qat_lr, momentum=cfg.momentum, update_every=cfg.update_every, device=device,
                                 progress=progress, seed=seed)
                     entry["qat"][f"{method}_w{bits}"] = {"accuracy": r["accuracy"], "state_size": r["state_size"]}
                     log(f"[{label}] {method} W{bits}A{cfg.act_bits}: acc {r['accuracy']:.4f}, "
@@ -254,7 +263,7 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
         _plot_hist_grid(tmp, list(results["models"]), tmp / "merged_weights_by_category.png")
         table = format_table(results)
         (tmp / "table.md").write_text(table + "\n")
-        _write_json_atomic(tmp / "results.json", results)
+        atomic_save_json(results, tmp / "results.json", indent=2, default=json_default, allow_nan=True)
     log("")
     log(table)
     log(f"\nwritten to {out_dir}/ (results.json, table.md, accuracy_vs_bits.png, "

@@ -20,7 +20,8 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_save_json", "atomic_save_safetensors"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_save_json", "atomic_save_safetensors",
+           "atomic_directory", "json_default"]
 
 
 def _check_path(path) -> Path:
@@ -79,10 +80,24 @@ def atomic_write_text(path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_save_json(obj: Any, path, *, indent: int | None = 1) -> Path:
+def json_default(o):
+    """``default=`` for :func:`json.dumps`: NumPy scalars and arrays, tensors and paths."""
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def atomic_save_json(obj: Any, path, *, indent: int | None = 1, default=None, allow_nan: bool = False) -> Path:
     """Serialize ``obj`` to JSON first (so a non-serializable object fails before any file is
-    touched), then write it atomically (SPEC §3). NaN/Inf are refused (strict JSON)."""
-    text = json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False)
+    touched), then write it atomically (SPEC §3). NaN/Inf are refused (strict JSON) unless
+    ``allow_nan``; ``default`` converts objects JSON does not know (as in :func:`json.dumps`)."""
+    text = json.dumps(obj, indent=indent, allow_nan=allow_nan, sort_keys=False, default=default)
     return atomic_write_text(path, text + "\n")
 
 
@@ -112,3 +127,23 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path, *,
         metadata = dict(metadata)
     data = _st_save(clean, metadata=metadata)
     return atomic_write_bytes(path, data)
+
+
+@contextlib.contextmanager
+def atomic_directory(out) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; when the ``with`` body succeeds it replaces
+    ``out`` (an existing ``out`` is removed first), otherwise it is deleted and ``out`` is left
+    as it was. For outputs made of several files (reports, exports, the demo's results)."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(tmp, out)
