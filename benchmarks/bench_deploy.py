@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from repspec.torch_impl.deploy import convert_to_deploy  # noqa: E402
-from repspec.torch_impl.models import create_model  # noqa: E402
+from repspec.torch_impl.modules.deploy import convert_to_deploy  # noqa: E402
+from repspec.torch_impl.modules.models import create_model  # noqa: E402
 
 ARCH = "repvgg_a0"
 RESULTS: dict[str, float] = {}

@@ -16,7 +16,7 @@ Both sides run single-threaded (``torch.set_num_threads(1)``; scikit-learn under
   ``n_init=10``, Lloyd with its default ``tol=1e-4``.
 
 Every SSE is evaluated the same way: float64, each value assigned to its nearest centroid
-(:func:`repspec.torch_impl.kmeans.sse`). The report gives time ratios (sklearn / ours) and
+(:func:`repspec.torch_impl.quantization.kmeans.sse`). The report gives time ratios (sklearn / ours) and
 SSE ratios (against the exact optimum).
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from repspec.torch_impl import kmeans as T
+from repspec.torch_impl.quantization import kmeans as T
 
 N, K, SEED = 1_000_000, 16, 0
 RESULTS: dict[str, float] = {}

@@ -4,10 +4,10 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_qat.py --benchmark-enable -q 
 
 One training step (forward + backward + SGD step) of a RepVGG-A0-shaped model (A0 widths
 and depths, 10 classes, trained-looking BN statistics), batch 32 at 32x32, wrapped by
-:func:`repspec.torch_impl.qat.make_qat_model` (first block FP32, 8-bit activations):
+:func:`repspec.torch_impl.quantization.qat.make_qat_model` (first block FP32, 8-bit activations):
 
-* ``uniform``: :class:`~repspec.torch_impl.qat.UniformWeightQuantizer` (4 bits, per layer);
-* ``cluster_every1``: :class:`~repspec.torch_impl.qat.KMeansWeightQuantizer` (4 bits = 16
+* ``uniform``: :class:`~repspec.torch_impl.quantization.qat.UniformWeightQuantizer` (4 bits, per layer);
+* ``cluster_every1``: :class:`~repspec.torch_impl.quantization.qat.KMeansWeightQuantizer` (4 bits = 16
   centroids, ``update_every=1``: a warm-started Lloyd refit of all 21 layers, ~7M weights,
   at every step);
 * ``cluster_every10``: the same with ``update_every=10`` (9 steps out of 10 only assign).
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from repspec.torch_impl import create_model
-from repspec.torch_impl import qat as TQ
+from repspec.torch_impl.quantization import qat as TQ
 
 RESULTS: dict[str, float] = {}
 ROUNDS = 20

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # also runnable as a script (the --peak-rss child)
     sys.path.insert(0, str(ROOT))
 
-from repspec.torch_impl.models import create_model  # noqa: E402
-from repspec.torch_impl.optim import build_repoptimizer  # noqa: E402
-from repspec.torch_impl.scales import initial_scales  # noqa: E402
+from repspec.torch_impl.modules.models import create_model  # noqa: E402
+from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer  # noqa: E402
+from repspec.torch_impl.optimizers.scales import initial_scales  # noqa: E402
 
 HP = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
 RESULTS: dict[str, float] = {}

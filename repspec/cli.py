@@ -251,7 +251,7 @@ def _setup_torch(args) -> str:
 
 
 def _check_model_name(name: str, *, prefix: str | None = None) -> None:
-    from repspec.torch_impl.models import list_models
+    from repspec.torch_impl.modules.models import list_models
 
     names = list_models()
     if name not in names:
@@ -261,7 +261,7 @@ def _check_model_name(name: str, *, prefix: str | None = None) -> None:
 
 
 def _load_data(args):
-    from repspec.torch_impl.data import load_dataset
+    from repspec.torch_impl.training.data import load_dataset
 
     if args.dataset in ("cifar10", "cifar100", "folder"):
         if args.data_dir is None:
@@ -273,7 +273,7 @@ def _load_data(args):
 
 def _load_any_scales(path):
     """Our own scale files (.safetensors/.json), or a published RepOpt-VGG .pth (weights_only)."""
-    from repspec.torch_impl.scales import load_published_scales, load_scales
+    from repspec.torch_impl.optimizers.scales import load_published_scales, load_scales
 
     if not Path(path).is_file():
         raise CLIError(f"--scales {str(path)!r} is not a file")
@@ -291,8 +291,8 @@ def _model_overrides(args) -> dict:
 
 def _build_from_checkpoint(path):
     """Rebuild the model recorded in a `repspec train` checkpoint and load its weights."""
-    from repspec.torch_impl.checkpoint import load_checkpoint, load_checkpoint_extra
-    from repspec.torch_impl.models import create_model
+    from repspec.torch_impl.training.checkpoint import load_checkpoint, load_checkpoint_extra
+    from repspec.torch_impl.modules.models import create_model
 
     if not Path(path).exists():
         raise CLIError(f"--checkpoint {str(path)!r} does not exist")
@@ -311,9 +311,9 @@ def _build_from_checkpoint(path):
 def cmd_train(args) -> int:
     import torch
 
-    from repspec.torch_impl.data import make_loaders
-    from repspec.torch_impl.models import create_model
-    from repspec.torch_impl.train import seed_everything, train_classifier
+    from repspec.torch_impl.training.data import make_loaders
+    from repspec.torch_impl.modules.models import create_model
+    from repspec.torch_impl.training.train import seed_everything, train_classifier
 
     _check_model_name(args.model)
     device = _setup_torch(args)
@@ -360,7 +360,7 @@ def _run_config(args) -> dict:
 
 def _check_resume_matches(out: Path, args, overrides) -> None:
     """``--resume`` continues the same run: refuse a missing checkpoint or changed arguments."""
-    from repspec.torch_impl.checkpoint import checkpoint_exists, load_checkpoint_extra
+    from repspec.torch_impl.training.checkpoint import checkpoint_exists, load_checkpoint_extra
 
     if not checkpoint_exists(out):
         raise CLIError(f"--resume: no checkpoint at {str(out)!r}")
@@ -377,7 +377,7 @@ def _check_resume_matches(out: Path, args, overrides) -> None:
 def _make_optimizer(model, args, *, repopt: bool):
     import torch
 
-    from repspec.torch_impl.optim import build_repoptimizer, weight_decay_groups
+    from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer, weight_decay_groups
 
     if repopt:
         return build_repoptimizer(model, None, args.lr, momentum=args.momentum, nesterov=args.nesterov,
@@ -387,11 +387,11 @@ def _make_optimizer(model, args, *, repopt: bool):
 
 
 def cmd_hypersearch(args) -> int:
-    from repspec.torch_impl.data import make_loaders
-    from repspec.torch_impl.hypersearch import extract_scales, train_hypersearch
-    from repspec.torch_impl.models import create_model
-    from repspec.torch_impl.scales import save_scales
-    from repspec.torch_impl.train import evaluate, seed_everything
+    from repspec.torch_impl.training.data import make_loaders
+    from repspec.torch_impl.optimizers.hypersearch import extract_scales, train_hypersearch
+    from repspec.torch_impl.modules.models import create_model
+    from repspec.torch_impl.optimizers.scales import save_scales
+    from repspec.torch_impl.training.train import evaluate, seed_everything
 
     _check_model_name(args.model, prefix="hs_vgg_")
     out = Path(args.out)
@@ -412,10 +412,10 @@ def cmd_hypersearch(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from repspec.torch_impl.data import make_loader, make_loaders
-    from repspec.torch_impl.io import atomic_directory, atomic_save_json, json_default
-    from repspec.torch_impl.export import export_quantized
-    from repspec.torch_impl.ptq import evaluate, ptq_quantize
+    from repspec.torch_impl.training.data import make_loader, make_loaders
+    from repspec.torch_impl.training.io import atomic_directory, atomic_save_json, json_default
+    from repspec.torch_impl.quantization.export import export_quantized
+    from repspec.torch_impl.quantization.ptq import evaluate, ptq_quantize
 
     if args.method in ("ptq", "qat") and args.bits < 2:
         raise CLIError("--bits must be >= 2 for uniform (symmetric narrow-range) weights")
@@ -457,8 +457,8 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from repspec.torch_impl.analysis import write_report
-    from repspec.torch_impl.io import atomic_directory
+    from repspec.torch_impl.quantization.analysis import write_report
+    from repspec.torch_impl.training.io import atomic_directory
 
     model, extra = _build_from_checkpoint(args.checkpoint)
     out = Path(args.out)
@@ -470,8 +470,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from repspec.torch_impl.checkpoint import save_weights
-    from repspec.torch_impl.deploy import convert_to_deploy
+    from repspec.torch_impl.training.checkpoint import save_weights
+    from repspec.torch_impl.modules.deploy import convert_to_deploy
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "theorem":
             return 0 if theorem_demo(seed=args.seed, iterations=args.iterations) < 1e-9 else 1
         if args.command == "list-models":
-            from repspec.torch_impl.models import list_models
+            from repspec.torch_impl.modules.models import list_models
 
             print("\n".join(list_models()))
             return 0

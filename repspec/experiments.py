@@ -91,7 +91,7 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
             progress: bool = True, seed: int = 0, export_path=None) -> dict:
     """QAT on merged weights (``method='qat'``, uniform) or ClusterQAT (``'clusterqat'``), SPEC §5.
 
-    Wraps ``model`` (not modified) with :func:`repspec.torch_impl.qat.make_qat_model`
+    Wraps ``model`` (not modified) with :func:`repspec.torch_impl.quantization.qat.make_qat_model`
     (first block and head FP32, BN statistics frozen), fine-tunes the branch
     parameters with SGD through the straight-through estimators, and returns
     ``{"accuracy", "state_size", "history"}`` measured on the deployed quantized model.
@@ -101,10 +101,10 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
     """
     import torch
 
-    from repspec.torch_impl.export import export_quantized
-    from repspec.torch_impl.ptq import evaluate, quantized_model_from_qat
-    from repspec.torch_impl.qat import KMeansWeightQuantizer, UniformWeightQuantizer, make_qat_model
-    from repspec.torch_impl.train import train_classifier
+    from repspec.torch_impl.quantization.export import export_quantized
+    from repspec.torch_impl.quantization.ptq import evaluate, quantized_model_from_qat
+    from repspec.torch_impl.quantization.qat import KMeansWeightQuantizer, UniformWeightQuantizer, make_qat_model
+    from repspec.torch_impl.training.train import train_classifier
 
     if method not in ("qat", "clusterqat"):
         raise ValueError(f"method must be 'qat' or 'clusterqat', got {method!r}")
@@ -126,7 +126,7 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
 
 
 def _calibrated_ranges(model, calib_loader, act_bits, calib_batches, device):
-    from repspec.torch_impl.ptq import ptq_quantize
+    from repspec.torch_impl.quantization.ptq import ptq_quantize
 
     q = ptq_quantize(model, calib_loader, weight_bits=None, act_bits=act_bits, calibrator="minmax",
                      num_batches=calib_batches, progress=False)
@@ -139,10 +139,10 @@ def _calibrated_ranges(model, calib_loader, act_bits, calib_batches, device):
 def _train_fp32(label, name, overrides, cfg, data, device, seed, progress, log):
     import torch
 
-    from repspec.torch_impl.hypersearch import extract_scales, train_hypersearch
-    from repspec.torch_impl.models import create_model
-    from repspec.torch_impl.optim import build_repoptimizer, weight_decay_groups
-    from repspec.torch_impl.train import evaluate, seed_everything, train_classifier
+    from repspec.torch_impl.optimizers.hypersearch import extract_scales, train_hypersearch
+    from repspec.torch_impl.modules.models import create_model
+    from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer, weight_decay_groups
+    from repspec.torch_impl.training.train import evaluate, seed_everything, train_classifier
 
     train_loader, test_loader, num_classes = data
     seed_everything(seed)
@@ -175,7 +175,7 @@ def _train_fp32(label, name, overrides, cfg, data, device, seed, progress, log):
 
 def _outlier_summary(model) -> dict:
     """Largest A/C ratio and largest |t0| over the quantized layers (SPEC §2 categories)."""
-    from repspec.torch_impl.analysis import layer_statistics
+    from repspec.torch_impl.quantization.analysis import layer_statistics
 
     rows = [r for r in layer_statistics(model) if r.get("quantized")]
 
@@ -193,10 +193,10 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
     """Run the demo; write ``results.json`` and PNGs to ``out_dir`` (replaced atomically)."""
     import torch
 
-    from repspec.torch_impl.io import atomic_directory, atomic_save_json, json_default
-    from repspec.torch_impl.analysis import write_report
-    from repspec.torch_impl.data import load_digits_dataset, make_loader, make_loaders
-    from repspec.torch_impl.ptq import evaluate, ptq_quantize
+    from repspec.torch_impl.training.io import atomic_directory, atomic_save_json, json_default
+    from repspec.torch_impl.quantization.analysis import write_report
+    from repspec.torch_impl.training.data import load_digits_dataset, make_loader, make_loaders
+    from repspec.torch_impl.quantization.ptq import evaluate, ptq_quantize
 
     cfg = config or (QUICK if quick else FULL)
     started = time.perf_counter()

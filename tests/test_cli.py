@@ -34,7 +34,7 @@ def _run(capsys, argv):
 
 
 def test_train_writes_a_checkpoint_and_resume_refuses_changed_arguments(trained, capsys):
-    from repspec.torch_impl.checkpoint import checkpoint_info
+    from repspec.torch_impl.training.checkpoint import checkpoint_info
 
     assert (trained / "checkpoint.json").is_file()
     assert checkpoint_info(trained) is not None
@@ -45,8 +45,8 @@ def test_train_writes_a_checkpoint_and_resume_refuses_changed_arguments(trained,
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, capsys, monkeypatch):
     """Kill the run right after its first checkpoint, rerun the same command with --resume."""
-    import repspec.torch_impl.train as train_module
-    from repspec.torch_impl.checkpoint import read_state_dict
+    import repspec.torch_impl.training.train as train_module
+    from repspec.torch_impl.training.checkpoint import read_state_dict
 
     argv = ["train", "--model", "qarepvgg_tiny8", "--epochs", "3", *TINY]
     a, b = tmp_path / "a", tmp_path / "b"
@@ -79,7 +79,7 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, capsys, mon
     ("clusterqat", ["--bits", "2", "--epochs", "1", "--update-every", "2"]),
 ])
 def test_quantize_writes_metrics_and_an_export_that_reloads(trained, tmp_path, capsys, method, extra):
-    from repspec.torch_impl.export import load_exported
+    from repspec.torch_impl.quantization.export import load_exported
 
     out = tmp_path / method
     code, stdout, err = _run(capsys, ["quantize", method, "--checkpoint", str(trained), "--out", str(out),
@@ -103,7 +103,7 @@ def test_analyze_writes_table_json_and_pngs(trained, tmp_path, capsys):
 
 def test_convert_deploy_equals_training_model(trained, tmp_path, capsys):
     from repspec.cli import _build_from_checkpoint
-    from repspec.torch_impl.checkpoint import read_state_dict
+    from repspec.torch_impl.training.checkpoint import read_state_dict
 
     out = tmp_path / "deploy.safetensors"
     code, _, _ = _run(capsys, ["convert", "--checkpoint", str(trained), "--out", str(out)])
@@ -111,7 +111,7 @@ def test_convert_deploy_equals_training_model(trained, tmp_path, capsys):
     state = read_state_dict(out)
     assert all(".rbr_dense." not in k and ".bn." not in k for k in state)
     model, _ = _build_from_checkpoint(trained)
-    from repspec.torch_impl.deploy import convert_to_deploy
+    from repspec.torch_impl.modules.deploy import convert_to_deploy
 
     deploy = convert_to_deploy(model)
     deploy.load_state_dict(state)

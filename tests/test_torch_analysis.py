@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from repspec.reference import analysis as ra
 from repspec.reference.repvgg import RepVGGBlock as RefRepVGGBlock
-from repspec.torch_impl import analysis as ta
+from repspec.torch_impl.quantization import analysis as ta
 from repspec.torch_impl import create_model
-from repspec.torch_impl.interop import module_arrays, reference_block_for
-from repspec.torch_impl.ptq import ptq_quantize
+from repspec.torch_impl.modules.interop import module_arrays, reference_block_for
+from repspec.torch_impl.quantization.ptq import ptq_quantize
 from tests.strategies import rng_from, seeds
 
 SMALL = dict(num_blocks=(1, 2, 1), widths=(4, 4, 6), strides=(1, 1, 2))

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from repspec.torch_impl import checkpoint as ck
-from repspec.torch_impl.checkpoint import (
+from repspec.torch_impl.training import checkpoint as ck
+from repspec.torch_impl.training.checkpoint import (
     CheckpointError,
     capture_rng_state,
     checkpoint_exists,
@@ -30,8 +30,8 @@ from repspec.torch_impl.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from repspec.torch_impl.models import create_model
-from repspec.torch_impl.optim import build_repoptimizer
+from repspec.torch_impl.modules.models import create_model
+from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer
 
 
 

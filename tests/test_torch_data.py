@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repspec.torch_impl import data as rd
-from repspec.torch_impl.data import (
+from repspec.torch_impl.training import data as rd
+from repspec.torch_impl.training.data import (
     CIFAR10_BINARY_URL,
     CIFAR100_BINARY_URL,
     EpochShuffleSampler,

@@ -2,7 +2,7 @@
 RepOpt-VGG with RepOptimizerSGD exactly like one process on the same global batch.
 
 The DDP run goes through the real entry point (``python -m torch.distributed.run
---nproc_per_node=2 -m repspec.torch_impl.distributed``); the single-process run is
+--nproc_per_node=2 -m repspec.torch_impl.training.distributed``); the single-process run is
 :func:`train_repopt` in this process with plain ``nn.BatchNorm2d``. After 3 steps every
 parameter, BN running statistic and per-step loss agree to the float64 tolerance.
 """
@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from repspec.torch_impl.distributed import (
+from repspec.torch_impl.training.distributed import (
     DDPConfig,
     DistributedBatchNorm2d,
     build_model_and_optimizer,
@@ -29,8 +29,8 @@ from repspec.torch_impl.distributed import (
     synthetic_batches,
     train_repopt,
 )
-from repspec.torch_impl.models import create_model
-from repspec.torch_impl.scales import initial_scales, save_scales
+from repspec.torch_impl.modules.models import create_model
+from repspec.torch_impl.optimizers.scales import initial_scales, save_scales
 from tests.tolerances import assert_close, assert_trees_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     out = tmp_path / "ddp.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           "-m", "repspec.torch_impl.distributed",
+           "-m", "repspec.torch_impl.training.distributed",
            "--model", cfg.model, "--num-classes", str(cfg.num_classes), "--in-channels", str(cfg.in_channels),
            "--image-size", str(cfg.image_size), "--global-batch", str(cfg.global_batch), "--steps", str(cfg.steps),
            "--lr", str(cfg.lr), "--momentum", str(cfg.momentum), "--weight-decay", str(cfg.weight_decay),

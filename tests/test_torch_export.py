@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from repspec.torch_impl import create_model
-from repspec.torch_impl import export as ex
-from repspec.torch_impl.ptq import build_quantized_model, ptq_quantize
+from repspec.torch_impl.quantization import export as ex
+from repspec.torch_impl.quantization.ptq import build_quantized_model, ptq_quantize
 
 SMALL = dict(num_blocks=(1, 2, 1), widths=(4, 6, 8), strides=(1, 1, 2))
 
@@ -169,7 +169,7 @@ def test_export_bad_input(tmp_path):
 def test_qat_model_export_round_trip_is_bit_exact(tmp_path, scheme):
     """A QAT model (uniform QAT or ClusterQAT) exports its own codes/codebooks and ranges: the
     loaded model equals the QAT model in eval mode, bit for bit."""
-    qat = pytest.importorskip("repspec.torch_impl.qat")
+    qat = pytest.importorskip("repspec.torch_impl.quantization.qat")
     model = _model(torch.float64)
     wq = qat.KMeansWeightQuantizer(3) if scheme == "kmeans" else qat.UniformWeightQuantizer(4, per_channel=True)
     qmodel = qat.make_qat_model(model, weight_quantizer=wq, act_bits=6)

@@ -1,4 +1,4 @@
-"""SPEC §5/§6: the torch 1-D k-means (repspec.torch_impl.kmeans) equals the reference (repspec.reference.kmeans).
+"""SPEC §5/§6: the torch 1-D k-means (repspec.torch_impl.quantization.kmeans) equals the reference (repspec.reference.kmeans).
 
 What "equal" means here (SPEC §6, discrete decisions):
 
@@ -26,7 +26,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from repspec.reference import kmeans as R
-from repspec.torch_impl import kmeans as T
+from repspec.torch_impl.quantization import kmeans as T
 from tests import strategies as S
 
 CUDA = torch.cuda.is_available()

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from repspec.reference import optim as ref_optim
 from repspec.reference import repopt as ref_repopt
-from repspec.torch_impl.optim import (
+from repspec.torch_impl.optimizers.repoptimizer import (
     RepOptimizerAdamW,
     RepOptimizerSGD,
     csla_equivalent_kernel,

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from repspec.reference import calibrate as rc
 from repspec.reference import quant as rq
 from repspec.torch_impl import create_model
-from repspec.torch_impl import observers as obs
-from repspec.torch_impl.blocks import FusedConvBlock
-from repspec.torch_impl.deploy import convert_to_deploy
-from repspec.torch_impl.ptq import QuantConvBlock, build_quantized_model, evaluate, ptq_quantize
+from repspec.torch_impl.quantization import observers as obs
+from repspec.torch_impl.modules.blocks import FusedConvBlock
+from repspec.torch_impl.modules.deploy import convert_to_deploy
+from repspec.torch_impl.quantization.ptq import QuantConvBlock, build_quantized_model, evaluate, ptq_quantize
 from tests.strategies import act_batch_sequences, rng_from
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

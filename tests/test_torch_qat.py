@@ -1,4 +1,4 @@
-"""SPEC §5/§6: QAT on merged weights and ClusterQAT in torch (repspec.torch_impl.qat) equal the reference.
+"""SPEC §5/§6: QAT on merged weights and ClusterQAT in torch (repspec.torch_impl.quantization.qat) equal the reference.
 
 Small networks (1–3 blocks of RepVGG / RepVGG+OABN / QARepVGG / RepOpt target kind, 1–6
 channels, strides 1/2, 4–8 px, batch 2–4) start from the same trained-looking state
@@ -45,9 +45,9 @@ from repspec.reference import quant as RQu
 from repspec.reference.kmeans import assign as ref_assign
 from repspec.reference.network import train
 from repspec.torch_impl import create_model, load_reference_arrays, module_arrays, reference_network_for
-from repspec.torch_impl import qat as TQ
-from repspec.torch_impl.blocks import CSLABlock, FusedConvBlock, RepVGGBlock
-from repspec.torch_impl.quant import ActivationFakeQuant
+from repspec.torch_impl.quantization import qat as TQ
+from repspec.torch_impl.modules.blocks import CSLABlock, FusedConvBlock, RepVGGBlock
+from repspec.torch_impl.quantization.quant import ActivationFakeQuant
 from tests import strategies as S
 from tests.tolerances import assert_close, assert_trees_close
 
@@ -302,7 +302,7 @@ def test_every_block_kind_and_quantizer_on_a_fixed_network(kind, spec, device):
                                   {"kind": "kmeans", "bits": 2, "update_every": 1}], ids=["uniform", "kmeans"])
 def test_grouped_blocks(spec):
     """Grouped convolutions (RepVGG ``groups=2``, with and without identity): fusion, quantization, training."""
-    from repspec.torch_impl.models import VGGNet
+    from repspec.torch_impl.modules.models import VGGNet
 
     def factory(i, o, s, stage, index):
         return RepVGGBlock(i, o, s, groups=1 if stage == 0 else 2)
@@ -384,7 +384,7 @@ def test_cluster_qat_refit_schedule_and_eval_freezes(update_every):
         F.cross_entropy(qmodel(x), y).backward()
         opt.step()
         if t % update_every == 0:
-            from repspec.torch_impl.kmeans import kmeans_1d
+            from repspec.torch_impl.quantization.kmeans import kmeans_1d
             assert torch.equal(wq.centroids, kmeans_1d(kernel, 4, init_centroids=before).centroids)
         else:
             assert torch.equal(wq.centroids, before), f"step {t}: centroids must stay fixed between refits"
@@ -416,7 +416,7 @@ def test_cached_assignment_equals_the_full_assignment(seed, bits, update_every, 
     """``cache_assignments=True`` (check the two midpoints around each weight, re-assign the movers) gives
     exactly ``kmeans_fake_quantize(kernel, centroids)``, in training (with refits) and in eval, for small
     and large moves (weights crossing several midpoints)."""
-    from repspec.torch_impl.kmeans import kmeans_fake_quantize
+    from repspec.torch_impl.quantization.kmeans import kmeans_fake_quantize
     rng = S.rng_from(seed)
     kernel = torch.from_numpy(rng.standard_t(3, (4, 3, 3, 3)))
     cached = TQ.KMeansWeightQuantizer(bits, update_every=update_every)

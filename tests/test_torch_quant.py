@@ -1,4 +1,4 @@
-"""SPEC §5: torch fake-quant primitives (repspec.torch_impl.quant) against the reference, bit for bit.
+"""SPEC §5: torch fake-quant primitives (repspec.torch_impl.quantization.quant) against the reference, bit for bit.
 
 float64 everywhere (SPEC §6: discrete decisions agree exactly); `@example`s for .5
 ties, min == max, zero range and a batch of 1. Peer check against PyTorch's own
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from repspec.reference import qat as rqat
 from repspec.reference import quant as rq
 from repspec.reference.calibrate import minmax as ref_minmax
-from repspec.torch_impl import quant as tq
+from repspec.torch_impl.quantization import quant as tq
 from tests.strategies import act_batch_sequences, quant_arrays, quant_bits, rng_from, seeds, weight_bits
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

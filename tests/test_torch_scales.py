@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from repspec.torch_impl import io as rio
-from repspec.torch_impl.models import create_model, expected_scale_keys
-from repspec.torch_impl.optim import build_grad_mult_masks, build_repoptimizer, reinit_from_scales, target_blocks
-from repspec.torch_impl.scales import (
+from repspec.torch_impl.training import io as rio
+from repspec.torch_impl.modules.models import create_model, expected_scale_keys
+from repspec.torch_impl.optimizers.repoptimizer import build_grad_mult_masks, build_repoptimizer, reinit_from_scales, target_blocks
+from repspec.torch_impl.optimizers.scales import (
     ScaleFileError,
     check_scales_for_model,
     initial_scales,
@@ -99,7 +99,7 @@ def test_build_repopt_vgg_b1_and_its_optimizer(b1_scales, b1_model):
 def test_reinit_from_scales_matches_reference():
     """W'_0 of every block against the reference formula with the same imaginary kernels (SPEC §3)."""
     from repspec.reference.repopt import reinit_target_kernel
-    from repspec.torch_impl.optim import imaginary_kernels
+    from repspec.torch_impl.optimizers.repoptimizer import imaginary_kernels
 
     small = create_model("repopt_vgg_tiny8", 3)
     scales = initial_scales(small)

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from repspec.torch_impl.checkpoint import checkpoint_exists, load_checkpoint_extra
-from repspec.torch_impl.data import load_digits_dataset, make_loader, make_loaders, random_subset
-from repspec.torch_impl.models import create_model
-from repspec.torch_impl.optim import build_repoptimizer
-from repspec.torch_impl.train import (
+from repspec.torch_impl.training.checkpoint import checkpoint_exists, load_checkpoint_extra
+from repspec.torch_impl.training.data import load_digits_dataset, make_loader, make_loaders, random_subset
+from repspec.torch_impl.modules.models import create_model
+from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer
+from repspec.torch_impl.training.train import (
     evaluate,
     evaluate_metrics,
     seed_everything,
@@ -217,7 +217,7 @@ def test_evaluate_and_freeze_bn(digits8):
 
 def test_hypersearch_through_train_classifier_matches_train_hypersearch(digits8):
     """``repspec hypersearch`` can use train_classifier (checkpoints, resume) and get the same scales."""
-    from repspec.torch_impl.hypersearch import build_hypersearch_optimizer, extract_scales, train_hypersearch
+    from repspec.torch_impl.optimizers.hypersearch import build_hypersearch_optimizer, extract_scales, train_hypersearch
 
     train, _, _ = digits8
     sub = random_subset(train, 100, seed=0)
@@ -246,7 +246,7 @@ def test_cuda_training_checkpoint_loads_on_cpu_and_resumes(digits8, tmp_path):
                      progress=False)
     cpu_model = create_model("repopt_vgg_tiny8", num_classes=10, seed=1)
     cpu_opt = build_repoptimizer(cpu_model, cpu_model.repopt_scales, lr=0.05, momentum=0.9)
-    from repspec.torch_impl.checkpoint import load_checkpoint
+    from repspec.torch_impl.training.checkpoint import load_checkpoint
 
     load_checkpoint(ckpt, cpu_model, cpu_opt)
     _assert_bit_identical(model.cpu(), cpu_model)

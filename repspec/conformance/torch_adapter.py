@@ -32,11 +32,11 @@ _F64 = torch.float64
 
 
 def _torch_impl(module: str):
-    """``repspec.torch_impl.<module>``, or NotProvided if torch_impl does not have it (yet)."""
+    """``repspec.torch_impl.quantization.<module>``, or NotProvided if torch_impl does not have it (yet)."""
     try:
-        return importlib.import_module(f"repspec.torch_impl.{module}")
+        return importlib.import_module(f"repspec.torch_impl.quantization.{module}")
     except ImportError as exc:
-        raise NotProvided(f"repspec.torch_impl.{module} is not available: {exc}") from None
+        raise NotProvided(f"repspec.torch_impl.quantization.{module} is not available: {exc}") from None
 
 
 class TorchAdapter(AdapterBase):
@@ -76,7 +76,7 @@ class TorchAdapter(AdapterBase):
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
     def _load(self, module: nn.Module, params, buffers) -> nn.Module:
-        from repspec.torch_impl.interop import load_reference_arrays
+        from repspec.torch_impl.modules.interop import load_reference_arrays
 
         module = module.to(device=self.device, dtype=self.dtype)
         load_reference_arrays(module, params, buffers)
@@ -84,7 +84,7 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §2 fusion
     def fuse_repvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, oabn_threshold):
-        from repspec.torch_impl.blocks import RepVGGBlock
+        from repspec.torch_impl.modules.blocks import RepVGGBlock
 
         block = self._load(RepVGGBlock(in_channels, out_channels, stride, groups, oabn_threshold=oabn_threshold,
                                        bn_eps=eps), params, buffers).eval()
@@ -93,7 +93,7 @@ class TorchAdapter(AdapterBase):
         return self._np(k), self._np(b)
 
     def fuse_qarepvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, fold_post_bn):
-        from repspec.torch_impl.blocks import QARepVGGBlock
+        from repspec.torch_impl.modules.blocks import QARepVGGBlock
 
         block = self._load(QARepVGGBlock(in_channels, out_channels, stride, groups, bn_eps=eps), params,
                            buffers).eval()
@@ -106,14 +106,14 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §3 RepOpt
     def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
-        from repspec.torch_impl.optim import grad_mult_mask_from_scales
+        from repspec.torch_impl.optimizers.repoptimizer import grad_mult_mask_from_scales
 
         return self._np(grad_mult_mask_from_scales(self._t(scale_conv), self._t(scale_1x1), in_channels,
                                                    identity=identity, exponent=exponent))
 
     def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, lr, momentum, dampening, nesterov,
                         weight_decay):
-        from repspec.torch_impl.optim import RepOptimizerSGD
+        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerSGD
 
         p = nn.Parameter(self._t(param))
         masks = None if grad_mult_mask is None else {p: self._t(grad_mult_mask)}
@@ -128,7 +128,7 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §4 OABN
     def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
-        from repspec.torch_impl.oabn import OABN
+        from repspec.torch_impl.modules.oabn import OABN
 
         m = OABN(len(gamma), eps=eps, momentum=momentum, threshold=threshold, gradient=gradient)
         m = self._load(m, {"weight": gamma, "bias": beta}, {"running_mean": running_mean,
@@ -183,7 +183,7 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §1 training
     def _block(self, b, params):
-        from repspec.torch_impl import blocks as tb
+        from repspec.torch_impl.modules import blocks as tb
 
         bn = dict(bn_eps=b.bn_eps, bn_momentum=b.bn_momentum)
         if b.kind == "repvgg":
@@ -202,8 +202,8 @@ class TorchAdapter(AdapterBase):
         raise NotProvided(f"block kind {b.kind!r}")
 
     def train_iteration(self, network: NetworkSpec, params, buffers, x, labels, *, optimizer: SGDSpec, opt_state):
-        from repspec.torch_impl.interop import module_arrays
-        from repspec.torch_impl.optim import RepOptimizerSGD
+        from repspec.torch_impl.modules.interop import module_arrays
+        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerSGD
 
         net = _Net([self._block(b, params) for b in network.blocks], network.blocks[-1].out_channels,
                    network.num_classes)

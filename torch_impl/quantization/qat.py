@@ -1,14 +1,14 @@
 """SPEC §5: QAT on merged weights and ClusterQAT in PyTorch — the port of :mod:`repspec.reference.qat`.
 
 A :class:`QATBlock` wraps a training-form block (RepVGG, RepVGG+OABN, QARepVGG or the
-RepOpt target block of :mod:`repspec.torch_impl.blocks`) and, in every forward,
+RepOpt target block of :mod:`repspec.torch_impl.modules.blocks`) and, in every forward,
 
 1. fuses the branches into one kernel and bias with **frozen** BN statistics
    (:func:`fused_kernel_bias`: eval-mode fusion, SPEC §2/§4, written with autograd ops
    in the reference's operation order — ``switch_to_deploy`` is not differentiable);
 2. fake-quantizes the fused kernel (:class:`UniformWeightQuantizer`, or
    :class:`KMeansWeightQuantizer` = ClusterQAT) and the block's input activation
-   (:class:`repspec.torch_impl.quant.ActivationFakeQuant`);
+   (:class:`repspec.torch_impl.quantization.quant.ActivationFakeQuant`);
 3. runs the deployed form ``relu(conv3x3(x̂, K̂) + b)``.
 
 Backward is autograd through straight-through estimators (weights: gradient
@@ -21,7 +21,7 @@ QAT block re-registers the block's sub-modules, so a QAT model's ``state_dict`` 
 original model's plus the quantizer state) and the quantizers' state lives under
 ``weight_quant.*`` (``centroids``, ``step``) and ``act_quant.*`` (``lo``, ``hi``,
 ``initialized``) — exactly the reference's QAT buffer names, so
-:func:`repspec.torch_impl.interop.module_arrays` of a QAT model is a dict compare
+:func:`repspec.torch_impl.modules.interop.module_arrays` of a QAT model is a dict compare
 against :func:`repspec.reference.qat.make_qat_network`'s buffers.
 
 *[repspec]* choices (all as the reference): BN statistics frozen (the fusion reads the
@@ -46,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock, identity_kernel, pad_1x1_to_3x3
+from ..modules.blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock, identity_kernel, pad_1x1_to_3x3
 from .kmeans import DEFAULT_BINS, DEFAULT_INIT, INITS, _assign, _check_values, _kmeans
-from .models import VGGNet
-from .oabn import OABN
+from ..modules.models import VGGNet
+from ..modules.oabn import OABN
 from .quant import ActivationFakeQuant, check_bits, fake_quantize_weight
 
 __all__ = [
@@ -189,7 +189,7 @@ class UniformWeightQuantizer(nn.Module):
 
     Stateless: ``scale = max|K| / (2^(b−1) − 1)`` per layer (or per output channel with
     ``per_channel=True``) is recomputed from the current kernel at every forward
-    (:func:`repspec.torch_impl.quant.fake_quantize_weight`); the gradient passes unchanged
+    (:func:`repspec.torch_impl.quantization.quant.fake_quantize_weight`); the gradient passes unchanged
     (every weight is inside the range by construction). ``bits`` in 2..16.
     """
 
@@ -226,14 +226,14 @@ class KMeansWeightQuantizer(nn.Module):
 
     ``KMeansWeightQuantizer(bits, update_every=1, init='optimal', max_iter=300, seed=None,
     cache_assignments=True)``; ``bits`` in 1..16, ``update_every ≥ 1``, ``max_iter ≥ 0``,
-    ``init`` one of :data:`repspec.torch_impl.kmeans.INITS` except ``'warm'`` (``seed`` for
+    ``init`` one of :data:`repspec.torch_impl.quantization.kmeans.INITS` except ``'warm'`` (``seed`` for
     ``kmeans++``; ``'binned'`` is the fast fit for 10^6-value layers).
 
     Buffers: ``centroids (k,)`` ascending (the kernel's dtype) and ``step`` (int64: the
     training forwards seen). :meth:`initialize` fits the centroids on a kernel with
     ``init`` (done by :class:`QATBlock` when it wraps a block). In a **training** forward
     with ``step % update_every == 0`` the centroids are first re-fitted by Lloyd
-    warm-started from the current ones (:func:`repspec.torch_impl.kmeans.kmeans_1d` with
+    warm-started from the current ones (:func:`repspec.torch_impl.quantization.kmeans.kmeans_1d` with
     ``init_centroids``), then ``step`` is incremented; in eval nothing changes. The output
     replaces every weight by its assigned centroid (midpoint ties → the lower centroid);
     the gradient is straight-through.
@@ -395,12 +395,12 @@ class QATBlock(nn.Module):
     """SPEC §5 (seed Fig. 1): QAT on merged weights around one training-form block (reference ``QATBlock``).
 
     ``QATBlock(block, weight_quantizer=None, act_quantizer=None)``: ``block`` a
-    :class:`~repspec.torch_impl.blocks.RepVGGBlock` (plain or OABN),
-    :class:`~repspec.torch_impl.blocks.QARepVGGBlock` or
-    :class:`~repspec.torch_impl.blocks.RepOptTargetBlock` (not deployed; anything else →
+    :class:`~repspec.torch_impl.modules.blocks.RepVGGBlock` (plain or OABN),
+    :class:`~repspec.torch_impl.modules.blocks.QARepVGGBlock` or
+    :class:`~repspec.torch_impl.modules.blocks.RepOptTargetBlock` (not deployed; anything else →
     ``TypeError``); ``weight_quantizer`` a :class:`UniformWeightQuantizer`,
     :class:`KMeansWeightQuantizer` or ``None`` (FP32); ``act_quantizer`` an
-    :class:`~repspec.torch_impl.quant.ActivationFakeQuant` or ``None``.
+    :class:`~repspec.torch_impl.quantization.quant.ActivationFakeQuant` or ``None``.
 
     Forward: ``relu(conv3x3(act_quant(x), weight_quant(K), b))`` with ``(K, b) =``
     :func:`fused_kernel_bias` (frozen statistics). The block's sub-modules are registered
@@ -504,7 +504,7 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
     (``UniformWeightQuantizer``, ``KMeansWeightQuantizer`` or ``None``), deep-copied per
     quantized block (each k-means copy fitted on its own fused kernel). ``act_bits``
     (``None``: FP32 activations) gives each quantized block an
-    :class:`~repspec.torch_impl.quant.ActivationFakeQuant` (moving average, ``act_momentum``).
+    :class:`~repspec.torch_impl.quantization.quant.ActivationFakeQuant` (moving average, ``act_momentum``).
     ``keep_first_fp32``: the first block gets no quantizers (it is still fused with frozen
     BN); the linear head is always FP32. ``act_ranges`` ``{block prefix: (lo, hi)}``
     seeds activation ranges from PTQ calibration (ignored for an FP32 block, as the

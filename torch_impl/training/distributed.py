@@ -2,7 +2,7 @@
 
 Launch with ``torchrun`` (one process per device or CPU worker)::
 
-    torchrun --nproc_per_node=2 -m repspec.torch_impl.distributed \\
+    torchrun --nproc_per_node=2 -m repspec.torch_impl.training.distributed \\
         --model repopt_vgg_tiny8 --steps 3 --global-batch 8 --dtype float64 --out final.safetensors
 
 Grad Mult commutes with DDP's gradient averaging (the mask is linear and identical on
@@ -186,15 +186,15 @@ def synthetic_batches(cfg: DDPConfig) -> list[tuple[Tensor, Tensor]]:
 def build_model_and_optimizer(cfg: DDPConfig, device=None, *, bn_process_group=None, sync_bn: bool = False):
     """The RepOpt-VGG model (``W'_0`` from the scales, seeded) and its RepOptimizerSGD (SPEC §3).
 
-    Scales come from ``cfg.scales`` (any file :func:`repspec.torch_impl.scales.load_scales`
+    Scales come from ``cfg.scales`` (any file :func:`repspec.torch_impl.optimizers.scales.load_scales`
     reads) or, if None, the HyperSearch initial values (:func:`initial_scales`). With
     ``sync_bn`` the BN layers are converted (:func:`convert_distributed_batchnorm`) *before*
     the optimizer is built, so it holds the new BN parameters. Returns
     ``(model, optimizer, scales)``; identical on every rank.
     """
-    from .models import create_model
-    from .optim import build_repoptimizer
-    from .scales import check_scales_for_model, initial_scales, load_scales
+    from ..modules.models import create_model
+    from ..optimizers.repoptimizer import build_repoptimizer
+    from ..optimizers.scales import check_scales_for_model, initial_scales, load_scales
 
     probe = create_model(cfg.model, cfg.num_classes, in_channels=cfg.in_channels)
     scales = initial_scales(probe) if cfg.scales is None else load_scales(cfg.scales)
@@ -237,7 +237,7 @@ def train_repopt(model: nn.Module, optimizer: torch.optim.Optimizer, global_batc
 
 
 def _parse(argv) -> tuple[DDPConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m repspec.torch_impl.distributed",
+    p = argparse.ArgumentParser(prog="python -m repspec.torch_impl.training.distributed",
                                 description="RepOptimizer (SPEC §3) training under DistributedDataParallel; "
                                             "launch with torchrun.")
     d = DDPConfig()

@@ -180,7 +180,7 @@ class RepVGGBlock(_ReparamMixin, nn.Module):
 
     Keys: ``rbr_dense.conv.weight``, ``rbr_dense.bn.*``, ``rbr_1x1.conv.weight``,
     ``rbr_1x1.bn.*``, ``rbr_identity.*`` (iff ``in == out and stride == 1``; an
-    :class:`~repspec.torch_impl.oabn.OABN` when ``oabn_threshold`` is finite, else
+    :class:`~repspec.torch_impl.modules.oabn.OABN` when ``oabn_threshold`` is finite, else
     ``BatchNorm2d``); deployed: ``rbr_reparam.{weight,bias}``.
 
     Fusion (eval-mode BN): ``K = t3·K3 + t1·pad(K1) + t̃0·I_c``,
@@ -450,7 +450,7 @@ class HyperSearchBlock(_LinearAddBlock):
 
     Same keys as :class:`CSLABlock`. Init (official): ``α3 = α1 = conv_scale_init``
     (1 for stage0 and the first block of a stage, ``sqrt(2/i)`` for block ``i ≥ 1``;
-    see :func:`repspec.torch_impl.models.hypersearch_scale_init`), ``d = 1``; the identity
+    see :func:`repspec.torch_impl.modules.models.hypersearch_scale_init`), ``d = 1``; the identity
     branch exists iff ``in == out and stride == 1``. Only ``d`` should be weight-decayed
     (the optimizer's business; see :meth:`scale_parameters`).
     """
@@ -555,7 +555,7 @@ def _kaiming_uniform(shape, dtype, generator) -> torch.Tensor:
 class FusedConvBlock(nn.Module):
     """SPEC §2: a deployed block — ``relu(conv3x3(x; K) + b)``, keys ``rbr_reparam.{weight,bias}``.
 
-    Equal to the official ``RepVGGBlock(deploy=True)`` layout; :func:`repspec.torch_impl.deploy.convert_to_deploy`
+    Equal to the official ``RepVGGBlock(deploy=True)`` layout; :func:`repspec.torch_impl.modules.deploy.convert_to_deploy`
     builds networks of these.
     """
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .io import atomic_save_json, atomic_save_safetensors
+from ..training.io import atomic_save_json, atomic_save_safetensors
 
 __all__ = [
     "SCALE_KEY_PATTERN",
@@ -105,7 +105,7 @@ def validate_scales(scales, *, source: str = "scales") -> "OrderedDict[str, Tens
 
 def block_prefixes(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``[(prefix, block)]`` of a RepOpt-VGG / CSLA / HyperSearch model's blocks, model order (SPEC §3)."""
-    from .optim import target_blocks  # noqa: PLC0415 - avoid an import cycle
+    from .repoptimizer import target_blocks  # noqa: PLC0415 - avoid an import cycle
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -29,9 +29,9 @@ from typing import Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .blocks import CSLABlock, HyperSearchBlock, QARepVGGBlock, RepVGGBlock
-from .models import VGGNet
-from .oabn import bn_factor
+from ..modules.blocks import CSLABlock, HyperSearchBlock, QARepVGGBlock, RepVGGBlock
+from ..modules.models import VGGNet
+from ..modules.oabn import bn_factor
 
 __all__ = [
     "CategoryStats",

@@ -3,7 +3,7 @@
 :func:`train_classifier` trains any classifier (RepVGG, RepOpt-VGG with a RepOptimizer,
 HyperSearch, QAT models …) on ``(x, labels)`` batches with a given optimizer and optional
 LR scheduler, evaluates after every epoch, shows tqdm progress bars, and writes
-checkpoints (:mod:`repspec.torch_impl.checkpoint`).
+checkpoints (:mod:`repspec.torch_impl.training.checkpoint`).
 
 **Resume.** A checkpoint holds the model, the optimizer (RepOptimizer masks included),
 the scheduler, the loop position (epoch, batch within the epoch, global step), the
@@ -11,14 +11,14 @@ per-epoch history and accumulators, and the random states: torch CPU/CUDA, NumPy
 Python ``random`` and the data loader's ``torch.Generator``, both *now* and at the
 start of the current epoch. Resuming mid-epoch re-creates that epoch's sample order and
 skips the batches already trained on — without loading them when the loader comes from
-:func:`repspec.torch_impl.data.make_loader` (its order is a function of ``(seed,
+:func:`repspec.torch_impl.training.data.make_loader` (its order is a function of ``(seed,
 epoch)``), by loading and discarding them otherwise — then restores the random states.
 So an interrupted run resumed from its last checkpoint ends with **bit-identical**
 parameters and history on the CPU (same machine, same thread count; on GPUs only as far
 as the kernels are deterministic). Requirements: the same data, batch size, model and
 optimizer construction; loaders with ``num_workers > 0`` are exact too, except for
 augmentation drawn from the workers' own RNG (use
-:class:`repspec.torch_impl.data.RandomCropFlip`, which depends only on ``(seed, epoch,
+:class:`repspec.torch_impl.training.data.RandomCropFlip`, which depends only on ``(seed, epoch,
 index)``).
 """
 
@@ -180,7 +180,7 @@ def train_classifier(model: nn.Module, train_loader: Iterable, *, optimizer: tor
         model: a classifier returning logits; moved to ``device`` if given (optimizer
             state follows). Inputs are cast to the model's floating dtype.
         train_loader: yields ``(x, labels)``; must have ``len()``. Best built with
-            :func:`repspec.torch_impl.data.make_loader` (exact, cheap mid-epoch resume).
+            :func:`repspec.torch_impl.training.data.make_loader` (exact, cheap mid-epoch resume).
             If its sampler / dataset have ``set_epoch``, it is called every epoch.
         optimizer: a constructed optimizer (``torch.optim.SGD``, ``RepOptimizerSGD`` …).
         epochs / steps: exactly one; ``steps`` may end mid-epoch.

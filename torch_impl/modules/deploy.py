@@ -37,7 +37,7 @@ def fuse_block(block: nn.Module) -> FusedConvBlock:
 def convert_to_deploy(model: nn.Module) -> nn.Module:
     """SPEC §2: a new plain network equal to ``model`` in eval mode; ``model`` is not modified.
 
-    ``model`` is a :class:`~repspec.torch_impl.models.VGGNet` (any block kind of this
+    ``model`` is a :class:`~repspec.torch_impl.modules.models.VGGNet` (any block kind of this
     package, deployed or not) or a single block. The result is in eval mode, on the
     model's device and dtype.
     """

@@ -287,7 +287,7 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         atomic_write_bytes(d / name, data)
         files[kind] = {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     _fsync_dir(d)
-    from .. import __version__ as repspec_version  # noqa: PLC0415
+    from ... import __version__ as repspec_version  # noqa: PLC0415
 
     manifest = {
         "format": FORMAT, "version": VERSION, "sequence": seq,

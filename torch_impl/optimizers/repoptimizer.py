@@ -589,7 +589,7 @@ def imaginary_kernels(out_channels: int, in_channels: int, generator: torch.Gene
 
 def _is_target_block(m: nn.Module) -> bool:
     try:
-        from .blocks import RepOptTargetBlock  # noqa: PLC0415 - written by another module owner
+        from ..modules.blocks import RepOptTargetBlock  # noqa: PLC0415 - written by another module owner
     except ImportError:  # pragma: no cover - duck typing fallback
         RepOptTargetBlock = None
     if RepOptTargetBlock is not None and isinstance(m, RepOptTargetBlock):

@@ -3,8 +3,8 @@
 Train an ``hs_vgg_*`` model (HyperSearch blocks: trainable ``α3, α1, d`` per channel,
 BN after the sum) with SGD, then :func:`extract_scales` reads the learned scales keyed
 ``stage{k}.{i}.scale_{conv|1x1|identity}.weight`` — the layout of the published
-RepOpt-VGG scale files — ready for :func:`repspec.torch_impl.scales.save_scales` and
-:func:`repspec.torch_impl.optim.build_repoptimizer`.
+RepOpt-VGG scale files — ready for :func:`repspec.torch_impl.optimizers.scales.save_scales` and
+:func:`repspec.torch_impl.optimizers.repoptimizer.build_repoptimizer`.
 
 Weight decay follows the official ``set_weight_decay``: among the scales only ``d``
 (``scale_identity.weight``) is decayed; conv kernels and the linear weight are decayed;
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .optim import _check_sgd_hparams, weight_decay_groups
+from .repoptimizer import _check_sgd_hparams, weight_decay_groups
 from .scales import validate_scales
 
 __all__ = ["HyperSearchResult", "hypersearch_blocks", "hypersearch_param_groups", "build_hypersearch_optimizer",

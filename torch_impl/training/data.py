@@ -20,7 +20,7 @@ yielding ``(image, label)`` with ``image`` a float ``(3, H, W)`` tensor normaliz
   ``folder``) for the command line.
 - :func:`make_loader` / :func:`make_loaders` — ``DataLoader`` s whose shuffling is a pure
   function of ``(seed, epoch)`` (:class:`EpochShuffleSampler`), so that a run can be
-  resumed mid-epoch exactly (see :mod:`repspec.torch_impl.train`).
+  resumed mid-epoch exactly (see :mod:`repspec.torch_impl.training.train`).
 - :class:`RandomCropFlip` — CIFAR-style augmentation whose random choices are a pure
   function of ``(seed, epoch, index)``.
 """
@@ -694,7 +694,7 @@ class RandomCropFlip(Dataset):
     The crop offsets and flips of epoch ``e`` come from ``np.random.default_rng([seed, e])``
     (one draw per sample index), so they do not depend on worker processes, batch order
     or interruptions. The padding value 0 is the train mean after normalization.
-    :meth:`set_epoch` is called by :func:`repspec.torch_impl.train.train_classifier`.
+    :meth:`set_epoch` is called by :func:`repspec.torch_impl.training.train.train_classifier`.
     """
 
     def __init__(self, dataset: Dataset, *, padding: int = 4, flip: bool = True, seed: int = 0):

@@ -7,13 +7,13 @@ Pipeline of :func:`ptq_quantize`:
    RepOpt-VGG target blocks).
 2. **Calibration** on the FP32 deploy network: the first ``num_batches`` inputs of
    ``calib_loader`` are taken once (kept, so two-pass calibrators see exactly the
-   same batches), and an observer (:mod:`repspec.torch_impl.observers`) on the input
+   same batches), and an observer (:mod:`repspec.torch_impl.quantization.observers`) on the input
    of every quantized layer chooses ``(lo, hi)``. Activations are observed in full
    precision (weights not yet quantized), as PyTorch's own prepare/convert PTQ does.
 3. :func:`build_quantized_model`: every conv except the first (``keep_first_fp32``)
    gets its **fused** kernel fake-quantized once (symmetric, per layer or per output
    channel, SPEC §5) — or mapped to a given k-means codebook — and an
-   :class:`~repspec.torch_impl.quant.ActivationFakeQuant` on its input with the
+   :class:`~repspec.torch_impl.quantization.quant.ActivationFakeQuant` on its input with the
    calibrated range; the final linear stays FP32 unless ``keep_last_fp32=False``.
 
 The result is a :class:`QuantizedModel` in eval mode (same device and dtype as the
@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .deploy import convert_to_deploy, fuse_block
-from .models import VGGNet
+from ..modules.deploy import convert_to_deploy, fuse_block
+from ..modules.models import VGGNet
 from .observers import METHODS, make_observer
 from .quant import (
     ActivationFakeQuant,
@@ -287,8 +287,8 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
 class QuantizedModel(nn.Module):
     """SPEC §5: a quantized deploy network (result of :func:`ptq_quantize` / :func:`build_quantized_model`).
 
-    ``net`` is a :class:`~repspec.torch_impl.models.VGGNet` whose blocks are
-    :class:`~repspec.torch_impl.blocks.FusedConvBlock` (FP) or :class:`QuantConvBlock`,
+    ``net`` is a :class:`~repspec.torch_impl.modules.models.VGGNet` whose blocks are
+    :class:`~repspec.torch_impl.modules.blocks.FusedConvBlock` (FP) or :class:`QuantConvBlock`,
     and whose ``linear`` is ``nn.Linear`` (FP) or :class:`QuantLinear`. ``config``
     records how it was built (exported as metadata). Meant for inference: in training
     mode the activation quantizers would update their ranges (moving average).
@@ -442,13 +442,13 @@ def build_quantized_model(model: nn.Module, *, weight_bits: int | None = 8, act_
 
 
 def _is_qat_block(block: nn.Module) -> bool:
-    """Duck type of :class:`repspec.torch_impl.qat.QATBlock` (no import: the QAT module builds on this one)."""
+    """Duck type of :class:`repspec.torch_impl.quantization.qat.QATBlock` (no import: the QAT module builds on this one)."""
     return callable(getattr(block, "fused_kernel_bias", None)) and hasattr(block, "weight_quant") \
         and hasattr(block, "act_quant")
 
 
 def has_qat_blocks(model: nn.Module) -> bool:
-    """SPEC §5: whether a :class:`VGGNet` holds QAT blocks (``repspec.torch_impl.qat.make_qat_model``)."""
+    """SPEC §5: whether a :class:`VGGNet` holds QAT blocks (``repspec.torch_impl.quantization.qat.make_qat_model``)."""
     return isinstance(model, VGGNet) and any(_is_qat_block(b) for _, b in model.named_blocks())
 
 

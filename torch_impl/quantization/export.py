@@ -39,7 +39,7 @@ file was corrupted.
 Writes are **atomic**: the file is written to a temporary file in the target
 directory, flushed and fsynced, then moved over the target with ``os.replace``; on
 any failure the temporary file is removed and an existing target is left untouched.
-:func:`load_exported` rebuilds a :class:`~repspec.torch_impl.ptq.QuantizedModel`
+:func:`load_exported` rebuilds a :class:`~repspec.torch_impl.quantization.ptq.QuantizedModel`
 whose outputs are bit-identical to the exported model's (same device and dtype).
 """
 
@@ -57,8 +57,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file as _save_file
 from torch import Tensor, nn
 
-from .blocks import FusedConvBlock
-from .models import VGGNet
+from ..modules.blocks import FusedConvBlock
+from ..modules.models import VGGNet
 from .ptq import (
     QuantConvBlock,
     QuantizedModel,
@@ -145,11 +145,11 @@ def export_quantized(model: nn.Module, path, *, codebooks: Mapping[str, Tensor] 
                      keep_first_fp32: bool = True, keep_last_fp32: bool = True) -> Path:
     """SPEC §5: write ``model`` as integer codes/codebooks + scales to ``path`` (safetensors, atomic).
 
-    ``model``: a :class:`~repspec.torch_impl.ptq.QuantizedModel` (from ``ptq_quantize`` /
+    ``model``: a :class:`~repspec.torch_impl.quantization.ptq.QuantizedModel` (from ``ptq_quantize`` /
     ``build_quantized_model``; then the other arguments must be left at their defaults),
-    a QAT model (``repspec.torch_impl.qat.make_qat_model``, uniform or ClusterQAT: its
+    a QAT model (``repspec.torch_impl.quantization.qat.make_qat_model``, uniform or ClusterQAT: its
     codebooks, indices and activation ranges are taken as they are, see
-    :func:`~repspec.torch_impl.ptq.quantized_model_from_qat`), or a registry :class:`VGGNet`
+    :func:`~repspec.torch_impl.quantization.ptq.quantized_model_from_qat`), or a registry :class:`VGGNet`
     (training or deploy form) together with ``codebooks = {layer: (k,) centroids}`` and
     optionally ``act_bits`` + ``act_ranges``: it is first turned into a QuantizedModel
     with :func:`build_quantized_model` (k-means layers = the keys of ``codebooks``, every

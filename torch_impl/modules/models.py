@@ -169,7 +169,7 @@ class VGGNet(nn.Module):
         return self.linear(torch.flatten(out, 1))
 
     def switch_to_deploy(self) -> None:
-        """Every block's ``switch_to_deploy()`` in place (see :func:`repspec.torch_impl.deploy.convert_to_deploy`
+        """Every block's ``switch_to_deploy()`` in place (see :func:`repspec.torch_impl.modules.deploy.convert_to_deploy`
         for a non-destructive conversion to a plain network)."""
         for _, block in self.named_blocks():
             block.switch_to_deploy()

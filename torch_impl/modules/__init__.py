@@ -1,0 +1,1 @@
+"""Network building blocks: RepVGG/QARepVGG/CSLA/HyperSearch/target blocks, OABN, the model registry, deploy fusion, and bridges to the reference."""

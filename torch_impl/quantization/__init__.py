@@ -1,0 +1,1 @@
+"""Quantization: fake quantization, calibrators (observers), PTQ, QAT/ClusterQAT, k-means, quantized export, weight analysis."""
