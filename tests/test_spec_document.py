@@ -184,3 +184,10 @@ def test_tests_named_in_spec_exist(spec_text):
     files = sorted({f for f in TEST_FILE_RE.findall(spec_text) if not (ROOT / "tests" / f).is_file()})
     missing += [f"tests/{f} (no such file)" for f in files]
     assert not missing, "docs/SPEC.md names tests that do not exist: " + "; ".join(missing)
+
+
+def test_index_links_every_clause(spec_clauses):
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    linked = set(LINK_RE.findall(index))
+    missing = [cid for cid in spec_clauses if clause_anchor(cid) not in linked]
+    assert not missing, f"docs/index.md has no row linking these SPEC clauses: {missing}"
