@@ -245,15 +245,21 @@ def _verify_parser(sub, load: bool) -> None:
     vf.set_defaults(_verify_loaded=False)
     if not load:
         return
-    try:  # the runner needs Hypothesis (the `test` extra); imported only when `verify` runs
-        from repspec.conformance.runner import add_arguments
-    except ImportError as exc:
-        vf.set_defaults(_verify_missing=str(getattr(exc, "name", None) or exc))
-        vf.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        return
+    from repspec.conformance.runner import add_arguments  # needs Hypothesis: main() checks it first
+
     add_arguments(vf)
     vf.add_argument("--overwrite", action="store_true", help="replace the --json file if repspec wrote it")
     vf.set_defaults(_verify_loaded=True)
+
+
+def _verify_unavailable() -> str | None:
+    """Why ``verify`` cannot run here (the conformance runner needs the `test` extra), or None."""
+    try:
+        import repspec.conformance.runner  # noqa: F401
+    except ImportError as exc:
+        return f"repspec verify needs {getattr(exc, 'name', None) or exc}, which is not installed: " \
+               f"pip install 'repspec[test]'"
+    return None
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -988,9 +994,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    if getattr(args, "_verify_missing", None):
-        raise CLIError(f"verify needs Hypothesis ({args._verify_missing} is not installed): "
-                       f"pip install 'repspec[test]'")
     from repspec.conformance.runner import run_from_args
 
     if args.impl is None and not args.list:
@@ -1008,6 +1011,12 @@ def cmd_demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if next((a for a in argv if not a.startswith("-")), None) == "verify" and "-h" not in argv \
+            and "--help" not in argv:
+        missing = _verify_unavailable()
+        if missing:
+            print(f"repspec verify: error: {missing}", file=sys.stderr)
+            return 2
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     cmd = args.command
@@ -1019,8 +1028,6 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(list_models()))
             return 0
-        if cmd == "verify" and getattr(args, "_verify_missing", None):
-            return cmd_verify(args)
         _check_args(args)
         handler = {"demo": cmd_demo, "train": cmd_train, "hypersearch": cmd_hypersearch,
                    "quantize": cmd_quantize, "analyze": cmd_analyze, "convert": cmd_convert,

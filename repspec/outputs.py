@@ -202,8 +202,6 @@ def check_output(path, *, option: str = "--out", kind: str, inputs=(), overwrite
     if text.strip() == "":
         raise OutputError(f"{option} must not be empty")
     p = Path(text)
-    if p.name in ("", ".", ".."):
-        raise OutputError(f"{what} must name a new file or directory, not {text!r}")
     if os.path.islink(p):
         raise OutputError(f"{what} is a symbolic link; give the path it points to")
     real = _real(p)
@@ -278,6 +276,15 @@ def sweep_leftovers(target) -> list[str]:
             if alive:
                 notes.append(f"left {entry.path!r}: process {pid} that wrote it is still running")
                 continue
+            content = os.path.join(entry.path, "content")
+            if m.group("what") == "old" and os.path.lexists(content) and not os.path.lexists(target):
+                try:  # killed between moving the old output aside and renaming the new one in
+                    os.replace(content, target)
+                    notes.append(f"restored {str(target)!r} from {entry.path!r}, left by an interrupted run "
+                                 f"(process {pid})")
+                except OSError as exc:
+                    notes.append(f"could not restore {str(target)!r} from {entry.path!r}: {exc.strerror or exc}")
+                    continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)

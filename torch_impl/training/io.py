@@ -164,6 +164,11 @@ def atomic_directory(out, *, kind: str = "output", **info) -> Iterator[Path]:
     try:
         normal_mode(tmp, directory=True)
         yield tmp
+        for root, dirs, files in os.walk(tmp):  # writers that used mkstemp left 0600 files
+            for name in dirs + files:
+                p = os.path.join(root, name)
+                if not os.path.islink(p):
+                    normal_mode(p, directory=name in dirs)
         write_output_manifest(tmp, kind, **info)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
