@@ -1029,6 +1029,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(list_models()))
             return 0
         _check_args(args)
+        if _CMD_OUTPUT.get(cmd) == "file":  # a new file's missing parent directories are made now, not after the work
+            Path(args.out).absolute().parent.mkdir(parents=True, exist_ok=True)
         handler = {"demo": cmd_demo, "train": cmd_train, "hypersearch": cmd_hypersearch,
                    "quantize": cmd_quantize, "analyze": cmd_analyze, "convert": cmd_convert,
                    "evaluate": cmd_evaluate, "verify": cmd_verify}[cmd]

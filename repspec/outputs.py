@@ -231,6 +231,8 @@ def check_output(path, *, option: str = "--out", kind: str, inputs=(), overwrite
                 owned, why = owned_directory(p)
                 if not owned:
                     raise OutputError(f"{what} is refused: {why}")
+                if kind == "dir" and why == "checkpoint":
+                    raise OutputError(f"{what} is a checkpoint; only `repspec train --overwrite` replaces one")
                 if resume and why != "checkpoint":
                     raise OutputError(f"{what} is a repspec output but not a checkpoint; nothing to resume")
                 if not (overwrite or resume):

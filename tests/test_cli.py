@@ -119,7 +119,7 @@ def test_convert_deploy_equals_training_model(trained, tmp_path, capsys):
 
 
 def test_hypersearch_then_repopt_training(tmp_path, capsys):
-    scales = tmp_path / "scales.json"
+    scales = tmp_path / "new" / "scales.json"  # a missing parent directory is made before training
     code, out, err = _run(capsys, ["hypersearch", "--model", "hs_vgg_tiny8", "--epochs", "1", "--out", str(scales),
                                    *TINY])
     assert code == 0, err

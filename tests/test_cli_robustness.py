@@ -646,3 +646,24 @@ def test_a_kill_at_a_random_point_leaves_old_or_new_output_and_the_next_run_clea
     assert code == 0, err
     assert not [p.name for p in tmp_path.iterdir() if ".repspec-" in p.name]
     assert owned_file(out) if command == "convert" else owned_directory(out) == (True, "output")
+
+
+def test_json_outputs_write_null_never_nan(tmp_path):
+    import numpy as np
+
+    from repspec.torch_impl.training.io import atomic_save_json, json_default
+
+    p = atomic_save_json({"a": float("nan"), "b": np.array([1.0, np.inf]), "c": {"d": -float("inf")}},
+                         tmp_path / "x.json", default=json_default, allow_nan=True)
+    assert json.loads(p.read_text()) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+    with pytest.raises(ValueError):
+        atomic_save_json({"a": float("nan")}, tmp_path / "y.json")
+    assert not (tmp_path / "y.json").exists()
+
+
+def test_demo_refuses_a_foreign_output_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "paper.tex").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, ["demo", "--quick", "--overwrite"], "did not write")
+    assert (tmp_path / "runs" / "demo" / "paper.tex").read_text() == "mine"

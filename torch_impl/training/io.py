@@ -96,11 +96,25 @@ def json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+def _nulls_for_non_finite(obj):
+    if isinstance(obj, float) and not (obj == obj and abs(obj) != float("inf")):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nulls_for_non_finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nulls_for_non_finite(v) for v in obj]
+    return obj
+
+
 def atomic_save_json(obj: Any, path, *, indent: int | None = 1, default=None, allow_nan: bool = False) -> Path:
     """Serialize ``obj`` to JSON first (so a non-serializable object fails before any file is
-    touched), then write it atomically (SPEC §3). NaN/Inf are refused (strict JSON) unless
-    ``allow_nan``; ``default`` converts objects JSON does not know (as in :func:`json.dumps`)."""
+    touched), then write it atomically (SPEC §3). The file is always strict JSON: NaN/Inf
+    are refused, or with ``allow_nan`` written as ``null`` (never ``NaN`` or ``"nan"``);
+    ``default`` converts objects JSON does not know (as in :func:`json.dumps`)."""
     text = json.dumps(obj, indent=indent, allow_nan=allow_nan, sort_keys=False, default=default)
+    if allow_nan:
+        plain = json.loads(text)  # default= applied; non-finite floats are now Python floats
+        text = json.dumps(_nulls_for_non_finite(plain), indent=indent, allow_nan=False, sort_keys=False)
     return atomic_write_text(path, text + "\n")
 
 
