@@ -667,3 +667,21 @@ def test_demo_refuses_a_foreign_output_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _refused(capsys, ["demo", "--quick", "--overwrite"], "did not write")
     assert (tmp_path / "runs" / "demo" / "paper.tex").read_text() == "mine"
+
+
+def test_a_real_ctrl_c_during_training_exits_130_and_the_checkpoint_resumes(tmp_path):
+    out = tmp_path / "t"
+    proc = subprocess.Popen([sys.executable, "-m", "repspec", "train", "--model", "repvgg_tiny8", "--epochs", "200",
+                             "--out", str(out), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("epoch 2:"):  # epoch 1's checkpoint is saved by now; epoch 2's may be in progress
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().count("\n") == 0 and "interrupted" in err and "Traceback" not in err, err
+    from repspec.torch_impl.training.checkpoint import load_checkpoint_extra
+
+    assert load_checkpoint_extra(out)["train_state"]["epoch"] >= 1  # complete and verified
+    assert not [p for p in tmp_path.rglob("*") if ".repspec-tmp" in p.name]
