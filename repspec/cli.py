@@ -248,7 +248,8 @@ def _verify_parser(sub, load: bool) -> None:
     from repspec.conformance.runner import add_arguments  # needs Hypothesis: main() checks it first
 
     add_arguments(vf)
-    vf.add_argument("--overwrite", action="store_true", help="replace the --json file if repspec wrote it")
+    if not any("--overwrite" in a.option_strings for a in vf._actions):
+        vf.add_argument("--overwrite", action="store_true", help="replace the --json file if repspec wrote it")
     vf.set_defaults(_verify_loaded=True)
 
 
