@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from repspec.cli import build_parser, main  # noqa: E402
@@ -513,7 +513,7 @@ def analysis(ckpt, tmp_path_factory):
 # ------------------------------------------------------------------------ the --out fuzzer
 
 _PLACES = [".", "runs", "runs/ckpt", "runs/ckpt/checkpoint.json", "notes.txt", "full", "full/new", "empty", "own",
-           "own_dirty", "link_dir", "link_file", "dangling", "ro", "ro/new", "new", "new/deeper", "deploy"]
+           "own_dirty", "link_dir", "link_file", "dangling", "ro", "ro/new", "new", "new/deeper", "deploy", "user"]
 
 
 def _build_world(base: Path, ckpt: Path, own_dir: Path, deploy: Path) -> None:
@@ -532,6 +532,8 @@ def _build_world(base: Path, ckpt: Path, own_dir: Path, deploy: Path) -> None:
     (base / "ro" / "kept.txt").write_text("kept")
     os.chmod(base / "ro", 0o555)
     shutil.copy(deploy, base / "deploy.safetensors")
+    (base / "user.safetensors").write_bytes(b"\x08" + bytes(7) + b'{"a": 1}')  # someone else's file
+    (base / "user").write_text("a file without suffix")
 
 
 @pytest.fixture(scope="module")
@@ -545,6 +547,14 @@ def fuzz_assets(ckpt, tmp_path_factory):
 
 @settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
+@example(command="convert", place="user", overwrite=True, absolute=False)  # the issue's cases, always run
+@example(command="quantize", place="full", overwrite=True, absolute=True)
+@example(command="quantize", place="own_dirty", overwrite=True, absolute=False)
+@example(command="quantize", place=".", overwrite=True, absolute=False)
+@example(command="quantize", place="runs", overwrite=True, absolute=False)
+@example(command="quantize", place="runs/ckpt", overwrite=True, absolute=True)
+@example(command="quantize", place="link_dir", overwrite=True, absolute=False)
+@example(command="quantize", place="own", overwrite=True, absolute=False)
 @given(command=st.sampled_from(["convert", "quantize"]), place=st.sampled_from(_PLACES),
        overwrite=st.booleans(), absolute=st.booleans())
 def test_out_fuzzer_never_changes_a_byte_it_did_not_write(ckpt, fuzz_assets, capsys, monkeypatch, command, place,
@@ -608,6 +618,9 @@ _KILLABLE = """
 """
 
 
+_MARKERS = {"convert": 2, "quantize": 9, "analyze": 5}
+
+
 @pytest.mark.parametrize("command", ["convert", "quantize", "analyze"])
 def test_a_kill_at_a_random_point_leaves_old_or_new_output_and_the_next_run_cleans_up(ckpt, analysis, tmp_path,
                                                                                       capsys, command):
@@ -625,7 +638,9 @@ def test_a_kill_at_a_random_point_leaves_old_or_new_output_and_the_next_run_clea
         assert main([a for a in argv if a != "--overwrite"]) == 0
     capsys.readouterr()
     old = snapshot(tmp_path)
-    k = random.Random(f"kill-{command}").randint(1, 4)  # a seeded random point among the file operations
+    # a seeded random point among the file operations of the run (counted on a complete run:
+    # convert renames its file in; quantize/analyze also move the old output aside and remove it)
+    k = random.Random(f"kill-{command}").randint(1, _MARKERS[command])
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLABLE), *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     seen = 0
@@ -636,12 +651,15 @@ def test_a_kill_at_a_random_point_leaves_old_or_new_output_and_the_next_run_clea
                 proc.send_signal(signal.SIGKILL)
                 break
     proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before file operation {k} (seen {seen})"
     now = snapshot(tmp_path)
     for rel, val in old.items():  # the checkpoint and everything else are untouched
         if not rel.startswith(out.name):
             assert now.get(rel) == val, rel
     if out.exists():  # the old output or a complete new one: never a mixture
         assert owned_file(out) if command == "convert" else owned_directory(out) == (True, "output")
+    else:  # killed between moving the old output aside and renaming the new one in: the old one is kept
+        assert [p for p in tmp_path.glob(f".{out.name}.repspec-old-*") if (p / "content").is_dir()]
     code, _, err = _run(capsys, argv)
     assert code == 0, err
     assert not [p.name for p in tmp_path.iterdir() if ".repspec-" in p.name]
