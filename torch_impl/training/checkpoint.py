@@ -189,6 +189,15 @@ def _fsync_dir(d: Path) -> None:
             os.close(fd)
 
 
+def _manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON without its ``manifest_sha256`` entry. It binds
+    the model name, ``extra`` (model settings, data settings) and the file digests together,
+    so a hand-edited manifest (e.g. a renamed model) is refused instead of loading silently."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _read_manifest(d: Path) -> dict:
     if not d.exists():
         raise FileNotFoundError(f"no checkpoint at {str(d)!r}: the directory does not exist")
@@ -207,6 +216,10 @@ def _read_manifest(d: Path) -> dict:
     if manifest.get("version") != VERSION:
         raise CheckpointError(f"{str(mpath)!r} has format version {manifest.get('version')!r}; this repspec reads "
                               f"version {VERSION}")
+    digest = manifest.get("manifest_sha256")
+    if digest is not None and digest != _manifest_digest(manifest):
+        raise CheckpointError(f"{str(mpath)!r} was edited after it was written (its manifest_sha256 does not match "
+                              f"its content): the model name, settings or file list no longer describe the weights")
     for k in ("model", "state"):
         f = manifest.get("files", {}).get(k)
         if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not _DATA_FILE.match(f["name"]):
@@ -299,6 +312,7 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         "scheduler_class": None if scheduler is None else type(scheduler).__name__,
         "optimizer": opt_json, "scheduler": sched_json, "extra": extra_json,
     }
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
     atomic_save_json(manifest, d / MANIFEST_NAME, indent=None)
     _fsync_dir(d)
     keep = {f["name"] for f in files.values()}

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 import torch
 
+from repspec.outputs import normal_mode, old_prefix, owned_directory, tmp_prefix, write_output_manifest
+
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_save_json", "atomic_save_safetensors",
            "atomic_directory", "json_default"]
 
@@ -49,8 +51,9 @@ def atomic_open(path, mode: str = "wb", *, encoding: str | None = None) -> Itera
     path = _check_path(path)
     if mode == "w" and encoding is None:
         encoding = "utf-8"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
+        normal_mode(tmp, directory=False)  # mkstemp creates 0600; outputs get 0666 & ~umask
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             yield fh
             fh.flush()
@@ -93,11 +96,25 @@ def json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+def _nulls_for_non_finite(obj):
+    if isinstance(obj, float) and not (obj == obj and abs(obj) != float("inf")):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nulls_for_non_finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nulls_for_non_finite(v) for v in obj]
+    return obj
+
+
 def atomic_save_json(obj: Any, path, *, indent: int | None = 1, default=None, allow_nan: bool = False) -> Path:
     """Serialize ``obj`` to JSON first (so a non-serializable object fails before any file is
-    touched), then write it atomically (SPEC §3). NaN/Inf are refused (strict JSON) unless
-    ``allow_nan``; ``default`` converts objects JSON does not know (as in :func:`json.dumps`)."""
+    touched), then write it atomically (SPEC §3). The file is always strict JSON: NaN/Inf
+    are refused, or with ``allow_nan`` written as ``null`` (never ``NaN`` or ``"nan"``);
+    ``default`` converts objects JSON does not know (as in :func:`json.dumps`)."""
     text = json.dumps(obj, indent=indent, allow_nan=allow_nan, sort_keys=False, default=default)
+    if allow_nan:
+        plain = json.loads(text)  # default= applied; non-finite floats are now Python floats
+        text = json.dumps(_nulls_for_non_finite(plain), indent=indent, allow_nan=False, sort_keys=False)
     return atomic_write_text(path, text + "\n")
 
 
@@ -130,20 +147,51 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path, *,
 
 
 @contextlib.contextmanager
-def atomic_directory(out) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out``; when the ``with`` body succeeds it replaces
-    ``out`` (an existing ``out`` is removed first), otherwise it is deleted and ``out`` is left
-    as it was. For outputs made of several files (reports, exports, the demo's results)."""
+def atomic_directory(out, *, kind: str = "output", **info) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; when the ``with`` body succeeds, a
+    ``repspec-output.json`` manifest listing every file (plus ``kind`` and ``info``) is
+    written into it and it is renamed to ``out``. For outputs made of several files
+    (reports, exports, the demo's results).
+
+    ``out`` may be missing, an empty directory, or a directory repspec wrote (its manifest
+    lists every file in it), which is replaced: it is first renamed aside, then removed. A
+    non-empty directory repspec did not write, or a file, raises ``FileExistsError``
+    *before* the body runs: nothing of the user's is ever removed (the command line also
+    requires ``--overwrite``, see :mod:`repspec.outputs`). If the body raises, the temporary
+    directory is deleted and ``out`` is left as it was. Directories get 0777 & ~umask.
+    """
     import shutil
 
     out = Path(out)
+    if out.is_symlink():
+        raise FileExistsError(f"output {str(out)!r} is a symbolic link; refusing to replace it")
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"output {str(out)!r} is an existing file; refusing to replace it")
+        if any(out.iterdir()):
+            owned, why = owned_directory(out)
+            if not owned or why != "output":
+                raise FileExistsError(f"output directory {str(out)!r} is refused: "
+                                      f"{why if not owned else 'it is a checkpoint'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(out.name), dir=out.parent))
     try:
+        normal_mode(tmp, directory=True)
         yield tmp
+        for root, dirs, files in os.walk(tmp):  # writers that used mkstemp left 0600 files
+            for name in dirs + files:
+                p = os.path.join(root, name)
+                if not os.path.islink(p):
+                    normal_mode(p, directory=name in dirs)
+        write_output_manifest(tmp, kind, **info)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = None
     if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        old = Path(tempfile.mkdtemp(prefix=old_prefix(out.name), dir=out.parent))
+        os.replace(out, old / "content") if any(out.iterdir()) else out.rmdir()
     os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+

@@ -173,7 +173,8 @@ def train_classifier(model: nn.Module, train_loader: Iterable, *, optimizer: tor
                      checkpoint_extra: Mapping[str, Any] | None = None, progress: bool = True,
                      seed: int | None = None, freeze_bn: bool = False,
                      step_callback: Callable[[int, float, nn.Module], None] | None = None,
-                     epoch_callback: Callable[[dict[str, Any]], None] | None = None) -> TrainHistory:
+                     epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+                     on_resume: Callable[[dict[str, Any]], None] | None = None) -> TrainHistory:
     """Train ``model`` (in place) with ``optimizer`` for ``epochs`` or ``steps``; return a :class:`TrainHistory`.
 
     Args:
@@ -205,6 +206,9 @@ def train_classifier(model: nn.Module, train_loader: Iterable, *, optimizer: tor
             (e.g. ClusterQAT centroid refits). State it keeps must live in the model
             (buffers) for a resume to be exact.
         epoch_callback: ``epoch_callback(record)`` with each epoch's history record.
+        on_resume: ``on_resume(train_state)`` right after a checkpoint was loaded (model,
+            optimizer and scheduler restored), e.g. to give an extended run's scheduler a
+            new cycle; ``train_state`` holds ``epoch``, ``global_step``, ``total_steps`` ….
 
     Raises ``FloatingPointError`` on a non-finite loss. Everything is validated first.
     """
@@ -227,7 +231,8 @@ def train_classifier(model: nn.Module, train_loader: Iterable, *, optimizer: tor
     for name, v in (("progress", progress), ("freeze_bn", freeze_bn)):
         if not isinstance(v, bool):
             raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-    for name, fn in (("loss_fn", loss_fn), ("step_callback", step_callback), ("epoch_callback", epoch_callback)):
+    for name, fn in (("loss_fn", loss_fn), ("step_callback", step_callback), ("epoch_callback", epoch_callback),
+                     ("on_resume", on_resume)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable")
     user_extra = dict(checkpoint_extra or {})
@@ -283,6 +288,8 @@ def train_classifier(model: nn.Module, train_loader: Iterable, *, optimizer: tor
             raise ValueError(f"checkpoint {str(ckpt)!r} is mid-epoch but has no epoch-start random state")
         resumed_from = gs
         _move_optimizer_state(optimizer, device)
+        if on_resume is not None:
+            on_resume(dict(ts))
     elif resume is True:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(ckpt)!r}")
     elif seed is not None:
