@@ -8,6 +8,7 @@ from .modules.blocks import (
     RepOptTargetBlock,
     RepVGGBlock,
     ScaleLayer,
+    SEBlock,
 )
 from .modules.deploy import convert_to_deploy, fuse_block
 from .modules.interop import load_reference_arrays, module_arrays, reference_block_for, reference_network_for
@@ -27,12 +28,21 @@ from .optimizers.repoptimizer import (
     RepOptimizerAdamW,
     RepOptimizerSGD,
     build_grad_mult_masks,
+    csla_equivalent_kernel,
     build_repoptimizer,
     grad_mult_mask_from_scales,
     reinit_from_scales,
     weight_decay_groups,
 )
-from .optimizers.scales import ScaleFileError, load_published_scales, load_scales, save_scales
+from .optimizers.scales import (
+    ScaleFileError,
+    initial_scales,
+    load_published_scales,
+    load_scales,
+    save_scales,
+    scales_from_official,
+    scales_to_official,
+)
 
 # SPEC §5: quantization (uniform fake quant, calibrators, PTQ, QAT/ClusterQAT, export, analysis)
 from .quantization.analysis import category_statistics, layer_statistics, write_report
@@ -45,5 +55,6 @@ from .quantization.quant import ActivationFakeQuant, activation_qparams, fake_qu
 
 # data, training loops and checkpoints (the command line's building blocks)
 from .training.checkpoint import load_checkpoint, save_checkpoint
+from .training.official import OfficialCheckpointError, load_official_checkpoint, load_official_scales
 from .training.data import load_dataset, load_digits_dataset, make_loaders
 from .training.train import evaluate, train_classifier
