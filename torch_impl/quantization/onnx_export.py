@@ -482,25 +482,30 @@ def _torch_twin(layers: list[_Layer], lin_w, lin_b, lin_act, in_channels: int) -
     """A repspec float32 network computing what the parsed layers say (fake-quant where the file has QDQ)."""
     from .quant import fake_quantize_activation  # noqa: PLC0415
 
+    def t(a):
+        return torch.from_numpy(np.array(a, dtype=np.float32))  # a writable float32 copy
+
+    layers = [_Layer(L.name, t(L.weight), t(L.bias), L.stride, L.groups, L.act,
+                     None if L.se is None else {k: t(v) for k, v in L.se.items()}) for L in layers]
+    lin_w, lin_b = t(lin_w), t(lin_b)
+
     class Twin(nn.Module):
         def forward(self, x):
             for L in layers:
                 if L.act is not None:
                     x = fake_quantize_activation(x, torch.tensor(L.act[0]), torch.tensor(L.act[1]), 8)
-                x = torch.nn.functional.conv2d(x, torch.from_numpy(L.weight), torch.from_numpy(L.bias), L.stride, 1,
+                x = torch.nn.functional.conv2d(x, L.weight, L.bias, L.stride, 1,
                                                1, L.groups)
                 if L.se is not None:
                     s = torch.nn.functional.adaptive_avg_pool2d(x, 1)
-                    s = torch.relu(torch.nn.functional.conv2d(s, torch.from_numpy(L.se["down_w"]),
-                                                              torch.from_numpy(L.se["down_b"])))
-                    s = torch.sigmoid(torch.nn.functional.conv2d(s, torch.from_numpy(L.se["up_w"]),
-                                                                 torch.from_numpy(L.se["up_b"])))
+                    s = torch.relu(torch.nn.functional.conv2d(s, L.se["down_w"], L.se["down_b"]))
+                    s = torch.sigmoid(torch.nn.functional.conv2d(s, L.se["up_w"], L.se["up_b"]))
                     x = x * s
                 x = torch.relu(x)
             x = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
             if lin_act is not None:
                 x = fake_quantize_activation(x, torch.tensor(lin_act[0]), torch.tensor(lin_act[1]), 8)
-            return torch.nn.functional.linear(x, torch.from_numpy(lin_w), torch.from_numpy(lin_b))
+            return torch.nn.functional.linear(x, lin_w, lin_b)
 
     return Twin().eval()
 
