@@ -20,6 +20,12 @@ size                        blocks                 widths                       
 ``tiny32`` (32x32 inputs)   1, 2, 2, 2, 1          16, 16, 32, 64, 128          1, 2, 2, 2, 2
 ==========================  =====================  ===========================  ==============
 
+More sizes: ``a2`` (a=1.5, b=2.75), ``b2`` (a=2.5, b=5), ``b3`` (a=3, b=5) in every family;
+``b1g2 … b3g4`` (groups 2/4 on the original's ``optional_groupwise_layers``) for the families
+whose blocks take groups (``repvgg``, ``repvgg_oabn``, ``qarepvgg``); ``d2se`` ([8,14,24,1],
+a=2.5, b=5, SE blocks) for ``repvgg``; ``l1`` ([8,14,24,1], a=2, b=4) and ``l2`` (a=2.5, b=5)
+for ``csla_vgg``, ``repopt_vgg``, ``hs_vgg`` (RepOpt-VGG-L1/L2).
+
 ``tiny8`` keeps 8x8 in stage0/stage1 (8 → 8 → 8 → 4 → 2); ``tiny32`` keeps 32x32 in stage0
 (32 → 32 → 16 → 8 → 4 → 2).
 
@@ -29,9 +35,12 @@ Families (block kind, extra overrides):
   (default ``inf``), ``oabn_gradient``, ``deploy``.
 - ``repvgg_{a0,a1,b0,b1,tiny8,tiny32}_oabn``: the same with an OABN identity (SPEC §4),
   ``oabn_threshold`` default 2.0 (the seed: s ≈ 1–3 best on ImageNet).
-- ``qarepvgg_{a0,a1,b0,b1,tiny8,tiny32}``: :class:`QARepVGGBlock` (SPEC §2); ``deploy``.
+- ``qarepvgg_{a0,a1,b0,b1,tiny8,tiny32}``: :class:`QARepVGGBlock` (SPEC §2); ``deploy``,
+  ``keep_post_bn`` (with ``deploy=True``: ``rbr_reparam`` then the post-BN, YOLOv6's deploy form).
 - ``csla_vgg_{…}``: :class:`CSLABlock` (SPEC §3) with constant scales from ``scales``
-  (a state dict keyed ``stage{k}.{i}.scale_{conv|1x1|identity}.weight``; default: all 1),
+  (a state dict keyed ``stage{k}.{i}.scale_{conv|1x1|identity}.weight``; default ``None``:
+  the original ``RepOptVGG(mode='csla')`` constants, :func:`hypersearch_scale_init` and
+  ``d = 1``; ``'unit'``: all 1),
   ``identity`` (``'trainable'`` default | ``'constant'`` | ``'none'``) for blocks that can
   have one.
 - ``repopt_vgg_{…}``: :class:`RepOptTargetBlock` (SPEC §3). Each conv is re-initialized to
@@ -42,7 +51,11 @@ Families (block kind, extra overrides):
 - ``hs_vgg_{…}``: :class:`HyperSearchBlock` (SPEC §3) with :func:`hypersearch_scale_init`.
 
 Every family also accepts ``in_channels`` (default 3), ``num_blocks``, ``widths``,
-``strides`` (replacing the size's config), ``bn_eps``, ``bn_momentum``.
+``strides`` (replacing the size's config), ``bn_eps``, ``bn_momentum``, and the original
+RepVGG parametrization ``width_multiplier=[a0, a1, a2, a3]`` with ``num_blocks`` of stages
+1..4 (stage0 not counted), translated to the above. ``repvgg*`` and ``qarepvgg`` accept
+``groups`` (on ``OPTIONAL_GROUPWISE_LAYERS``) or ``override_groups_map`` (``{global layer
+index: groups}``, stage1's first block = 1); ``repvgg`` accepts ``use_se``.
 """
 
 from __future__ import annotations

@@ -150,7 +150,15 @@ def _fits(name: str, sd: Mapping[str, Tensor]) -> bool:
 
 
 def _closest_names(sd: Mapping[str, Tensor], limit: int = 3) -> list[str]:
-    return [n for n in list_models() if _fits(n, sd)][:limit]
+    """Registered names the state dict fits (a cheap filter on block count and head width first)."""
+    w = sd.get("linear.weight")
+    if not isinstance(w, Tensor) or w.dim() != 2:
+        return []
+    blocks = {".".join(k.split(".")[:2]) if not k.startswith("stage0.") else "stage0" for k in sd
+              if k.startswith("stage")}
+    candidates = [n for n, cfg in ARCHITECTURES.items()
+                  if cfg.widths[-1] == w.shape[1] and sum(cfg.num_blocks) == len(blocks)]
+    return [n for n in sorted(candidates) if _fits(n, sd)][:limit]
 
 
 @torch.no_grad()
