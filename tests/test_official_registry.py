@@ -135,7 +135,7 @@ def test_repvgg_registry_loads_original_layout(size, deploy):
 
 @pytest.mark.parametrize("keep_post_bn", [False, True])
 @pytest.mark.parametrize("deploy", [False, True])
-@pytest.mark.parametrize("size", ["a0", "b1g4", "b3g2"])
+@pytest.mark.parametrize("size", sorted(set(ORIGINAL_REPVGG) - {"d2se"}))
 def test_qarepvgg_registry_loads_yolov6_layout(size, deploy, keep_post_bn):
     if keep_post_bn and not deploy:
         pytest.skip("keep_post_bn only applies to the deploy form")
@@ -280,3 +280,16 @@ def test_initial_scales_equal_the_hypersearch_block_init_key_by_key(name):
     assert not math.isnan(ours["stage0.scale_conv.weight"][0].item())
     for k, v in initial_scales(target).items():  # float64: the schedule's exact value
         assert v.dtype == F64
+
+
+# Deployed parameter counts in the RepVGG paper (Table 3, millions).
+PAPER_DEPLOY_PARAMS_M = {"a2": 25.49, "b2": 80.31, "b2g4": 55.77, "b3": 110.96, "b3g4": 75.62, "b1g2": 41.36,
+                         "b1g4": 36.12}
+
+
+@pytest.mark.parametrize("size", sorted(PAPER_DEPLOY_PARAMS_M))
+def test_new_sizes_match_the_paper_parameter_counts(size):
+    with torch.device("meta"):
+        deployed = convert_to_deploy(create_model(f"repvgg_{size}"))
+    n = sum(p.numel() for p in deployed.parameters()) / 1e6
+    assert abs(n - PAPER_DEPLOY_PARAMS_M[size]) < 0.015, f"repvgg_{size}: {n:.3f}M deployed parameters"

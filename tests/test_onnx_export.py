@@ -197,6 +197,11 @@ def test_verify_rejects_a_wrong_claim_and_garbage(tmp_path):
     path = export_onnx(randomized("repvgg_tiny8"), tmp_path / "m.onnx", model_name="repvgg_tiny8")
     s = _one_line(verify_onnx(path, "repvgg_tiny32"))
     assert "repvgg_tiny32" in s, s
+    unclaimed = export_onnx(randomized("repvgg_tiny8"), tmp_path / "u.onnx")
+    report = verify_onnx(unclaimed)
+    assert report.ok and report.model_name is None
+    assert "repvgg_tiny8" in report.details["matching_architectures"]
+    assert "repvgg_tiny32" not in report.details["matching_architectures"]
     (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
     assert "not a valid ONNX model" in _one_line(verify_onnx(tmp_path / "junk.onnx"))
 

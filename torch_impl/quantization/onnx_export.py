@@ -520,6 +520,18 @@ def _claimed_layout(name: str, num_classes: int):
     return out, m.in_channels
 
 
+def _matching_names(got: list, in_channels: int, num_classes: int) -> list[str]:
+    """Registered names whose deploy layout equals the file's (block count and head width filter first)."""
+    out = []
+    for name, cfg in sorted(ARCHITECTURES.items()):
+        if sum(cfg.num_blocks) != len(got) or cfg.widths[-1] != got[-1][2]:
+            continue
+        want, want_in = _claimed_layout(name, num_classes)
+        if want_in == in_channels and [w[1:] for w in want] == [g[1:] for g in got]:
+            out.append(name)
+    return out
+
+
 def verify_onnx(path, model_name: str | None = None, *, reference: nn.Module | None = None,
                 image_size: int | None = None, num_samples: int = 8, seed: int = 0,
                 rtol: float = 1e-4, min_top1: float = 0.99) -> OnnxVerification:
@@ -546,8 +558,10 @@ def verify_onnx(path, model_name: str | None = None, *, reference: nn.Module | N
        equal the file's (float32 rounding; fake-quant weights exactly) and its logits agree
        as in 4.
 
-    Returns an :class:`OnnxVerification`; ``summary()`` is one line. Never raises for a bad
-    file (a missing file raises ``FileNotFoundError``).
+    Returns an :class:`OnnxVerification`; ``summary()`` is one line, and
+    ``details['matching_architectures']`` lists every registered name whose deploy layout the
+    file matches (useful without a claim). Never raises for a bad file (a missing file
+    raises ``FileNotFoundError``).
     """
     onnx = _onnx()
     path = _check_path_arg(path)
@@ -590,10 +604,12 @@ def verify_onnx(path, model_name: str | None = None, *, reference: nn.Module | N
             c = L.weight.shape[0]
         if lin_w.shape[1] != c:
             res.reasons.append(f"the classifier takes {lin_w.shape[1]} features but the last conv gives {c}")
+    got = [(L.name, int(L.weight.shape[1] * L.groups), int(L.weight.shape[0]), L.stride, L.groups,
+            L.se is not None) for L in layers]
+    if not res.reasons:
+        res.details["matching_architectures"] = _matching_names(got, in_channels, int(lin_w.shape[0]))
     if claim in ARCHITECTURES and not res.reasons:
         want, want_in = _claimed_layout(claim, int(lin_w.shape[0]))
-        got = [(L.name, int(L.weight.shape[1] * L.groups), int(L.weight.shape[0]), L.stride, L.groups,
-                L.se is not None) for L in layers]
         if len(want) != len(got) or want_in != in_channels:
             res.reasons.append(f"{claim} has {len(want)} fused conv layers on {want_in} input channels, the file "
                                f"{len(got)} on {in_channels}")
