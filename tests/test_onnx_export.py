@@ -219,6 +219,7 @@ def test_verify_detects_tampered_weights(tmp_path):
     (dict(bias="int8"), ValueError, "bias must be one of"),
     (dict(model_name="repvgg_z9"), ValueError, "unknown model name"),
     (dict(opset=11), ValueError, "opset"),
+    (dict(model_name="repvgg_tiny32"), ValueError, "does not describe this network"),
 ])
 def test_export_rejects_bad_arguments(tmp_path, kwargs, exc, match):
     model = randomized("repvgg_tiny8")

@@ -232,6 +232,14 @@ def export_onnx(model: nn.Module, path, *, model_name: str | None = None, bias: 
         net, fmt = convert_to_deploy(model).float(), "fp32"
     else:
         raise TypeError(f"model must be a VGGNet or a QuantizedModel, got {type(model).__name__}")
+    if model_name is not None:
+        want, want_in = _claimed_layout(model_name, net.num_classes)
+        have = [(p, b.in_channels, b.out_channels, b.stride, getattr(b, "groups", 1), getattr(b, "se", None) is not None)
+                for p, b in net.named_blocks()]
+        if want_in != net.in_channels or [w[1:] for w in want] != [h[1:] for h in have]:
+            raise ValueError(f"model_name={model_name!r} does not describe this network (its deploy layout differs: "
+                             f"{len(want)} vs {len(have)} blocks, or channels/strides/groups); pass the right name "
+                             f"or None")
     meta = {"repspec.format": fmt, "repspec.num_blocks": json.dumps(list(net.num_blocks)),
             "repspec.widths": json.dumps(list(net.widths)), "repspec.strides": json.dumps(list(net.strides))}
     if model_name is not None:
