@@ -429,12 +429,11 @@ class _LinearAddBlock(_ReparamMixin, nn.Module):
         """SPEC §3 ``W' = α3·K3 + α1·pad(K1) + diag(d)·I_c`` (BN not included; differentiable)."""
         if self.deployed:
             raise RuntimeError("the block is deployed; its branches (and W') are gone")
-        kernel = self.conv.weight * _per_channel(self.scale_conv.weight) \
-            + pad_1x1_to_3x3(self.conv_1x1.weight) * _per_channel(self.scale_1x1.weight)
-        if self.has_identity:
-            eye = identity_kernel(self.in_channels, 1, dtype=kernel.dtype, device=kernel.device)
-            kernel = kernel + eye * _per_channel(self.scale_identity.weight)
-        return kernel
+        from ..optimizers.repoptimizer import csla_equivalent_kernel  # noqa: PLC0415 - one source for W'
+
+        d = self.scale_identity.weight if self.has_identity else None
+        return csla_equivalent_kernel(self.conv.weight, self.conv_1x1.weight, self.scale_conv.weight,
+                                      self.scale_1x1.weight, d)
 
     def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``W'`` with the block's BN folded (eval mode): ``(t·W', β − μ·t)``."""
@@ -573,14 +572,13 @@ class RepOptTargetBlock(_ReparamMixin, nn.Module):
         w = self.conv.weight
         if w.is_meta:  # shapes only: nothing to initialize
             return
+        from ..optimizers.repoptimizer import csla_equivalent_kernel  # noqa: PLC0415 - one source for W'
+
         dtype = w.dtype
         k3 = _kaiming_uniform((o, self.in_channels, 3, 3), dtype, generator)  # on the CPU
         k1 = _kaiming_uniform((o, self.in_channels), dtype, generator)
-        kernel = k3.mul_(_per_channel(alpha3.to(dtype)))
-        kernel[:, :, 1, 1].add_(k1.mul_(alpha1.to(dtype)[:, None]))
-        if d is not None:
-            ch = torch.arange(o, device="cpu")
-            kernel[ch, ch, 1, 1] += d.to(dtype)
+        kernel = csla_equivalent_kernel(k3, k1.view(o, self.in_channels, 1, 1), alpha3.to(dtype), alpha1.to(dtype),
+                                        None if d is None else d.to(dtype))
         w.copy_(kernel)
 
 
