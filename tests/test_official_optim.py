@@ -215,3 +215,24 @@ def test_reinit_from_scales_with_given_kernels_and_current_weight():
         bad["stage1.1"] = (torch.zeros(1, 1, 3, 3, dtype=torch.float64), None)
         reinit_from_scales(model, scales, torch.Generator(), kernels=bad)
     assert all(torch.equal(before[p], b.conv.weight) for p, b in blocks), "weights changed before validation"
+
+
+from hypothesis import given, settings  # noqa: E402
+
+from .strategies import vggnet_layouts  # noqa: E402
+
+
+@settings(deadline=None)
+@given(layout=vggnet_layouts(max_blocks=5, max_channels=6))
+def test_scale_tuples_round_trip_on_any_layout(layout):
+    """``scales_from_official(scales_to_official(s)) == s`` key by key, and every tuple has 3 entries exactly
+    where the block has an identity branch (in == out, stride 1)."""
+    arch = {k: layout[k] for k in ("num_blocks", "widths", "strides", "in_channels")}
+    model = create_model("repopt_vgg_tiny8", num_classes=layout["num_classes"], **arch)
+    g = torch.Generator().manual_seed(sum(layout["widths"]))
+    keyed = {k: v + torch.rand(v.shape, generator=g, dtype=v.dtype) for k, v in initial_scales(model).items()}
+    tuples = scales_to_official(keyed, model)
+    for (prefix, block), t in zip(target_blocks(model), tuples):
+        assert len(t) == (3 if block.has_identity else 2), prefix
+    back = scales_from_official(tuples, model)
+    assert set(back) == set(keyed) and all(torch.equal(back[k], keyed[k]) for k in keyed)

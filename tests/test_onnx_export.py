@@ -231,3 +231,36 @@ def test_export_rejects_bad_arguments(tmp_path, kwargs, exc, match):
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(TypeError, match="VGGNet or a QuantizedModel"):
         export_onnx(torch.nn.Linear(2, 2), tmp_path / "y.onnx")
+
+
+# ------------------------------------------------------------------------------ properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from .strategies import vggnet_layouts  # noqa: E402
+
+
+@settings(deadline=None)
+@given(layout=vggnet_layouts(max_blocks=4, max_channels=6), family=st.sampled_from(["repvgg", "qarepvgg"]),
+       seed=st.integers(0, 2**16))
+def test_fp32_export_equals_deploy_on_any_layout(tmp_path_factory, layout, family, seed):
+    """Any small layout (channels 1..6, strides 1/2, 1..4 blocks): the FP32 ONNX equals the deploy model and
+    verify_onnx accepts it."""
+    arch = {k: layout[k] for k in ("num_blocks", "widths", "strides", "in_channels")}
+    model = create_model(f"{family}_tiny8", num_classes=layout["num_classes"], **arch).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(torch.rand(v.shape, generator=g) + 0.5 if k.endswith("running_var")
+                        else torch.randn(v.shape, generator=g) * 0.3)
+    path = export_onnx(model, tmp_path_factory.mktemp("p") / "m.onnx")
+    x = torch.randn(layout["batch"], layout["in_channels"], layout["hw"], layout["hw"], generator=g)
+    with torch.no_grad():
+        want = convert_to_deploy(model)(x)
+    sess = onnx_session(path, optimize=False)
+    got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    _assert_fp32_close(got, want, f"layout {arch}")
+    report = verify_onnx(path, reference=model, image_size=layout["hw"])
+    assert report.ok, report.summary()
