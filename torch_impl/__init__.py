@@ -48,6 +48,7 @@ from .optimizers.scales import (
 from .quantization.analysis import category_statistics, layer_statistics, write_report
 from .quantization.export import export_quantized, load_exported
 from .quantization.kmeans import kmeans_1d, kmeans_1d_optimal, kmeans_fake_quantize
+from .quantization.onnx_export import OnnxVerification, export_onnx, verify_onnx
 from .quantization.observers import make_observer
 from .quantization.ptq import QuantizedModel, build_quantized_model, ptq_quantize, quantized_model_from_qat
 from .quantization.qat import KMeansWeightQuantizer, QATBlock, UniformWeightQuantizer, make_qat_model
