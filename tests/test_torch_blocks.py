@@ -79,10 +79,18 @@ FAMILIES = ("repvgg_{}", "repvgg_{}_oabn", "qarepvgg_{}", "csla_vgg_{}", "repopt
 SIZES = ("a0", "a1", "b0", "b1", "tiny8", "tiny32")
 
 
+SIZES_ALL_FAMILIES = SIZES + ("a2", "b2", "b3")
+GROUPED_SIZES = tuple(f"{b}g{g}" for b in ("b1", "b2", "b3") for g in (2, 4))
+
+
 def test_registry_lists_every_family_and_size():
     names = list_models()
     assert names == sorted(names)
-    assert set(names) == {f.format(s) for f in FAMILIES for s in SIZES}
+    expected = {f.format(s) for f in FAMILIES for s in SIZES_ALL_FAMILIES}
+    expected |= {f.format(s) for f in FAMILIES[:3] for s in GROUPED_SIZES}  # blocks with groups
+    expected |= {"repvgg_d2se"}  # SE block: RepVGG blocks only
+    expected |= {f.format(s) for f in FAMILIES[3:] for s in ("l1", "l2")}  # RepOpt-VGG-L1/L2
+    assert set(names) == expected
 
 
 def test_unknown_name_lists_valid_names():
@@ -136,8 +144,10 @@ def test_architecture_structure(name):
         assert model.strides == (2, 2, 2, 2, 2)
         n = sum(p.numel() for p in deployed.parameters()) / 1e6
         assert abs(n - DEPLOY_PARAMS_M[size]) < 0.015, n
+    se = {f"{p}.se.{c}.{w}" for p in prefixes for c in ("down", "up") for w in ("weight", "bias")} \
+        if name == "repvgg_d2se" else set()
     assert set(deployed.state_dict()) == {f"{p}.rbr_reparam.{w}" for p in prefixes for w in ("weight", "bias")} \
-        | {"linear.weight", "linear.bias"}
+        | {"linear.weight", "linear.bias"} | se
 
 
 FORWARD_CHECKED = [n for n in list_models() if "tiny" in n or "_a0" in n]

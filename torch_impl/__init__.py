@@ -8,6 +8,7 @@ from .modules.blocks import (
     RepOptTargetBlock,
     RepVGGBlock,
     ScaleLayer,
+    SEBlock,
 )
 from .modules.deploy import convert_to_deploy, fuse_block
 from .modules.interop import load_reference_arrays, module_arrays, reference_block_for, reference_network_for
@@ -27,17 +28,27 @@ from .optimizers.repoptimizer import (
     RepOptimizerAdamW,
     RepOptimizerSGD,
     build_grad_mult_masks,
+    csla_equivalent_kernel,
     build_repoptimizer,
     grad_mult_mask_from_scales,
     reinit_from_scales,
     weight_decay_groups,
 )
-from .optimizers.scales import ScaleFileError, load_published_scales, load_scales, save_scales
+from .optimizers.scales import (
+    ScaleFileError,
+    initial_scales,
+    load_published_scales,
+    load_scales,
+    save_scales,
+    scales_from_official,
+    scales_to_official,
+)
 
 # SPEC §5: quantization (uniform fake quant, calibrators, PTQ, QAT/ClusterQAT, export, analysis)
 from .quantization.analysis import category_statistics, layer_statistics, write_report
 from .quantization.export import export_quantized, load_exported
 from .quantization.kmeans import kmeans_1d, kmeans_1d_optimal, kmeans_fake_quantize
+from .quantization.onnx_export import OnnxVerification, export_onnx, verify_onnx
 from .quantization.observers import make_observer
 from .quantization.ptq import QuantizedModel, build_quantized_model, ptq_quantize, quantized_model_from_qat
 from .quantization.qat import KMeansWeightQuantizer, QATBlock, UniformWeightQuantizer, make_qat_model
@@ -45,5 +56,6 @@ from .quantization.quant import ActivationFakeQuant, activation_qparams, fake_qu
 
 # data, training loops and checkpoints (the command line's building blocks)
 from .training.checkpoint import load_checkpoint, save_checkpoint
+from .training.official import OfficialCheckpointError, load_official_checkpoint, load_official_scales
 from .training.data import load_dataset, load_digits_dataset, make_loaders
 from .training.train import evaluate, train_classifier

@@ -24,6 +24,7 @@ from .oabn import OABN, bn_factor, check_oabn_gradient, check_oabn_threshold
 
 __all__ = [
     "ScaleLayer",
+    "SEBlock",
     "RepVGGBlock",
     "QARepVGGBlock",
     "CSLABlock",
@@ -175,13 +176,45 @@ class _ReparamMixin:
 # ------------------------------------------------------------------------- blocks
 
 
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation as in the original RepVGG-D2se: ``x·sigmoid(up(relu(down(gap(x)))))``.
+
+    Keys ``down.{weight,bias}`` (1x1 conv ``C → internal``), ``up.{weight,bias}`` (``internal → C``);
+    RepVGG uses ``internal = C // 16``. Non-linear, so it is never fused: a deployed block
+    keeps it after ``rbr_reparam``.
+    """
+
+    def __init__(self, channels: int, internal: int):
+        channels = _check_int(channels, "channels")
+        internal = _check_int(internal, "internal")
+        super().__init__()
+        self.channels, self.internal = channels, internal
+        self.down = nn.Conv2d(channels, internal, 1, 1, bias=True)
+        self.up = nn.Conv2d(internal, channels, 1, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.up(F.relu(self.down(F.adaptive_avg_pool2d(x, 1)))))
+        return x * w
+
+
+def _make_se(use_se: bool, out_channels: int) -> SEBlock | None:
+    if not use_se:
+        return None
+    if out_channels < 16:
+        raise ValueError(f"use_se needs out_channels >= 16 (the SE block's internal width is out_channels // 16), "
+                         f"got {out_channels}")
+    return SEBlock(out_channels, out_channels // 16)
+
+
 class RepVGGBlock(_ReparamMixin, nn.Module):
     """SPEC §2 (and §4 for OABN): ``relu(BN3(conv3x3(x)) + BN1(conv1x1(x)) + BN0(x))``.
 
     Keys: ``rbr_dense.conv.weight``, ``rbr_dense.bn.*``, ``rbr_1x1.conv.weight``,
     ``rbr_1x1.bn.*``, ``rbr_identity.*`` (iff ``in == out and stride == 1``; an
     :class:`~repspec.torch_impl.modules.oabn.OABN` when ``oabn_threshold`` is finite, else
-    ``BatchNorm2d``); deployed: ``rbr_reparam.{weight,bias}``.
+    ``BatchNorm2d``); deployed: ``rbr_reparam.{weight,bias}``. ``use_se=True`` (RepVGG-D2se)
+    adds ``se.{down,up}.{weight,bias}`` (:class:`SEBlock`, internal ``out // 16``) applied to the
+    sum before the ReLU; it is not part of the fused kernel and survives deployment.
 
     Fusion (eval-mode BN): ``K = t3·K3 + t1·pad(K1) + t̃0·I_c``,
     ``b = (β3 − μ3·t3) + (β1 − μ1·t1) + (β0 − μ0·t̃0)`` with ``t̃0`` the (OABN-clipped) factor.
@@ -191,14 +224,18 @@ class RepVGGBlock(_ReparamMixin, nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
                  oabn_threshold: float = math.inf, deploy: bool = False, *, oabn_gradient: str = "clip",
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1):
+                 use_se: bool = False, bn_eps: float = 1e-5, bn_momentum: float = 0.1):
         in_channels, out_channels, stride, groups = _check_channels(in_channels, out_channels, stride, groups)
         oabn_threshold = check_oabn_threshold(oabn_threshold, "oabn_threshold")
         oabn_gradient = check_oabn_gradient(oabn_gradient, "oabn_gradient")
         deploy = _check_bool(deploy, "deploy")
+        use_se = _check_bool(use_se, "use_se")
         bn_eps = _check_real(bn_eps, "bn_eps", positive=True)
         bn_momentum = _check_real(bn_momentum, "bn_momentum", unit=True)
+        se = _make_se(use_se, out_channels)
         super().__init__()
+        if se is not None:
+            self.se = se
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
         self.oabn_threshold, self.oabn_gradient = oabn_threshold, oabn_gradient
         self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
@@ -223,11 +260,13 @@ class RepVGGBlock(_ReparamMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deployed:
-            return self.nonlinearity(self.rbr_reparam(x))
-        out = self.rbr_dense(x) + self.rbr_1x1(x)
-        if self.rbr_identity is not None:
-            out = out + self.rbr_identity(x)
-        return self.nonlinearity(out)
+            out = self.rbr_reparam(x)
+        else:
+            out = self.rbr_dense(x) + self.rbr_1x1(x)
+            if self.rbr_identity is not None:
+                out = out + self.rbr_identity(x)
+        se = getattr(self, "se", None)
+        return self.nonlinearity(out if se is None else se(out))
 
     def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused ``(K (O, I/groups, 3, 3), b (O,))`` of SPEC §2 (differentiable)."""
@@ -390,12 +429,11 @@ class _LinearAddBlock(_ReparamMixin, nn.Module):
         """SPEC §3 ``W' = α3·K3 + α1·pad(K1) + diag(d)·I_c`` (BN not included; differentiable)."""
         if self.deployed:
             raise RuntimeError("the block is deployed; its branches (and W') are gone")
-        kernel = self.conv.weight * _per_channel(self.scale_conv.weight) \
-            + pad_1x1_to_3x3(self.conv_1x1.weight) * _per_channel(self.scale_1x1.weight)
-        if self.has_identity:
-            eye = identity_kernel(self.in_channels, 1, dtype=kernel.dtype, device=kernel.device)
-            kernel = kernel + eye * _per_channel(self.scale_identity.weight)
-        return kernel
+        from ..optimizers.repoptimizer import csla_equivalent_kernel  # noqa: PLC0415 - one source for W'
+
+        d = self.scale_identity.weight if self.has_identity else None
+        return csla_equivalent_kernel(self.conv.weight, self.conv_1x1.weight, self.scale_conv.weight,
+                                      self.scale_1x1.weight, d)
 
     def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``W'`` with the block's BN folded (eval mode): ``(t·W', β − μ·t)``."""
@@ -534,14 +572,13 @@ class RepOptTargetBlock(_ReparamMixin, nn.Module):
         w = self.conv.weight
         if w.is_meta:  # shapes only: nothing to initialize
             return
+        from ..optimizers.repoptimizer import csla_equivalent_kernel  # noqa: PLC0415 - one source for W'
+
         dtype = w.dtype
         k3 = _kaiming_uniform((o, self.in_channels, 3, 3), dtype, generator)  # on the CPU
         k1 = _kaiming_uniform((o, self.in_channels), dtype, generator)
-        kernel = k3.mul_(_per_channel(alpha3.to(dtype)))
-        kernel[:, :, 1, 1].add_(k1.mul_(alpha1.to(dtype)[:, None]))
-        if d is not None:
-            ch = torch.arange(o, device="cpu")
-            kernel[ch, ch, 1, 1] += d.to(dtype)
+        kernel = csla_equivalent_kernel(k3, k1.view(o, self.in_channels, 1, 1), alpha3.to(dtype), alpha1.to(dtype),
+                                        None if d is None else d.to(dtype))
         w.copy_(kernel)
 
 
@@ -553,21 +590,28 @@ def _kaiming_uniform(shape, dtype, generator) -> torch.Tensor:
 
 
 class FusedConvBlock(nn.Module):
-    """SPEC §2: a deployed block — ``relu(conv3x3(x; K) + b)``, keys ``rbr_reparam.{weight,bias}``.
+    """SPEC §2: a deployed block — ``relu(conv3x3(x; K) + b)``, keys ``rbr_reparam.{weight,bias}``
+    (and ``se.*`` for a RepVGG-D2se block: ``relu(se(conv3x3(x; K) + b))``).
 
     Equal to the official ``RepVGGBlock(deploy=True)`` layout; :func:`repspec.torch_impl.modules.deploy.convert_to_deploy`
     builds networks of these.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, *,
+                 use_se: bool = False):
         in_channels, out_channels, stride, groups = _check_channels(in_channels, out_channels, stride, groups)
+        se = _make_se(_check_bool(use_se, "use_se"), out_channels)
         super().__init__()
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
         self.rbr_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)
+        if se is not None:
+            self.se = se
         self.nonlinearity = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.nonlinearity(self.rbr_reparam(x))
+        out = self.rbr_reparam(x)
+        se = getattr(self, "se", None)
+        return self.nonlinearity(out if se is None else se(out))
 
     def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rbr_reparam.weight, self.rbr_reparam.bias

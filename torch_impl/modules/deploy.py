@@ -11,6 +11,8 @@ equals ``model.eval()`` on every input (up to float rounding).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -30,6 +32,9 @@ def fuse_block(block: nn.Module) -> FusedConvBlock:
         fused = FusedConvBlock(block.in_channels, block.out_channels, block.stride, getattr(block, "groups", 1))
     fused.rbr_reparam.weight = nn.Parameter(kernel.detach().clone())
     fused.rbr_reparam.bias = nn.Parameter(bias.detach().clone())
+    se = getattr(block, "se", None)
+    if se is not None:  # non-linear: kept as it is after the fused conv (RepVGG-D2se)
+        fused.se = copy.deepcopy(se)
     return fused.eval()
 
 

@@ -20,6 +20,12 @@ size                        blocks                 widths                       
 ``tiny32`` (32x32 inputs)   1, 2, 2, 2, 1          16, 16, 32, 64, 128          1, 2, 2, 2, 2
 ==========================  =====================  ===========================  ==============
 
+More sizes: ``a2`` (a=1.5, b=2.75), ``b2`` (a=2.5, b=5), ``b3`` (a=3, b=5) in every family;
+``b1g2 … b3g4`` (groups 2/4 on the original's ``optional_groupwise_layers``) for the families
+whose blocks take groups (``repvgg``, ``repvgg_oabn``, ``qarepvgg``); ``d2se`` ([8,14,24,1],
+a=2.5, b=5, SE blocks) for ``repvgg``; ``l1`` ([8,14,24,1], a=2, b=4) and ``l2`` (a=2.5, b=5)
+for ``csla_vgg``, ``repopt_vgg``, ``hs_vgg`` (RepOpt-VGG-L1/L2).
+
 ``tiny8`` keeps 8x8 in stage0/stage1 (8 → 8 → 8 → 4 → 2); ``tiny32`` keeps 32x32 in stage0
 (32 → 32 → 16 → 8 → 4 → 2).
 
@@ -29,9 +35,12 @@ Families (block kind, extra overrides):
   (default ``inf``), ``oabn_gradient``, ``deploy``.
 - ``repvgg_{a0,a1,b0,b1,tiny8,tiny32}_oabn``: the same with an OABN identity (SPEC §4),
   ``oabn_threshold`` default 2.0 (the seed: s ≈ 1–3 best on ImageNet).
-- ``qarepvgg_{a0,a1,b0,b1,tiny8,tiny32}``: :class:`QARepVGGBlock` (SPEC §2); ``deploy``.
+- ``qarepvgg_{a0,a1,b0,b1,tiny8,tiny32}``: :class:`QARepVGGBlock` (SPEC §2); ``deploy``,
+  ``keep_post_bn`` (with ``deploy=True``: ``rbr_reparam`` then the post-BN, YOLOv6's deploy form).
 - ``csla_vgg_{…}``: :class:`CSLABlock` (SPEC §3) with constant scales from ``scales``
-  (a state dict keyed ``stage{k}.{i}.scale_{conv|1x1|identity}.weight``; default: all 1),
+  (a state dict keyed ``stage{k}.{i}.scale_{conv|1x1|identity}.weight``; default ``None``:
+  the original ``RepOptVGG(mode='csla')`` constants, :func:`hypersearch_scale_init` and
+  ``d = 1``; ``'unit'``: all 1),
   ``identity`` (``'trainable'`` default | ``'constant'`` | ``'none'``) for blocks that can
   have one.
 - ``repopt_vgg_{…}``: :class:`RepOptTargetBlock` (SPEC §3). Each conv is re-initialized to
@@ -42,7 +51,11 @@ Families (block kind, extra overrides):
 - ``hs_vgg_{…}``: :class:`HyperSearchBlock` (SPEC §3) with :func:`hypersearch_scale_init`.
 
 Every family also accepts ``in_channels`` (default 3), ``num_blocks``, ``widths``,
-``strides`` (replacing the size's config), ``bn_eps``, ``bn_momentum``.
+``strides`` (replacing the size's config), ``bn_eps``, ``bn_momentum``, and the original
+RepVGG parametrization ``width_multiplier=[a0, a1, a2, a3]`` with ``num_blocks`` of stages
+1..4 (stage0 not counted), translated to the above. ``repvgg*`` and ``qarepvgg`` accept
+``groups`` (on ``OPTIONAL_GROUPWISE_LAYERS``) or ``override_groups_map`` (``{global layer
+index: groups}``, stage1's first block = 1); ``repvgg`` accepts ``use_se``.
 """
 
 from __future__ import annotations
@@ -195,24 +208,46 @@ def _official(num_blocks, a: float, b: float) -> tuple[tuple[int, ...], tuple[in
     return (1,) + tuple(num_blocks), widths, (2, 2, 2, 2, 2)
 
 
+#: the original's ``optional_groupwise_layers`` (RepVGG ``repvgg.py``): global layer indices
+#: counted from stage1's first block (= 1) — odd-indexed blocks among stages 1..4
+OPTIONAL_GROUPWISE_LAYERS = tuple(range(2, 27, 2))
+
 _SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str]] = {
     "a0": (*_official((2, 4, 14, 1), 0.75, 2.5), "RepVGG-A0 layout: [2,4,14,1], a=0.75, b=2.5"),
     "a1": (*_official((2, 4, 14, 1), 1.0, 2.5), "RepVGG-A1 layout: [2,4,14,1], a=1, b=2.5"),
+    "a2": (*_official((2, 4, 14, 1), 1.5, 2.75), "RepVGG-A2 layout: [2,4,14,1], a=1.5, b=2.75"),
     "b0": (*_official((4, 6, 16, 1), 1.0, 2.5), "RepVGG-B0 layout: [4,6,16,1], a=1, b=2.5"),
     "b1": (*_official((4, 6, 16, 1), 2.0, 4.0), "RepVGG-B1 layout: [4,6,16,1], a=2, b=4"),
+    "b2": (*_official((4, 6, 16, 1), 2.5, 5.0), "RepVGG-B2 layout: [4,6,16,1], a=2.5, b=5"),
+    "b3": (*_official((4, 6, 16, 1), 3.0, 5.0), "RepVGG-B3 layout: [4,6,16,1], a=3, b=5"),
     "tiny8": ((1, 2, 2, 1), (8, 8, 16, 32), (1, 1, 2, 2), "small variant for 8x8 inputs (digits)"),
     "tiny32": ((1, 2, 2, 2, 1), (16, 16, 32, 64, 128), (1, 2, 2, 2, 2), "small variant for 32x32 inputs (CIFAR)"),
+}
+#: sizes only some families have: name → (base size, family defaults, description, families)
+_GROUPED = ("repvgg", "repvgg_oabn", "qarepvgg")
+_EXTRA_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], dict, str, tuple[str, ...]]] = {
+    **{f"{b}g{g}": (*_SIZES[b][:3], {"groups": g}, f"RepVGG-{b.upper()}g{g}: {_SIZES[b][3].split(': ')[1]}, "
+                    f"groups={g} on the original's optional_groupwise_layers", _GROUPED)
+       for b in ("b1", "b2", "b3") for g in (2, 4)},
+    "d2se": (*_official((8, 14, 24, 1), 2.5, 5.0), {"use_se": True},
+             "RepVGG-D2se: [8,14,24,1], a=2.5, b=5, SE block (internal = out/16) in every block", ("repvgg",)),
+    "l1": (*_official((8, 14, 24, 1), 2.0, 4.0), {}, "RepOpt-VGG-L1 layout: [8,14,24,1], a=2, b=4",
+           ("csla", "repopt", "hs")),
+    "l2": (*_official((8, 14, 24, 1), 2.5, 5.0), {}, "RepOpt-VGG-L2 layout: [8,14,24,1], a=2.5, b=5",
+           ("csla", "repopt", "hs")),
 }
 
 #: family → (name pattern, block description, family defaults, extra override names)
 _FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
     "repvgg": ("repvgg_{size}", "RepVGG blocks (SPEC §2)", {"oabn_threshold": math.inf, "oabn_gradient": "clip",
-                                                            "deploy": False},
-               ("oabn_threshold", "oabn_gradient", "deploy")),
+                                                            "deploy": False, "groups": 1, "use_se": False},
+               ("oabn_threshold", "oabn_gradient", "deploy", "groups", "override_groups_map", "use_se")),
     "repvgg_oabn": ("repvgg_{size}_oabn", "RepVGG blocks with an OABN identity (SPEC §4)",
-                    {"oabn_threshold": 2.0, "oabn_gradient": "clip", "deploy": False},
-                    ("oabn_threshold", "oabn_gradient", "deploy")),
-    "qarepvgg": ("qarepvgg_{size}", "QARepVGG blocks (SPEC §2, YOLOv6)", {"deploy": False}, ("deploy",)),
+                    {"oabn_threshold": 2.0, "oabn_gradient": "clip", "deploy": False, "groups": 1},
+                    ("oabn_threshold", "oabn_gradient", "deploy", "groups", "override_groups_map")),
+    "qarepvgg": ("qarepvgg_{size}", "QARepVGG blocks (SPEC §2, YOLOv6)",
+                 {"deploy": False, "keep_post_bn": False, "groups": 1},
+                 ("deploy", "keep_post_bn", "groups", "override_groups_map")),
     "csla": ("csla_vgg_{size}", "CSLA blocks with constant scales (SPEC §3)",
              {"scales": None, "identity": "trainable"}, ("scales", "identity")),
     "repopt": ("repopt_vgg_{size}", "RepOpt-VGG target blocks, W'_0 re-initialized from scales (SPEC §3)",
@@ -221,14 +256,18 @@ _FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
     "hs": ("hs_vgg_{size}", "HyperSearch blocks, hypersearch_scale_init (SPEC §3)", {}, ()),
 }
 
-_COMMON_OVERRIDES = ("in_channels", "num_blocks", "widths", "strides", "bn_eps", "bn_momentum")
+_COMMON_OVERRIDES = ("in_channels", "num_blocks", "widths", "strides", "bn_eps", "bn_momentum", "width_multiplier")
 
 ARCHITECTURES: dict[str, ArchConfig] = {}
 for _family, (_pattern, _what, _defaults, _extra) in _FAMILIES.items():
     for _size, (_nb, _w, _s, _desc) in _SIZES.items():
         ARCHITECTURES[_pattern.format(size=_size)] = ArchConfig(_family, _nb, _w, _s, dict(_defaults),
                                                                 f"{_what}; {_desc}")
-del _family, _pattern, _what, _defaults, _extra, _size, _nb, _w, _s, _desc
+    for _size, (_nb, _w, _s, _more, _desc, _fams) in _EXTRA_SIZES.items():
+        if _family in _fams:
+            ARCHITECTURES[_pattern.format(size=_size)] = ArchConfig(_family, _nb, _w, _s, {**_defaults, **_more},
+                                                                    f"{_what}; {_desc}")
+del _family, _pattern, _what, _defaults, _extra, _size, _nb, _w, _s, _desc, _more, _fams
 
 
 def list_models() -> list[str]:
@@ -268,16 +307,26 @@ def expected_scale_keys(name_or_model, **overrides) -> dict[str, tuple[int, ...]
     return keys
 
 
-def _scale_tensors(scales, layout) -> dict[str, torch.Tensor]:
-    """Validate a scale state dict against ``layout``; ``None`` → unit scales. Returns float64 CPU tensors."""
+def _scale_tensors(scales, layout, default: str = "unit") -> dict[str, torch.Tensor]:
+    """Validate a scale state dict against ``layout``; ``None`` → ``default`` (``'unit'`` or
+    ``'hypersearch'``, see :func:`hypersearch_scale_init`), also given by name. Returns float64 CPU tensors."""
     expected: dict[str, int] = {}
-    for prefix, cin, cout, stride, _, _ in layout:
+    init: dict[str, float] = {}
+    for prefix, cin, cout, stride, stage, index in layout:
         expected[f"{prefix}.scale_conv.weight"] = cout
         expected[f"{prefix}.scale_1x1.weight"] = cout
+        init[f"{prefix}.scale_conv.weight"] = init[f"{prefix}.scale_1x1.weight"] = hypersearch_scale_init(stage, index)
         if cin == cout and stride == 1:
             expected[f"{prefix}.scale_identity.weight"] = cout
+            init[f"{prefix}.scale_identity.weight"] = 1.0
     if scales is None:
-        return {k: torch.ones(c, dtype=torch.float64, device="cpu") for k, c in expected.items()}
+        scales = default
+    if isinstance(scales, str):
+        if scales == "unit":
+            return {k: torch.ones(c, dtype=torch.float64, device="cpu") for k, c in expected.items()}
+        if scales == "hypersearch":
+            return {k: torch.full((c,), init[k], dtype=torch.float64, device="cpu") for k, c in expected.items()}
+        raise ValueError(f"scales must be a scale state dict, 'unit', 'hypersearch' or None, got {scales!r}")
     if not isinstance(scales, Mapping):
         raise TypeError(f"scales must be a mapping (a scale state dict) or None, got {type(scales).__name__}")
     extra = sorted(set(scales) - set(expected))
@@ -302,6 +351,56 @@ def _scale_tensors(scales, layout) -> dict[str, torch.Tensor]:
     return out
 
 
+def _original_parametrization(cfg: ArchConfig, opts: dict, overrides: Mapping) -> None:
+    """``width_multiplier=[a0, a1, a2, a3]`` (+ ``num_blocks`` of stages 1..4): the original RepVGG / RepOpt-VGG
+    parametrization, translated to repspec's (stage0 included, absolute widths)."""
+    wm = overrides["width_multiplier"]
+    if "widths" in overrides:
+        raise TypeError("give widths (absolute, stage0 included) or width_multiplier (the original's), not both")
+    if isinstance(wm, (str, bytes)) or not isinstance(wm, Sequence) or len(wm) != 4:
+        raise ValueError(f"width_multiplier must be 4 numbers (stages 1..4, as in the original RepVGG), got {wm!r}")
+    for i, a in enumerate(wm):
+        if isinstance(a, bool) or not isinstance(a, numbers.Real) or not math.isfinite(a) or a <= 0:
+            raise ValueError(f"width_multiplier[{i}] must be a positive number, got {a!r}")
+    if "num_blocks" in overrides:
+        nb = _check_int_seq(overrides["num_blocks"], "num_blocks")
+        if len(nb) != 4:
+            raise ValueError(f"with width_multiplier, num_blocks must be the original's 4 entries (stages 1..4, "
+                             f"stage0 not counted), got {len(nb)}")
+    elif len(cfg.num_blocks) == 5:
+        nb = cfg.num_blocks[1:]
+    else:
+        raise ValueError("width_multiplier needs num_blocks=[n1, n2, n3, n4] for this architecture")
+    a = [float(x) for x in wm]
+    opts["num_blocks"] = (1,) + tuple(nb)
+    opts["widths"] = (min(64, int(64 * a[0])), int(64 * a[0]), int(128 * a[1]), int(256 * a[2]), int(512 * a[3]))
+    if "strides" not in overrides:
+        opts["strides"] = (2, 2, 2, 2, 2)
+
+
+def _groups_map(groups, override_groups_map) -> dict[int, int]:
+    """``{global layer index: groups}`` (stage1's first block is layer 1; stage0 never grouped)."""
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if override_groups_map is not None:
+        if groups != 1:
+            raise TypeError("give groups (applied to the original's optional_groupwise_layers) or "
+                            "override_groups_map ({layer index: groups}), not both")
+        if not isinstance(override_groups_map, Mapping):
+            raise TypeError(f"override_groups_map must be a dict {{layer index: groups}}, "
+                            f"got {type(override_groups_map).__name__}")
+        out = {}
+        for k, v in override_groups_map.items():
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ValueError(f"override_groups_map keys must be layer indices >= 1 (stage1's first block is 1; "
+                                 f"stage0 cannot be grouped), got {k!r}")
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"override_groups_map[{k}] must be a positive integer, got {v!r}")
+            out[int(k)] = int(v)
+        return out
+    return {} if groups == 1 else {layer: int(groups) for layer in OPTIONAL_GROUPWISE_LAYERS}
+
+
 def _resolve(name, num_classes, overrides) -> tuple[ArchConfig, dict[str, Any]]:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -316,6 +415,9 @@ def _resolve(name, num_classes, overrides) -> tuple[ArchConfig, dict[str, Any]]:
     opts.update(in_channels=3, num_blocks=cfg.num_blocks, widths=cfg.widths, strides=cfg.strides,
                 bn_eps=1e-5, bn_momentum=0.1)
     opts.update(overrides)
+    if overrides.get("width_multiplier") is not None:
+        _original_parametrization(cfg, opts, overrides)
+    opts.pop("width_multiplier", None)
     nb = _check_int_seq(opts["num_blocks"], "num_blocks")
     opts["num_blocks"] = nb
     opts["widths"] = _check_int_seq(opts["widths"], "widths", len(nb))
@@ -339,6 +441,13 @@ def _resolve(name, num_classes, overrides) -> tuple[ArchConfig, dict[str, Any]]:
     for key in ("deploy", "use_identity_scales"):
         if key in opts and not isinstance(opts[key], bool):
             raise TypeError(f"{key} must be a bool, got {type(opts[key]).__name__}")
+    for key in ("keep_post_bn", "use_se"):
+        if key in opts and not isinstance(opts[key], bool):
+            raise TypeError(f"{key} must be a bool, got {type(opts[key]).__name__}")
+    if opts.get("keep_post_bn") and not opts["deploy"]:
+        raise ValueError("keep_post_bn=True needs deploy=True (a training-form QARepVGG block always has its post-BN)")
+    if "groups" in opts:
+        opts["groups_map"] = _groups_map(opts.get("groups"), opts.pop("override_groups_map", None))
     if "identity" in opts and opts["identity"] not in CSLA_IDENTITY_MODES:
         raise ValueError(f"identity must be one of {CSLA_IDENTITY_MODES}, got {opts['identity']!r}")
     if opts.get("seed") is not None and (isinstance(opts["seed"], bool)
@@ -360,19 +469,29 @@ def create_model(name: str, num_classes: int = 1000, **overrides) -> VGGNet:
     layout = _block_layout(nb, widths, strides, cin)
     scales = None
     if cfg.family in ("csla", "repopt"):
-        scales = _scale_tensors(opts["scales"], layout)
+        scales = _scale_tensors(opts["scales"], layout, "hypersearch" if cfg.family == "csla" else "unit")
 
     def prefix_of(stage, index):
         return "stage0" if stage == 0 else f"stage{stage}.{index}"
 
+    first_layer = [0, 1]  # global layer index (the original's cur_layer_idx) of each stage's first block
+    for n in nb[1:]:
+        first_layer.append(first_layer[-1] + n)
+    groups_map = opts.get("groups_map", {})
+
+    def groups_of(stage, index):
+        return 1 if stage == 0 else groups_map.get(first_layer[stage] + index, 1)
+
     family = cfg.family
     if family in ("repvgg", "repvgg_oabn"):
         def factory(i, o, s, stage, index):
-            return RepVGGBlock(i, o, s, oabn_threshold=opts["oabn_threshold"], deploy=opts["deploy"],
-                               oabn_gradient=opts["oabn_gradient"], **bn)
+            return RepVGGBlock(i, o, s, groups_of(stage, index), oabn_threshold=opts["oabn_threshold"],
+                               deploy=opts["deploy"], oabn_gradient=opts["oabn_gradient"],
+                               use_se=opts.get("use_se", False), **bn)
     elif family == "qarepvgg":
         def factory(i, o, s, stage, index):
-            return QARepVGGBlock(i, o, s, deploy=opts["deploy"], **bn)
+            return QARepVGGBlock(i, o, s, groups_of(stage, index), deploy=opts["deploy"],
+                                 keep_post_bn=opts["keep_post_bn"], **bn)
     elif family == "csla":
         def factory(i, o, s, stage, index):
             p = prefix_of(stage, index)

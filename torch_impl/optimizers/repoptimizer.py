@@ -48,6 +48,7 @@ __all__ = [
     "reinit_from_scales",
     "IDENTITY_MODES",
     "ADAMW_MASK_PLACEMENTS",
+    "NESTEROV_ROUNDINGS",
 ]
 
 #: how the identity branch of the imaginary CSLA block is treated (SPEC §3):
@@ -240,7 +241,25 @@ class _MaskedOptimizer(torch.optim.Optimizer):
 
 # ----------------------------------------------------------------------------- SGD
 
-def _single_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay):
+#: values of ``RepOptimizerSGD(nesterov_rounding=...)`` (see the class docstring)
+NESTEROV_ROUNDINGS = ("torch", "official", "separate")
+
+
+def _check_nesterov_rounding(value) -> str:
+    if not isinstance(value, str) or value not in NESTEROV_ROUNDINGS:
+        raise ValueError(f"nesterov_rounding must be one of {NESTEROV_ROUNDINGS}, got {value!r}")
+    return value
+
+
+def _nesterov_step(d: Tensor, buf: Tensor, momentum: float, rounding: str) -> Tensor:
+    """``d + μ·buf``: one fused ``add(buf, alpha=μ)`` ('torch'/'official') or ``d + round(μ·buf)`` ('separate')."""
+    if rounding == "separate":
+        return d.add(buf.mul(momentum))
+    return d.add(buf, alpha=momentum)
+
+
+def _single_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
+                              nesterov_rounding="torch"):
     for i, p in enumerate(params):
         m = masks[i]
         d = grads[i] if m is None else grads[i] * m
@@ -253,7 +272,7 @@ def _single_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampe
                 bufs[i] = buf
             else:
                 buf.mul_(momentum).add_(d, alpha=1 - dampening)
-            d = d.add(buf, alpha=momentum) if nesterov else buf
+            d = _nesterov_step(d, buf, momentum, nesterov_rounding) if nesterov else buf
         p.add_(d, alpha=-lr)
 
 
@@ -270,7 +289,8 @@ def _foreach_add_owned(d: list, owned: list, other: list, alpha: float) -> None:
     owned[:] = [True] * len(d)
 
 
-def _multi_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay):
+def _multi_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
+                             nesterov_rounding="torch"):
     buckets: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         buckets.setdefault((p.device, p.dtype), []).append(i)
@@ -297,7 +317,9 @@ def _multi_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampen
                     else:
                         bufs[i].mul_(momentum).add_(d[j], alpha=1 - dampening)
                 group_bufs = [bufs[i] for i in idx]
-            if nesterov:
+            if nesterov and nesterov_rounding == "separate":
+                _foreach_add_owned(d, owned, torch._foreach_mul(group_bufs, momentum), 1.0)
+            elif nesterov:
                 _foreach_add_owned(d, owned, group_bufs, momentum)
             else:
                 d = group_bufs
@@ -322,16 +344,41 @@ class RepOptimizerSGD(_MaskedOptimizer):
         foreach: multi-tensor (``torch._foreach_*``) path if True, per-tensor loop if
             False, torch's default (foreach on accelerators) if None. Both give the same
             result.
+        nesterov_rounding: how the Nesterov term ``d + μ·buf`` is rounded (per param group):
+
+            - ``'torch'`` (default): ``d.add(buf, alpha=μ)``, as ``torch.optim.SGD``.
+            - ``'official'``: the original RepOptimizers expression ``d_p.add(momentum, buf)``.
+              That is torch's deprecated ``add(alpha, other)`` overload, which torch
+              dispatches to ``d_p.add(buf, alpha=momentum)`` — so it is the *same
+              arithmetic* as ``'torch'`` (checked bit for bit in float32 and float64
+              against an independent transcription of the original step,
+              ``tests/test_torch_optim.py``). Offered so that a port can state it.
+            - ``'separate'``: ``d + (μ·buf)`` with the product rounded on its own (what a
+              reader of the formula might implement); differs from the above by an ulp
+              here and there, which accumulates over steps.
+
+    The original call order ``RepOptimizerSGD(grad_mult_map, params, lr=…, momentum=…,
+    dampening=…, weight_decay=…, nesterov=…)`` (RepOptimizers' ``repoptimizer_sgd.py``)
+    is accepted too: when the first positional argument is a ``{Parameter: mask}`` dict
+    and a second positional argument follows, they are read as ``grad_mult_masks`` and
+    ``params``, and further positional arguments follow the original's order
+    ``(lr, momentum, dampening, weight_decay, nesterov)``. (repspec's own positional order
+    after ``params`` is ``(lr, momentum, dampening, nesterov, weight_decay)``.)
 
     Everything is validated (like ``torch.optim.SGD``: ``lr >= 0``, nesterov needs
     ``momentum > 0`` and ``dampening == 0``, masks match their parameters' shapes …)
     before any state is created. Without masks the result equals ``torch.optim.SGD``.
     """
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0,
-                 grad_mult_masks: Mapping[Tensor, Tensor] | None = None, foreach: bool | None = None):
-        defaults = _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach)
+    _POSITIONAL = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
+    _ORIGINAL_POSITIONAL = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+    def __init__(self, params: Iterable, *args, grad_mult_masks: Mapping[Tensor, Tensor] | None = None,
+                 foreach: bool | None = None, nesterov_rounding: str = "torch", **kwargs):
+        params, hp, grad_mult_masks = self._bind_arguments(params, args, kwargs, grad_mult_masks)
+        defaults = _check_sgd_hparams(hp["lr"], hp["momentum"], hp["dampening"], hp["nesterov"],
+                                      hp["weight_decay"], foreach)
+        defaults["nesterov_rounding"] = _check_nesterov_rounding(nesterov_rounding)
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
                             "but got a Tensor")
@@ -342,10 +389,47 @@ class RepOptimizerSGD(_MaskedOptimizer):
         super().__init__(params, defaults)
         self._install_masks(checked)
 
+    @classmethod
+    def _bind_arguments(cls, params, args, kwargs, grad_mult_masks):
+        """``(params, {lr, momentum, dampening, nesterov, weight_decay}, masks)`` from either call order."""
+        original = (isinstance(params, Mapping) and "params" not in params and len(args) >= 1
+                    and not isinstance(args[0], numbers.Real)
+                    and all(isinstance(k, Tensor) for k in params))
+        if original:
+            if grad_mult_masks is not None:
+                raise TypeError("RepOptimizerSGD got the Grad Mult masks twice: as the first positional argument "
+                                "(the original RepOptimizers call order) and as grad_mult_masks=")
+            grad_mult_masks, params, args = params, args[0], args[1:]
+            names = cls._ORIGINAL_POSITIONAL
+        else:
+            names = cls._POSITIONAL
+        if len(args) > len(names):
+            raise TypeError(f"RepOptimizerSGD takes at most {len(names)} positional hyper-parameters after params "
+                            f"({', '.join(names)}), got {len(args)}")
+        hp = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in cls._POSITIONAL:
+                raise TypeError(f"RepOptimizerSGD got an unexpected keyword argument {k!r}")
+            if k in hp:
+                raise TypeError(f"RepOptimizerSGD got multiple values for {k!r} (positional and keyword)")
+            hp[k] = v
+        if isinstance(params, Mapping) and params and all(isinstance(k, Tensor) for k in params):
+            raise TypeError("RepOptimizerSGD: the first argument is a {Parameter: mask} dict but no params "
+                            "follow; call RepOptimizerSGD(params, lr=…, grad_mult_masks=masks) or the original "
+                            "order RepOptimizerSGD(masks, params, lr=…)")
+        if "lr" not in hp:
+            raise TypeError("RepOptimizerSGD missing required argument 'lr'")
+        hp.setdefault("momentum", 0.0)
+        hp.setdefault("dampening", 0.0)
+        hp.setdefault("nesterov", False)
+        hp.setdefault("weight_decay", 0.0)
+        return params, hp, grad_mult_masks
+
     def _check_group(self, group, where):
         try:
             _check_sgd_hparams(group["lr"], group["momentum"], group["dampening"], group["nesterov"],
                                group["weight_decay"], group.get("foreach"))
+            _check_nesterov_rounding(group.get("nesterov_rounding", "torch"))
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
 
@@ -354,6 +438,7 @@ class RepOptimizerSGD(_MaskedOptimizer):
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("foreach", None)
+            group.setdefault("nesterov_rounding", "torch")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -381,7 +466,8 @@ class RepOptimizerSGD(_MaskedOptimizer):
                 foreach = _default_foreach(params)
             fn = _multi_tensor_repopt_sgd if foreach else _single_tensor_repopt_sgd
             fn(params, grads, masks, bufs, lr=group["lr"], momentum=group["momentum"],
-               dampening=group["dampening"], nesterov=group["nesterov"], weight_decay=group["weight_decay"])
+               dampening=group["dampening"], nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+               nesterov_rounding=group.get("nesterov_rounding", "torch"))
             if group["momentum"] != 0:
                 for p, b in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = b
@@ -740,34 +826,82 @@ def build_repoptimizer(model: nn.Module, scales: Mapping[str, Tensor] | None, lr
 
 
 @torch.no_grad()
-def reinit_from_scales(target_model: nn.Module, scales: Mapping[str, Tensor], generator: torch.Generator,
-                       use_identity_scales: bool = True) -> None:
+def reinit_from_scales(target_model: nn.Module, scales: Mapping[str, Tensor], generator: torch.Generator | None = None,
+                       use_identity_scales: bool = True, *,
+                       kernels: Mapping[str, tuple[Tensor | None, Tensor | None]] | None = None,
+                       k3_from_weight: bool = False) -> None:
     """Re-initialize every target conv to ``W'_0 = α3·K3 + α1·pad(K1) + diag(d)·I`` (SPEC §3).
 
-    ``K3, K1`` are fresh imaginary kernels drawn block by block (model order, K3 then K1,
-    float64 on the CPU) from ``generator`` with torch's default conv init — the same
-    draws as :func:`imaginary_kernels` and ``RepOptTargetBlock.reinitialize``, which
-    does the per-block work. ``d`` is the block's ``scale_identity`` if
-    ``use_identity_scales`` else 1, and only for blocks with an identity branch
-    (official ``RepOptVGGHandler.reinitialize``). All scales are validated before any
-    weight changes.
+    Where the imaginary kernels ``K3 (O, I, 3, 3)``, ``K1 (O, I, 1, 1)`` come from:
+
+    - ``kernels[prefix] = (K3, K1)`` when given for a block (either may be ``None``);
+    - else ``K3`` is the conv's *current* weight when ``k3_from_weight=True`` — what the
+      original ``RepOptVGGHandler.reinitialize`` does (it reuses the freshly built
+      target conv's weight as ``K3`` and draws only ``K1``);
+    - a block that lacks one takes one :func:`imaginary_kernels` draw from ``generator``
+      (torch's default conv init, ``K3`` then ``K1``, float64 on the CPU; the drawn kernel
+      that was given is discarded), block by block in model order. With neither
+      ``kernels`` nor ``k3_from_weight`` these are the same draws as
+      ``RepOptTargetBlock.reinitialize``, which then does the per-block work.
+
+    ``generator`` may be ``None`` only when no kernel has to be drawn. ``d`` is the
+    block's ``scale_identity`` if ``use_identity_scales`` else 1, and only for blocks with
+    an identity branch (official ``RepOptVGGHandler.reinitialize``). All scales and given
+    kernels are validated before any weight changes.
     """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if not isinstance(use_identity_scales, bool):
         raise TypeError(f"use_identity_scales must be a bool, got {type(use_identity_scales).__name__}")
+    if not isinstance(k3_from_weight, bool):
+        raise TypeError(f"k3_from_weight must be a bool, got {type(k3_from_weight).__name__}")
+    if kernels is not None and not isinstance(kernels, Mapping):
+        raise TypeError(f"kernels must be a dict {{block prefix: (K3, K1)}} or None, got {type(kernels).__name__}")
     blocks = target_blocks(target_model)
     _check_scales_cover(scales, blocks)
-    per_block = [(b, _block_scales(scales, p, b)) for p, b in blocks]  # validate everything first
-    for block, (a3, a1, d) in per_block:
+    kernels = {} if kernels is None else dict(kernels)
+    unknown = sorted(set(kernels) - {p for p, _ in blocks})
+    if unknown:
+        raise KeyError(f"kernels has entries for no target block of the model: {unknown[:5]}")
+    plan = []
+    need_draw = False
+    for prefix, block in blocks:  # validate everything first
+        conv = block.conv
+        o, i = conv.out_channels, conv.in_channels
+        k3, k1 = None, None
+        if prefix in kernels:
+            pair = kernels[prefix]
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"kernels[{prefix!r}] must be a pair (K3, K1), got {type(pair).__name__}")
+            k3, k1 = pair
+            for t, name, shape in ((k3, "K3", (o, i, 3, 3)), (k1, "K1", (o, i, 1, 1))):
+                if t is None:
+                    continue
+                if not isinstance(t, Tensor) or not t.is_floating_point():
+                    raise TypeError(f"kernels[{prefix!r}] {name} must be a floating-point tensor")
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"kernels[{prefix!r}] {name} must have shape {shape}, got {tuple(t.shape)}")
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"kernels[{prefix!r}] {name} must be finite")
+        if k3 is None and k3_from_weight:
+            k3 = conv.weight.detach().clone()
+        need_draw = need_draw or k3 is None or k1 is None
+        plan.append((prefix, block, _block_scales(scales, prefix, block), k3, k1))
+    if need_draw and generator is None:
+        raise TypeError("generator is required: some imaginary kernels are not given (kernels=…, k3_from_weight=…) "
+                        "and must be drawn")
+    for prefix, block, (a3, a1, d), k3, k1 in plan:
         a3, a1 = a3.detach().double().cpu(), a1.detach().double().cpu()
         d = None if (d is None or not use_identity_scales) else d.detach().double().cpu()
-        if hasattr(block, "reinitialize"):
+        if k3 is None and k1 is None and hasattr(block, "reinitialize"):
             block.reinitialize(a3, a1, d, generator=generator)
-        else:  # a duck-typed target block
-            conv = block.conv
-            k3, k1 = imaginary_kernels(conv.out_channels, conv.in_channels, generator, dtype=torch.float64)
-            if d is None and _has_identity(block):
-                d = torch.ones(conv.out_channels, dtype=torch.float64)
-            w = csla_equivalent_kernel(k3, k1, a3, a1, d)
-            conv.weight.copy_(w.to(dtype=conv.weight.dtype, device=conv.weight.device))
+            continue
+        conv = block.conv
+        if k3 is None or k1 is None:
+            d3, d1 = imaginary_kernels(conv.out_channels, conv.in_channels, generator, dtype=torch.float64)
+            k3 = d3 if k3 is None else k3
+            k1 = d1 if k1 is None else k1
+        if d is None and _has_identity(block):
+            d = torch.ones(conv.out_channels, dtype=torch.float64)
+        w = csla_equivalent_kernel(k3.detach().double().cpu(), k1.detach().double().cpu(), a3, a1, d)
+        conv.weight.copy_(w.to(dtype=conv.weight.dtype, device=conv.weight.device))

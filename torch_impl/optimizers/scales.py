@@ -18,7 +18,6 @@ branch, ``scale_identity`` of the same length.
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 from collections import OrderedDict
@@ -40,6 +39,8 @@ __all__ = [
     "load_published_scales",
     "initial_scales",
     "block_prefixes",
+    "scales_from_official",
+    "scales_to_official",
 ]
 
 #: ``stage{k}[.{i}].scale_{conv|1x1|identity}.weight``
@@ -151,22 +152,101 @@ def check_scales_for_model(scales: Mapping[str, Tensor], model: nn.Module, *, so
 def initial_scales(model: nn.Module, *, dtype: torch.dtype = torch.float64) -> "OrderedDict[str, Tensor]":
     """The HyperSearch initial scales for ``model``'s blocks (SPEC §3 "HyperSearch" init).
 
-    ``α3 = α1 = 1`` for stage0 and block 0 of every stage, ``sqrt(2/i)`` for block
-    ``i ≥ 1``; ``d = 1`` where an identity branch exists. Useful as a stand-in when no
-    searched file exists (tests, smoke runs); keys as :func:`save_scales` expects.
+    ``α3 = α1 =`` :func:`repspec.torch_impl.modules.models.hypersearch_scale_init`
+    ``(stage, block)`` — the one function ``HyperSearchBlock`` models are built with
+    (1 for stage0 and block 0 of every stage, ``sqrt(2/i)`` for block ``i ≥ 1``);
+    ``d = 1`` where an identity branch exists. These are also the constant scales of the
+    original ``RepOptVGG(mode='csla')``. Useful as a stand-in when no searched file
+    exists (tests, smoke runs); keys as :func:`save_scales` expects.
     """
+    from ..modules.models import hypersearch_scale_init  # noqa: PLC0415 - one source for the schedule
+
     out = OrderedDict()
     for prefix, block in block_prefixes(model):
         m = re.match(r"^stage(\d+)(?:\.(\d+))?$", prefix)
         if not m:
             raise ValueError(f"block {prefix!r} is not named 'stage{{k}}' or 'stage{{k}}.{{i}}'")
-        i = 0 if m.group(2) is None else int(m.group(2))
-        init = 1.0 if i == 0 else math.sqrt(2.0 / i)
+        init = hypersearch_scale_init(int(m.group(1)), 0 if m.group(2) is None else int(m.group(2)))
         _, o, identity = _block_geometry(block)
         out[f"{prefix}.scale_conv.weight"] = torch.full((o,), init, dtype=dtype)
         out[f"{prefix}.scale_1x1.weight"] = torch.full((o,), init, dtype=dtype)
         if identity:
             out[f"{prefix}.scale_identity.weight"] = torch.ones(o, dtype=dtype)
+    return out
+
+
+# ------------------------------------------------------- the original per-block tuples
+
+def _layout(model) -> list[tuple[str, int, bool]]:
+    """``[(prefix, out_channels, has_identity)]`` in model order, of a model or a registry name."""
+    if isinstance(model, str):
+        from ..modules.models import expected_scale_keys  # noqa: PLC0415
+
+        keys = expected_scale_keys(model)
+        out: dict[str, list] = {}
+        for k, shape in keys.items():
+            m = SCALE_KEY_PATTERN.match(k)
+            entry = out.setdefault(m["prefix"], [m["prefix"], shape[0], False])
+            entry[2] = entry[2] or m["kind"] == "identity"
+        return [tuple(v) for v in out.values()]
+    return [(prefix, _block_geometry(block)[1], _block_geometry(block)[2]) for prefix, block in block_prefixes(model)]
+
+
+def scales_from_official(tuples, model, *, dtype: torch.dtype | None = None) -> "OrderedDict[str, Tensor]":
+    """The original RepOptimizers per-block scale list → repspec's state-dict-keyed scales (SPEC §3).
+
+    ``tuples[j]`` belongs to the ``j``-th block in model order (``stage0``, ``stage1.0``, …)
+    and is, as the original ``extract_scales`` / ``RepOptVGGHandler`` expect,
+    ``(scale_identity, scale_1x1, scale_conv)`` for a block with an identity branch and
+    ``(scale_1x1, scale_conv)`` otherwise. ``model`` is a RepOpt-VGG / CSLA / HyperSearch
+    model or a registry name (``'repopt_vgg_b1'``). Tensors are copied (``dtype`` casts
+    them). Every entry is checked against the layout (count, tuple length, shape) before
+    anything is returned; :func:`scales_to_official` is the inverse.
+    """
+    layout = _layout(model)
+    if isinstance(tuples, (str, bytes, Mapping)) or not hasattr(tuples, "__len__"):
+        raise TypeError(f"tuples must be a list of per-block scale tuples, got {type(tuples).__name__}")
+    if len(tuples) != len(layout):
+        raise ScaleFileError(f"scales_from_official: {len(tuples)} tuples for a model with {len(layout)} blocks")
+    out = OrderedDict()
+    for j, ((prefix, o, identity), entry) in enumerate(zip(layout, tuples)):
+        want = 3 if identity else 2
+        if not isinstance(entry, (tuple, list)) or len(entry) != want:
+            got = len(entry) if isinstance(entry, (tuple, list)) else type(entry).__name__
+            raise ScaleFileError(f"scales_from_official: tuple {j} (block {prefix!r}) must have {want} entries "
+                                 f"({'(identity, 1x1, conv)' if identity else '(1x1, conv)'}), got {got}")
+        kinds = ("identity", "1x1", "conv") if identity else ("1x1", "conv")
+        for kind, v in zip(kinds, entry):
+            if not isinstance(v, Tensor) or not v.is_floating_point():
+                raise ScaleFileError(f"scales_from_official: tuple {j} (block {prefix!r}) {kind} scale must be a "
+                                     f"floating-point tensor, got {type(v).__name__}")
+            if v.numel() != o:
+                raise ScaleFileError(f"scales_from_official: tuple {j} (block {prefix!r}) {kind} scale must have "
+                                     f"{o} values (out_channels), got shape {tuple(v.shape)}")
+        for kind in ("conv", "1x1", "identity"):
+            if kind in kinds:
+                v = entry[kinds.index(kind)].detach().reshape(-1).to("cpu").clone()
+                out[f"{prefix}.scale_{kind}.weight"] = v if dtype is None else v.to(dtype)
+    return validate_scales(out, source="scales_from_official")
+
+
+def scales_to_official(scales: Mapping[str, Tensor], model) -> list[tuple[Tensor, ...]]:
+    """repspec's keyed scales → the original per-block list of ``(identity, 1x1, conv)`` /
+    ``(1x1, conv)`` tuples, model order (inverse of :func:`scales_from_official`)."""
+    validate_scales(scales, source="scales_to_official")
+    out = []
+    for prefix, o, identity in _layout(model):
+        kinds = ("identity", "1x1", "conv") if identity else ("1x1", "conv")
+        entry = []
+        for kind in kinds:
+            key = f"{prefix}.scale_{kind}.weight"
+            if key not in scales:
+                raise ScaleFileError(f"scales_to_official: missing {key!r}")
+            if scales[key].numel() != o:
+                raise ScaleFileError(f"scales_to_official: {key!r} must have shape ({o},), "
+                                     f"got {tuple(scales[key].shape)}")
+            entry.append(scales[key])
+        out.append(tuple(entry))
     return out
 
 
