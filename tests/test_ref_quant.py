@@ -8,6 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from repspec.reference.quant import (
+    MIN_SCALE,
     activation_qmax,
     activation_qparams,
     activation_range,
@@ -127,6 +128,44 @@ def test_activation_qparams_formula():
     assert activation_qparams(1.0, 3.0, 8) == (3.0 / 255, 0)  # lo' = min(lo, 0) = 0
     assert activation_qparams(-3.0, -1.0, 8) == (3.0 / 255, 255)  # hi' = max(hi, 0) = 0
     assert activation_qparams(0.0, 0.0, 8) == (0.0, 0)
+
+
+TINY32 = float(np.finfo(np.float32).tiny)  # 2^-126, float32's smallest normal
+
+
+# [repspec] zero-range rule (docs/05-quantization.md, "Scales below float32's smallest
+# normal"): a computed scale below 2^-126 is 0. The examples are the two corners found so
+# far: zp = rint(511/2) = 256 needed the clamp when scale was 2^-1073 (issue 10), and
+# a float32-subnormal scale that PyTorch's float32 kernel cannot invert (issue 14).
+@given(lo=st.floats(-1e-30, 0.0), hi=st.floats(0.0, 1e-30), bits=quant_bits)
+@example(lo=-511 * 2.0**-1074, hi=0.0, bits=8)
+@example(lo=-1.175494351e-38, hi=0.0, bits=3)
+@example(lo=-255 * TINY32, hi=0.0, bits=8)  # scale exactly 2^-126: kept
+@example(lo=-float(np.nextafter(255 * TINY32, 0.0)), hi=0.0, bits=8)  # just below: zero range
+@example(lo=-3.0 * TINY32, hi=4.0 * TINY32, bits=1)
+def test_activation_scale_below_float32_normal_is_zero_range(lo, hi, bits):
+    qmax = activation_qmax(bits)
+    scale, zp = activation_qparams(lo, hi, bits)
+    assert MIN_SCALE == TINY32
+    exact = (max(hi, 0.0) - min(lo, 0.0)) / qmax
+    if exact < TINY32:
+        assert (scale, zp) == (0.0, 0), f"scale {exact!r} < 2^-126 must be a zero range, got {(scale, zp)}"
+    else:
+        assert scale == exact and np.float32(scale) >= TINY32, f"scale {scale!r} (want {exact!r}, >= 2^-126)"
+        assert 0 <= zp <= qmax, f"zero_point {zp} outside 0..{qmax} (scale {scale!r}, lo {lo!r})"
+        assert zp == int(np.rint(-min(lo, 0.0) / scale)), "zp must not need the clamp when scale >= 2^-126"
+
+
+@given(w=quant_arrays(), bits=weight_bits, per_channel=st.booleans(), e=st.integers(-1074, -100))
+@example(w=np.array([[1.0, -0.5], [0.25, 0.0]]), bits=8, per_channel=True, e=-126 - 7)
+def test_weight_scale_below_float32_normal_is_zero(w, bits, per_channel, e):
+    w = w * 2.0**e  # shrink into (and below) float32's subnormal range; exact unless float64 underflows
+    exact = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / weight_qmax(bits)
+    if not per_channel:
+        exact = exact.max()
+    got = weight_qparams(w, bits, per_channel)
+    want = np.where(exact < TINY32, 0.0, exact)
+    np.testing.assert_array_equal(got, want, err_msg=f"weight scale vs max|w|/qmax with the 2^-126 rule (e={e})")
 
 
 def test_activation_ties_round_half_to_even():
@@ -267,6 +306,8 @@ def test_peer_torch_activation_exact_with_power_of_two_scale(tq, seed, bits, e):
 
 
 @given(seed=seeds, bits=quant_bits, lo=st.floats(-5, 0), hi=st.floats(0, 5))
+@example(seed=0, bits=3, lo=-1.175494351e-38, hi=0.0)  # issue 14: float32-subnormal scale -> zero range
+@example(seed=0, bits=8, lo=-255 * TINY32, hi=0.0)  # the smallest scale kept, 2^-126
 def test_peer_torch_activation_general_scale(tq, seed, bits, lo, hi):
     scale, zp = activation_qparams(lo, hi, bits)
     scale = float(np.float32(scale))  # torch holds the scale in float32
