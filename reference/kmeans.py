@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import as_float_array, check_int
+from ._checks import as_float_array, check_choice, check_int
 
 __all__ = [
     "DEFAULT_INIT",
@@ -72,10 +72,6 @@ class KMeansResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------ validation
-
-
-def _check_values(values, name: str = "values") -> np.ndarray:
-    return as_float_array(values, name)
 
 
 def _check_sorted_centroids(centroids, name: str = "centroids", k: int | None = None) -> np.ndarray:
@@ -115,7 +111,7 @@ def assign(values, centroids) -> np.ndarray:
     >>> assign(np.array([1.0, 1.2]), np.array([0.0, 1.0, 1.0]))  # duplicates: lowest index
     array([1, 1])
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     c = _check_sorted_centroids(centroids)
     return _assign(v, c)
 
@@ -130,7 +126,7 @@ def sse(values, centroids) -> float:
     >>> sse(np.array([0.0, 1.0, 4.0]), np.array([0.5, 4.0]))
     0.5
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     c = _check_sorted_centroids(centroids)
     return _sse(v, c, _assign(v, c))
 
@@ -150,7 +146,7 @@ def lloyd_step(values, centroids) -> tuple[np.ndarray, np.ndarray]:
     >>> lloyd_step(np.array([0.0, 1.0, 10.0]), np.array([0.0, 5.0, 100.0]))  # cluster 2 is empty
     (array([  0.5,  10. , 100. ]), array([0, 0, 1]))
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     c = _check_sorted_centroids(centroids)
     labels = _assign(v, c)
     return _update(v, c, labels), labels
@@ -197,10 +193,9 @@ def initial_centroids(values, k, init: str = DEFAULT_INIT, *, seed=None) -> np.n
     >>> initial_centroids(np.arange(9.0), 3, "quantile")
     array([1.33333333, 4.        , 6.66666667])
     """
-    v = _check_values(values).ravel()
+    v = as_float_array(values, "values").ravel()
     k = check_int(k, "k", min_value=1)
-    if not isinstance(init, str) or init not in INITS[:-1]:
-        raise ValueError(f"init must be one of {INITS[:-1]}, got {init!r}")
+    init = check_choice(init, "init", INITS[:-1])
     if init == "linear":
         return np.linspace(v.min(), v.max(), k)
     if init == "quantile":
@@ -310,10 +305,9 @@ def kmeans_1d_optimal(values, k, *, method: str = "quadratic") -> KMeansResult:
     >>> r.centroids, r.sse
     (array([ 1. , 10.5, 30. ]), 2.5)
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     k = check_int(k, "k", min_value=1)
-    if not isinstance(method, str) or method not in OPTIMAL_METHODS:
-        raise ValueError(f"method must be one of {OPTIMAL_METHODS}, got {method!r}")
+    method = check_choice(method, "method", OPTIMAL_METHODS)
     exact = _exact_when_few_distinct(v, k)
     if exact is not None:
         return exact
@@ -346,13 +340,12 @@ def kmeans_1d(values, k, *, init: str | None = None, max_iter: int = 300, seed=N
     >>> r.centroids, r.labels, r.n_iter, r.converged
     (array([0.1, 6.4]), array([0, 0, 0, 1, 1, 1]), 1, True)
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     k = check_int(k, "k", min_value=1)
     max_iter = check_int(max_iter, "max_iter", min_value=0)
     if init is None:
         init = "warm" if init_centroids is not None else DEFAULT_INIT
-    if not isinstance(init, str) or init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    init = check_choice(init, "init", INITS)
     if init == "warm":
         if init_centroids is None:
             raise ValueError("init='warm' needs init_centroids")

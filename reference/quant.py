@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import _check_real, as_float_array, check_bits, check_int, check_nonneg_float
+from ._checks import as_float_array, check_bits, check_bool, check_int, check_nonneg_float, check_real
 from .analysis import state_size  # SPEC §5 state size lives with the other weight statistics
 
 __all__ = [
@@ -136,8 +136,7 @@ def weight_qparams(w, bits, per_channel: bool = False) -> float | np.ndarray:
     """
     w = as_float_array(w, "w")
     qmax = weight_qmax(bits)
-    if not isinstance(per_channel, (bool, np.bool_)):
-        raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
+    per_channel = check_bool(per_channel, "per_channel")
     if per_channel:
         if w.ndim < 1:
             raise ValueError(f"per_channel=True needs w with at least 1 dimension, got shape {w.shape}")
@@ -204,8 +203,8 @@ def weight_range(scale, bits):
 
 
 def _check_range(lo, hi):
-    lo = _check_real(lo, "lo")
-    hi = _check_real(hi, "hi")
+    lo = check_real(lo, "lo")
+    hi = check_real(hi, "hi")
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"lo and hi must be finite, got lo={lo}, hi={hi}")
     if lo > hi:

@@ -30,7 +30,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from ._checks import as_float_array, check_int, check_nonneg_float, check_probability
+from ._checks import as_float_array, check_bool, check_int, check_nonneg_float, check_probability
 from .kernels import identity_kernel, pad_1x1_to_3x3, per_channel
 from .oabn import (
     check_gradient_mode,
@@ -158,12 +158,6 @@ def _check_running_var(buffers: Arrays, name: str) -> None:
     for k, v in buffers.items():
         if k.endswith("running_var") and np.any(v < 0):
             raise ValueError(f"{name}[{k!r}] must be >= 0 (a variance), got min {v.min()}")
-
-
-def _check_training(training) -> bool:
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    return bool(training)
 
 
 def _check_x(x, in_channels: int) -> np.ndarray:
@@ -322,8 +316,7 @@ def fuse_qarepvgg_block(params, buffers, *, in_channels: int, out_channels: int,
       ``(K, b, post_bn)`` with ``post_bn = {'bn.weight', 'bn.bias', 'bn.running_mean',
       'bn.running_var'}`` (copies); ``relu(BNpost_eval(conv2d(x, K, b, ...)))`` equals the block.
     """
-    if not isinstance(fold_post_bn, (bool, np.bool_)):
-        raise TypeError(f"fold_post_bn must be a bool, got {type(fold_post_bn).__name__}")
+    fold_post_bn = check_bool(fold_post_bn, "fold_post_bn")
     params, buffers, cin, o, stride, groups, eps = _qarepvgg_fusion_inputs(
         params, buffers, in_channels, out_channels, stride, groups, eps)
     kernel, bias = _qarepvgg_unfolded(params, buffers, cin, o, stride, groups, eps)
@@ -348,8 +341,7 @@ def fuse_qarepvgg_block_backward(dkernel, dbias, params, buffers, *, in_channels
     fusion (its gradients come from the deployed BN's own backward), so only the
     ``rbr_*`` gradients are returned and ``(dkernel, dbias)`` are ``∂L/∂K, ∂L/∂b``.
     """
-    if not isinstance(fold_post_bn, (bool, np.bool_)):
-        raise TypeError(f"fold_post_bn must be a bool, got {type(fold_post_bn).__name__}")
+    fold_post_bn = check_bool(fold_post_bn, "fold_post_bn")
     params, buffers, cin, o, stride, groups, eps = _qarepvgg_fusion_inputs(
         params, buffers, in_channels, out_channels, stride, groups, eps)
     dk = as_float_array(dkernel, "dkernel", shape=(o, cin // groups, 3, 3))
@@ -480,7 +472,7 @@ class RepVGGBlock(_BranchBlockStructure):
         """``(y, new_buffers, cache)``: training mode uses batch statistics and returns the
         updated running statistics; eval mode uses the running statistics (and returns
         copies of them unchanged)."""
-        training = _check_training(training)
+        training = check_bool(training, "training")
         params, buffers = self._check(params, buffers)
         x = _check_x(x, self.in_channels)
         conv = dict(stride=self.stride, groups=self.groups)
@@ -603,7 +595,7 @@ class QARepVGGBlock(_BranchBlockStructure):
 
     def forward(self, params, buffers, x, *, training: bool) -> tuple[np.ndarray, Arrays, Any]:
         """``(y, new_buffers, cache)``; training mode updates both BNs' running statistics."""
-        training = _check_training(training)
+        training = check_bool(training, "training")
         params, buffers = self._check(params, buffers)
         x = _check_x(x, self.in_channels)
         eps, m = self.bn_eps, self.bn_momentum

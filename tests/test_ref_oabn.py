@@ -60,8 +60,16 @@ def test_infinite_threshold_is_plain_bn(n, c, hw, seed):
     g, b, rm, rv = rng.normal(size=c), rng.normal(size=c), rng.normal(size=c), rng.uniform(0.1, 2, c)
     got = oabn_train(x, g, b, rm, rv, threshold=INF, momentum=0.3)
     want = ops.batch_norm_train(x, g, b, rm, rv, momentum=0.3)
-    for field in want._fields:  # bit for bit: the same expression
+    for field in ("running_mean", "running_var", "batch_mean", "batch_var"):  # bit for bit: same expressions
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    # y: t·(x − μ) + β (OABN, SPEC §4) vs γ·((x − μ)/sqrt(σ² + eps)) + β (BN): the same value
+    # through a different order of a division and two products, so each side is within
+    # ~3 ulp of |t·(x − μ)| + |β|; 8·eps of that bounds the difference, with room.
+    mu, t = want.batch_mean[None, :, None, None], ops.bn_factor(g, want.batch_var, 1e-5)[None, :, None, None]
+    scale = np.abs(t * (x - mu)) + np.abs(b)[None, :, None, None]
+    err = np.abs(got.y - want.y)
+    assert np.all(err <= 8 * np.finfo(float).eps * scale), (
+        f"y: max abs err {err.max():.3e} exceeds 8·eps·(|t(x−μ)| + |β|) (max ratio {(err / scale).max():.3e})")
     np.testing.assert_array_equal(oabn_eval(x, g, b, rm, rv, threshold=INF), ops.batch_norm_eval(x, g, b, rm, rv))
     np.testing.assert_array_equal(oabn_factor(g, rv, 1e-5, INF), ops.bn_factor(g, rv, 1e-5))
     dy = rng.normal(size=x.shape)

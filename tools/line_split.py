@@ -29,7 +29,7 @@ import tokenize
 from collections import Counter
 from pathlib import Path
 
-VALIDATOR = re.compile(r"^(_?check|_validate|validate|as_float_array)")
+VALIDATOR = re.compile(r"^(_?check|_validate|validate|as_float_array)|^_\w+_args$")
 CATEGORIES = ("math", "checks", "docs", "blank", "other")
 
 
