@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from repspec.reference import ops
@@ -30,8 +30,11 @@ INF = float("inf")
 
 
 def _x(rng, n, c, hw):
-    """Per-channel scale and shift, so that channel variances differ."""
-    return rng.normal(size=(n, c, hw, hw)) * rng.uniform(0.5, 3, size=(1, c, 1, 1)) + rng.normal(size=(1, c, 1, 1))
+    """``(n, c, h, w)`` with per-channel scale and shift, so that channel variances differ.
+
+    Training-mode batch norm needs ``n·h·w ≥ 2`` values per channel (batch 1 is drawn)."""
+    assume(n * hw[0] * hw[1] >= 2)
+    return rng.normal(size=(n, c, *hw)) * rng.uniform(0.5, 3, size=(1, c, 1, 1)) + rng.normal(size=(1, c, 1, 1))
 
 
 def _gamma_for(rng, var, eps, s):
@@ -47,7 +50,8 @@ def _check_fd(loss, inputs: dict, analytic: dict):
         assert_close(analytic[name], fd, name=f"d{name}", kind="finite_difference")
 
 
-shape_args = dict(n=S.batch, c=st.integers(1, 4), hw=st.integers(1, 3), seed=S.seeds)
+# batch 1..4 and non-square (h, w) in 1..3 each
+shape_args = dict(n=S.batch, c=st.integers(1, 4), hw=st.tuples(st.integers(1, 3), st.integers(1, 3)), seed=S.seeds)
 
 
 # ------------------------------------------------------------------- s = ∞ is BN
@@ -92,7 +96,7 @@ def test_train_output_is_the_formula_and_running_stats_are_unbiased(n, c, hw, se
     g, b, rm, rv = rng.normal(size=c) * 3, rng.normal(size=c), rng.normal(size=c), rng.uniform(0.1, 2, c)
     eps = 1e-5
     res = oabn_train(x, g, b, rm, rv, threshold=s, momentum=momentum, eps=eps)
-    cnt = n * hw * hw
+    cnt = n * hw[0] * hw[1]
     mu = x.mean(axis=(0, 2, 3))
     var_biased = ((x - mu[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) / cnt
     var_unbiased = ((x - mu[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) / (cnt - 1)
@@ -213,7 +217,8 @@ def test_clip_gradient_at_the_boundary_passes():
 
 
 @given(**shape_args)
-@example(n=2, c=2, hw=2, seed=0)
+@example(n=2, c=2, hw=(2, 2), seed=0)
+@example(n=1, c=2, hw=(1, 3), seed=0)  # a batch of one, non-square
 def test_clipped_channel_gets_no_gamma_gradient_but_x_still_does(n, c, hw, seed):
     rng = S.rng_from(seed)
     x = _x(rng, n, c, hw)
