@@ -60,6 +60,7 @@ import importlib as _importlib  # noqa: E402
 
 calibrate = _importlib.import_module(__name__ + ".calibrate")  # noqa: F811
 
-CHAPTERS = (ops, kernels, network, repvgg, repopt_sgd, repopt, optim, oabn, quant, calibrate, kmeans, qat, analysis, gradcheck)
+CHAPTERS = (ops, kernels, network, repvgg, repopt_sgd, repopt, optim, oabn, quant, calibrate, kmeans, qat, analysis,
+            gradcheck)
 
 __all__ = sorted(({name for chapter in CHAPTERS for name in chapter.__all__} - {"calibrate"}) | {"CHAPTERS"})

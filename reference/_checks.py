@@ -38,6 +38,7 @@ __all__ = [
     "check_choice",
     "check_real",
     "check_bits",
+    "check_conv_config",
     "check_int",
     "check_positive_float",
     "check_nonneg_float",
@@ -105,9 +106,24 @@ def check_int(value, name: str, *, min_value: int | None = None, max_value: int 
     return value
 
 
-def check_bits(bits, name: str = "bits") -> int:
-    """Bit widths are integers in 1..16 (SPEC §5)."""
-    return check_int(bits, name, min_value=1, max_value=16)
+def check_bits(bits, name: str = "bits", *, weights: bool = False) -> int:
+    """Bit widths are integers in 1..16 (SPEC §5); symmetric narrow-range weights need ``>= 2``."""
+    bits = check_int(bits, name, min_value=1, max_value=16)
+    if weights and bits < 2:
+        raise ValueError(f"{name} must be >= 2: symmetric narrow-range weights need bits >= 2 (qmax = 0 at 1), "
+                         f"got {bits}")
+    return bits
+
+
+def check_conv_config(in_channels, out_channels, stride, groups=1) -> tuple[int, int, int, int]:
+    """A conv block's shape: positive integers, ``groups`` dividing both channel counts."""
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    out_channels = check_int(out_channels, "out_channels", min_value=1)
+    stride = check_int(stride, "stride", min_value=1)
+    groups = check_int(groups, "groups", min_value=1)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+    return in_channels, out_channels, stride, groups
 
 
 def check_real(value, name: str) -> float:
@@ -219,7 +235,8 @@ def check_identity_mode(identity, in_channels: int, out_channels: int, stride: i
     identity = check_choice(identity, "identity", IDENTITY_MODES)
     if identity != "none" and (in_channels != out_channels or stride != 1):
         raise ValueError(f"identity={identity!r} needs in_channels == out_channels and stride == 1, got "
-                         f"in_channels={in_channels}, out_channels={out_channels}, stride={stride}; use identity='none'")
+                         f"in_channels={in_channels}, out_channels={out_channels}, stride={stride}; "
+                         "use identity='none'")
     return identity
 
 

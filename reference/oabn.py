@@ -145,8 +145,8 @@ def oabn_eval_backward(dy, x, gamma, running_mean, running_var, *, threshold: fl
                        gradient: str = "clip"):
     """Gradients of :func:`oabn_eval` (statistics are constants).
 
-    ``∂L/∂x = t̃·dy``, ``∂L/∂t̃ = Σ dy·(x − μ)``, ``∂L/∂t = ∂L/∂t̃·[|t| ≤ s]`` (``"clip"``) or
-    ``∂L/∂t̃`` (``"straight_through"``), ``∂L/∂γ = ∂L/∂t / sqrt(σ² + eps)``, ``∂L/∂β = Σ dy``.
+    ``∂L/∂x = t̃·dy``, ``∂L/∂t̃ = Σ dy·(x − μ)``, ``∂L/∂t = ∂L/∂t̃·[|t| ≤ s]`` (``"clip"``)
+    or ``∂L/∂t̃`` (``"straight_through"``), ``∂L/∂γ = ∂L/∂t / sqrt(σ² + eps)``, ``∂L/∂β = Σ dy``.
     Returns ``(dx, dgamma, dbeta)``.
     """
     t = bn_factor(gamma, running_var, eps)

@@ -82,9 +82,7 @@ class UniformWeightQuantizer:
     per_channel: bool = False
 
     def __post_init__(self):
-        check_bits(self.bits)
-        if self.bits < 2:
-            raise ValueError(f"bits must be >= 2 for symmetric narrow-range weights, got {self.bits}")
+        check_bits(self.bits, weights=True)
         object.__setattr__(self, "per_channel", check_bool(self.per_channel, "per_channel"))
 
     def init_state(self, kernel: np.ndarray) -> Arrays:

@@ -77,10 +77,7 @@ def weight_qmax(bits) -> int:
     >>> weight_qmax(8), weight_qmax(2)
     (127, 1)
     """
-    bits = check_bits(bits)
-    if bits < 2:
-        raise ValueError(f"symmetric narrow-range weights need bits >= 2 (bits=1 gives qmax=0), got bits={bits}")
-    return 2 ** (bits - 1) - 1
+    return 2 ** (check_bits(bits, weights=True) - 1) - 1
 
 
 def activation_qmax(bits) -> int:

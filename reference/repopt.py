@@ -29,7 +29,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from ._checks import (as_float_array, check_bool, check_identity_mode, check_int, check_nonneg_float,
+from ._checks import (as_float_array, check_bool, check_conv_config, check_identity_mode, check_int, check_nonneg_float,
                       check_probability, check_vector)
 from .kernels import conv_default_init, per_channel
 from .repopt_sgd import IDENTITY_MODES, csla_equivalent_kernel, grad_mult_mask, reinit_target_kernel
@@ -175,9 +175,7 @@ def _bn_relu_backward(params, cache: _BNCache, dy, *, eps):
 
 
 def _check_block_config(block) -> None:
-    check_int(block.in_channels, "in_channels", min_value=1)
-    check_int(block.out_channels, "out_channels", min_value=1)
-    check_int(block.stride, "stride", min_value=1)
+    check_conv_config(block.in_channels, block.out_channels, block.stride)
     check_probability(block.bn_momentum, "bn_momentum")
     check_nonneg_float(block.bn_eps, "bn_eps")
 
