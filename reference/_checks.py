@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -349,3 +349,41 @@ def oabn_eval_backward_args(dy, x, gamma, running_mean, running_var, threshold, 
     a = _bn_input(x, gamma, running_mean, running_var, eps)
     return dict(a, dy=as_float_array(dy, "dy", shape=a["x"].shape), threshold=check_threshold(threshold),
                 gradient=check_gradient_mode(gradient))
+
+
+#: where the masked AdamW applies Grad Mult ``M``:
+#: ``"grad_and_update"`` (official ``RepOptimizerAdamW``: ``g ← M⊙g`` before the moments *and*
+#: the step is ``M ⊙ m̂/(sqrt(v̂)+eps)``), ``"grad"`` (only ``g ← M⊙g``; Adam's normalization then
+#: cancels ``M`` up to ``eps``, kept to document why the official code applies it twice).
+ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
+
+
+def check_adamw_hparams(lr, betas, eps, weight_decay) -> dict:
+    """``torch.optim.AdamW``'s domain: ``lr, eps, λ ≥ 0``, ``betas`` a pair in ``[0, 1)``."""
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return dict(lr=check_nonneg_float(lr, "lr"),
+                betas=(check_probability(betas[0], "betas[0]", closed_right=False),
+                       check_probability(betas[1], "betas[1]", closed_right=False)),
+                eps=check_nonneg_float(eps, "eps"), weight_decay=check_nonneg_float(weight_decay, "weight_decay"))
+
+
+def adamw_step_args(param, grad, state, lr, betas, eps, weight_decay, grad_mult_mask, mask_placement):
+    """``state`` comes back complete: ``{}``/None becomes step 0 with zero moments."""
+    hp = check_adamw_hparams(lr, betas, eps, weight_decay)
+    mask_placement = check_choice(mask_placement, "mask_placement", ADAMW_MASK_PLACEMENTS)
+    param = as_float_array(param, "param", allow_empty=True)
+    like = dict(shape=param.shape, allow_empty=True)
+    grad = as_float_array(grad, "grad", **like)
+    mask = None if grad_mult_mask is None else as_float_array(grad_mult_mask, "grad_mult_mask", shape=param.shape)
+    if state is None or len(state) == 0:
+        state = {"step": 0.0, "exp_avg": np.zeros_like(param), "exp_avg_sq": np.zeros_like(param)}
+    else:
+        if not isinstance(state, Mapping) or not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
+            raise ValueError("state must be empty or hold 'step', 'exp_avg' and 'exp_avg_sq'")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not (step >= 1 and step == int(step)):
+            raise ValueError(f"state['step'] must be a whole number >= 1, got {step!r}")
+        state = {"step": float(step), "exp_avg": as_float_array(state["exp_avg"], "state['exp_avg']", **like),
+                 "exp_avg_sq": as_float_array(state["exp_avg_sq"], "state['exp_avg_sq']", **like)}
+    return dict(param=param, grad=grad, state=state, grad_mult_mask=mask, mask_placement=mask_placement, **hp)

@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._checks import as_float_array, check_choice, check_nonneg_float, check_probability, check_sgd_hparams
+from ._checks import (ADAMW_MASK_PLACEMENTS, adamw_step_args, as_float_array, check_adamw_hparams, check_choice,
+                      check_nonneg_float, check_sgd_hparams, checked)
 from .repopt_sgd import official_weight_decay, repopt_sgd_step, sgd_step
 
 __all__ = [
@@ -34,36 +35,11 @@ __all__ = [
 
 Arrays = dict[str, np.ndarray]
 
-#: where the masked AdamW applies Grad Mult ``M``:
-#: ``"grad_and_update"`` (official ``RepOptimizerAdamW``: ``g ← M⊙g`` before the moments *and*
-#: the step is ``M ⊙ m̂/(sqrt(v̂)+eps)``), ``"grad"`` (only ``g ← M⊙g``; Adam's normalization then
-#: cancels ``M`` up to ``eps``, kept to document why the official code applies it twice).
-ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
-
-
-# ------------------------------------------------------------------------ validation
-
-
-def _check_adamw_hparams(lr, betas, eps, weight_decay):
-    lr = check_nonneg_float(lr, "lr")
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    b1 = check_probability(betas[0], "betas[0]", closed_right=False)
-    b2 = check_probability(betas[1], "betas[1]", closed_right=False)
-    eps = check_nonneg_float(eps, "eps")
-    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
-    return lr, (b1, b2), eps, weight_decay
-
-
-def _check_mask(mask, param: np.ndarray, name: str = "grad_mult_mask") -> np.ndarray | None:
-    if mask is None:
-        return None
-    return as_float_array(mask, name, shape=param.shape)
-
 
 # ---------------------------------------------------------------------------- AdamW
 
 
+@checked(adamw_step_args)
 def adamw_step(param, grad, state: Mapping[str, Any] | None = None, *, lr: float = 1e-3,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                grad_mult_mask=None, mask_placement: str = "grad_and_update"):
@@ -81,35 +57,16 @@ def adamw_step(param, grad, state: Mapping[str, Any] | None = None, *, lr: float
     >>> w.round(6), s["step"]
     (array([0.9]), 1.0)
     """
-    lr, (b1, b2), eps, weight_decay = _check_adamw_hparams(lr, betas, eps, weight_decay)
-    mask_placement = check_choice(mask_placement, "mask_placement", ADAMW_MASK_PLACEMENTS)
-    param = as_float_array(param, "param", allow_empty=True)
-    grad = as_float_array(grad, "grad", shape=param.shape, allow_empty=True)
-    mask = _check_mask(grad_mult_mask, param)
-    if state is None or len(state) == 0:
-        step, exp_avg, exp_avg_sq = 0.0, np.zeros_like(param), np.zeros_like(param)
-    else:
-        if not isinstance(state, Mapping) or not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
-            raise ValueError("state must be empty or hold 'step', 'exp_avg' and 'exp_avg_sq'")
-        step = state["step"]
-        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not (step >= 1 and step == int(step)):
-            raise ValueError(f"state['step'] must be a whole number >= 1, got {step!r}")
-        step = float(step)
-        exp_avg = as_float_array(state["exp_avg"], "state['exp_avg']", shape=param.shape, allow_empty=True)
-        exp_avg_sq = as_float_array(state["exp_avg_sq"], "state['exp_avg_sq']", shape=param.shape,
-                                    allow_empty=True)
-
-    if mask is not None:
-        grad = mask * grad
-    step += 1.0
+    mask, (b1, b2) = grad_mult_mask, betas
+    g = grad if mask is None else mask * grad
+    t = state["step"] + 1.0
     param = param * (1.0 - lr * weight_decay)
-    exp_avg = b1 * exp_avg + (1.0 - b1) * grad
-    exp_avg_sq = b2 * exp_avg_sq + (1.0 - b2) * grad * grad
-    step_size = lr / (1.0 - b1 ** step)
-    denom = np.sqrt(exp_avg_sq) / math.sqrt(1.0 - b2 ** step) + eps
-    numer = exp_avg * mask if (mask is not None and mask_placement == "grad_and_update") else exp_avg
-    param = param - step_size * numer / denom
-    return param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    m = b1 * state["exp_avg"] + (1.0 - b1) * g
+    v = b2 * state["exp_avg_sq"] + (1.0 - b2) * g * g
+    step_size = lr / (1.0 - b1 ** t)
+    denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + eps
+    numer = m * mask if (mask is not None and mask_placement == "grad_and_update") else m
+    return param - step_size * numer / denom, {"step": t, "exp_avg": m, "exp_avg_sq": v}
 
 
 # ------------------------------------------------------------- Optimizer classes
@@ -219,7 +176,7 @@ class AdamW:
     mask_placement: str = "grad_and_update"
 
     def __post_init__(self):
-        _check_adamw_hparams(self.lr, self.betas, self.eps, 0.0)
+        check_adamw_hparams(self.lr, self.betas, self.eps, 0.0)
         object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
         check_choice(self.mask_placement, "mask_placement", ADAMW_MASK_PLACEMENTS)
         object.__setattr__(self, "weight_decay", _check_per_name(self.weight_decay, "weight_decay"))
