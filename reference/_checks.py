@@ -310,45 +310,62 @@ def check_gradient_mode(gradient, name: str = "gradient") -> str:
 def _bn_input(x, gamma, running_mean, running_var, eps):
     x = as_float_array(x, "x", ndim=4)
     c = x.shape[1]
-    return dict(x=x, gamma=as_float_array(gamma, "gamma", shape=(c,)),
+    return dict(x=x, gamma=as_float_array(gamma, "gamma", shape=(c,)), eps=check_nonneg_float(eps, "eps"),
                 running_mean=as_float_array(running_mean, "running_mean", shape=(c,)),
-                running_var=as_float_array(running_var, "running_var", shape=(c,)),
-                eps=check_nonneg_float(eps, "eps"))
+                running_var=as_float_array(running_var, "running_var", shape=(c,)))
 
 
-def _batch_statistics_defined(x: np.ndarray, eps: float) -> None:
+def _batch_statistics_defined(x: np.ndarray, eps: float, *, training: bool = True) -> None:
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    if training and n < 2:
+        raise ValueError(f"x must hold at least 2 values per channel in training mode, got N·H·W = {n}")
     if np.any(x.var(axis=(0, 2, 3)) + eps <= 0):
         raise ValueError("batch variance + eps is 0 in some channel; use eps > 0")
 
 
-def oabn_train_args(x, gamma, beta, running_mean, running_var, threshold, momentum, eps):
+def batch_norm_train_args(x, gamma, beta, running_mean, running_var, momentum, eps):
     a = _bn_input(x, gamma, running_mean, running_var, eps)
-    n = a["x"].shape[0] * a["x"].shape[2] * a["x"].shape[3]
-    if n < 2:
-        raise ValueError(f"x must hold at least 2 values per channel in training mode, got N·H·W = {n}")
     _batch_statistics_defined(a["x"], a["eps"])
-    return dict(a, beta=as_float_array(beta, "beta", shape=(a["x"].shape[1],)), threshold=check_threshold(threshold),
+    return dict(a, beta=as_float_array(beta, "beta", shape=(a["x"].shape[1],)),
                 momentum=check_probability(momentum, "momentum"))
 
 
-def oabn_train_backward_args(dy, x, gamma, threshold, eps, gradient):
+def batch_norm_train_backward_args(dy, x, gamma, eps):
     x = as_float_array(x, "x", ndim=4)
-    eps = check_nonneg_float(eps, "eps")
-    _batch_statistics_defined(x, eps)
-    return dict(dy=as_float_array(dy, "dy", shape=x.shape), x=x,
-                gamma=as_float_array(gamma, "gamma", shape=(x.shape[1],)), threshold=check_threshold(threshold),
-                eps=eps, gradient=check_gradient_mode(gradient))
+    gamma, eps = as_float_array(gamma, "gamma", shape=(x.shape[1],)), check_nonneg_float(eps, "eps")
+    dy = as_float_array(dy, "dy", shape=x.shape)
+    _batch_statistics_defined(x, eps, training=False)
+    return dict(dy=dy, x=x, gamma=gamma, eps=eps)
+
+
+def batch_norm_eval_args(x, gamma, beta, running_mean, running_var, eps):
+    a = _bn_input(x, gamma, running_mean, running_var, eps)
+    return dict(a, beta=as_float_array(beta, "beta", shape=(a["x"].shape[1],)))
+
+
+def batch_norm_eval_backward_args(dy, x, gamma, running_mean, running_var, eps):
+    a = _bn_input(x, gamma, running_mean, running_var, eps)
+    return dict(a, dy=as_float_array(dy, "dy", shape=a["x"].shape))
+
+
+def oabn_train_args(x, gamma, beta, running_mean, running_var, threshold, momentum, eps):
+    return dict(batch_norm_train_args(x, gamma, beta, running_mean, running_var, momentum, eps),
+                threshold=check_threshold(threshold))
+
+
+def oabn_train_backward_args(dy, x, gamma, threshold, eps, gradient):
+    return dict(batch_norm_train_backward_args(dy, x, gamma, eps), threshold=check_threshold(threshold),
+                gradient=check_gradient_mode(gradient))
 
 
 def oabn_eval_args(x, gamma, beta, running_mean, running_var, threshold, eps):
-    a = _bn_input(x, gamma, running_mean, running_var, eps)
-    return dict(a, beta=as_float_array(beta, "beta", shape=(a["x"].shape[1],)), threshold=check_threshold(threshold))
+    return dict(batch_norm_eval_args(x, gamma, beta, running_mean, running_var, eps),
+                threshold=check_threshold(threshold))
 
 
 def oabn_eval_backward_args(dy, x, gamma, running_mean, running_var, threshold, eps, gradient):
-    a = _bn_input(x, gamma, running_mean, running_var, eps)
-    return dict(a, dy=as_float_array(dy, "dy", shape=a["x"].shape), threshold=check_threshold(threshold),
-                gradient=check_gradient_mode(gradient))
+    return dict(batch_norm_eval_backward_args(dy, x, gamma, running_mean, running_var, eps),
+                threshold=check_threshold(threshold), gradient=check_gradient_mode(gradient))
 
 
 #: where the masked AdamW applies Grad Mult ``M``:
