@@ -1,15 +1,18 @@
 """The pure-NumPy, float64 reference: each public function is a chapter of SPEC.md.
 
 This package never imports torch (``tests/test_ref_no_torch.py`` proves it). Every
-public name of the submodules is re-exported here; the submodules are the chapters:
+public name of the submodules is re-exported here; the submodules are the chapters.
+Input checks live in ``_checks.py`` (one set of validators, one rule per kind of
+argument), so the chapters' function bodies read as their formulas.
 
 ==============  ===========================================================
 ``ops``         SPEC §0–§1 conv2d, batch norm, ReLU, GAP, linear, CE (+ backward)
 ``kernels``     SPEC §0 ``pad(K1)``, identity kernel ``I_c``
 ``network``     SPEC §1 Block/Optimizer protocols, ``Network``, ``train``
 ``repvgg``      SPEC §2 RepVGG / QARepVGG blocks and branch fusion
-``repopt``      SPEC §3 CSLA, HyperSearch, target block, ``W'_0``, Grad Mult
-``optim``       SPEC §3 SGD, RepOpt-SGD, AdamW (+ masked variant)
+``repopt_sgd``  SPEC §3 RepOpt-SGD in one file: ``W'``, ``W'_0``, Grad Mult, weight decay, step
+``repopt``      SPEC §3 CSLA, HyperSearch and target blocks, network helpers
+``optim``       SPEC §3 optimizer classes, AdamW (+ masked variant)
 ``oabn``        SPEC §4 outlier-aware batch norm
 ``quant``       SPEC §5 uniform (fake) quantization, straight-through gradients
 ``calibrate``   SPEC §5 PTQ calibrators
@@ -33,6 +36,7 @@ from . import (
     qat,
     quant,
     repopt,
+    repopt_sgd,
     repvgg,
 )
 from .analysis import *  # noqa: F401,F403
@@ -47,6 +51,7 @@ from .optim import *  # noqa: F401,F403
 from .qat import *  # noqa: F401,F403
 from .quant import *  # noqa: F401,F403
 from .repopt import *  # noqa: F401,F403
+from .repopt_sgd import *  # noqa: F401,F403
 from .repvgg import *  # noqa: F401,F403
 
 # the chapters stay reachable as modules: the function calibrate.calibrate must not
@@ -55,6 +60,7 @@ import importlib as _importlib  # noqa: E402
 
 calibrate = _importlib.import_module(__name__ + ".calibrate")  # noqa: F811
 
-CHAPTERS = (ops, kernels, network, repvgg, repopt, optim, oabn, quant, calibrate, kmeans, qat, analysis, gradcheck)
+CHAPTERS = (ops, kernels, network, repvgg, repopt_sgd, repopt, optim, oabn, quant, calibrate, kmeans, qat, analysis,
+            gradcheck)
 
 __all__ = sorted(({name for chapter in CHAPTERS for name in chapter.__all__} - {"calibrate"}) | {"CHAPTERS"})

@@ -1,25 +1,53 @@
-"""Input validation shared by every reference function.
+"""Input validation shared by every reference function: the one set of validators.
 
 Every public reference function validates its arguments *before* computing or
 returning anything, and raises ``TypeError`` (wrong kind of object) or
 ``ValueError`` (right kind, wrong shape/range/value) naming the argument and
 what was expected. Nothing is silently clipped, cast from complex, or broadcast.
+
+One rule per kind of argument, everywhere:
+
+* arrays: real (bool/int/float) → float64; complex/object refused; finite; non-empty
+  unless stated (:func:`as_float_array`, :func:`check_vector` for ``(C,)`` vectors);
+* integers: ``numbers.Integral`` (NumPy integers too), never ``bool`` (:func:`check_int`);
+* reals: ``numbers.Real`` (NumPy floats too), never ``bool``, never NaN (:func:`check_real`
+  and the range checks built on it);
+* flags: Python ``bool`` or ``np.bool_`` (returned as ``bool``), never ``0``/``1``
+  (:func:`check_bool`);
+* named options: a ``str`` from a fixed tuple (:func:`check_choice`).
+
+Functions whose bodies should read as formulas take their checks from a validator
+through :func:`checked`: the validator sees the bound arguments and returns them
+checked and converted, and the formula runs only on validated input.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
+from typing import Callable, Mapping
 
 import numpy as np
 
 __all__ = [
+    "checked",
     "as_float_array",
+    "check_vector",
+    "check_bool",
+    "check_choice",
+    "check_real",
     "check_bits",
+    "check_conv_config",
     "check_int",
     "check_positive_float",
     "check_nonneg_float",
     "check_same_shape",
     "check_probability",
+    "check_sgd_hparams",
+    "check_identity_mode",
+    "check_threshold",
+    "check_gradient_mode",
 ]
 
 
@@ -78,12 +106,28 @@ def check_int(value, name: str, *, min_value: int | None = None, max_value: int 
     return value
 
 
-def check_bits(bits, name: str = "bits") -> int:
-    """Bit widths are integers in 1..16 (SPEC §5)."""
-    return check_int(bits, name, min_value=1, max_value=16)
+def check_bits(bits, name: str = "bits", *, weights: bool = False) -> int:
+    """Bit widths are integers in 1..16 (SPEC §5); symmetric narrow-range weights need ``>= 2``."""
+    bits = check_int(bits, name, min_value=1, max_value=16)
+    if weights and bits < 2:
+        raise ValueError(f"{name} must be >= 2: symmetric narrow-range weights need bits >= 2 (qmax = 0 at 1), "
+                         f"got {bits}")
+    return bits
 
 
-def _check_real(value, name: str) -> float:
+def check_conv_config(in_channels, out_channels, stride, groups=1) -> tuple[int, int, int, int]:
+    """A conv block's shape: positive integers, ``groups`` dividing both channel counts."""
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    out_channels = check_int(out_channels, "out_channels", min_value=1)
+    stride = check_int(stride, "stride", min_value=1)
+    groups = check_int(groups, "groups", min_value=1)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+    return in_channels, out_channels, stride, groups
+
+
+def check_real(value, name: str) -> float:
+    """A real number (not ``bool``, not NaN) as a Python float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -93,7 +137,7 @@ def _check_real(value, name: str) -> float:
 
 
 def check_positive_float(value, name: str, *, allow_inf: bool = False) -> float:
-    value = _check_real(value, name)
+    value = check_real(value, name)
     if value <= 0 or (np.isinf(value) and not allow_inf):
         rng = "(0, inf]" if allow_inf else "(0, inf)"
         raise ValueError(f"{name} must be in {rng}, got {value}")
@@ -101,14 +145,14 @@ def check_positive_float(value, name: str, *, allow_inf: bool = False) -> float:
 
 
 def check_nonneg_float(value, name: str) -> float:
-    value = _check_real(value, name)
+    value = check_real(value, name)
     if value < 0 or np.isinf(value):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
 
 
 def check_probability(value, name: str, *, closed_right: bool = True) -> float:
-    value = _check_real(value, name)
+    value = check_real(value, name)
     ok = 0 <= value <= 1 if closed_right else 0 <= value < 1
     if not ok:
         raise ValueError(f"{name} must be in [0, 1{']' if closed_right else ')'}, got {value}")
@@ -118,3 +162,245 @@ def check_probability(value, name: str, *, closed_right: bool = True) -> float:
 def check_same_shape(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{a_name} must have the same shape as {b_name} {b.shape}, got {a.shape}")
+
+
+def check_vector(value, name: str, length: int | None = None) -> np.ndarray:
+    """A 1-D float64 array, of shape ``(length,)`` when ``length`` is given."""
+    arr = as_float_array(value, name, ndim=1)
+    if length is not None and arr.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {arr.shape}")
+    return arr
+
+
+def check_bool(value, name: str) -> bool:
+    """A flag: Python ``bool`` or ``np.bool_`` (``0``/``1`` and other objects are refused)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    """A named option: one of the strings ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def checked(validate: Callable[..., dict]) -> Callable:
+    """Decorator: validate a formula's arguments, then run the formula on them.
+
+    ``validate`` is called with the formula's arguments bound by name (defaults
+    applied) and returns them as a dict, checked and converted (it raises naming the
+    bad argument). The decorated function keeps the formula's name, signature and
+    docstring; the unchecked formula stays reachable as ``.formula``.
+    """
+
+    def decorate(formula: Callable) -> Callable:
+        signature = inspect.signature(formula)
+
+        @functools.wraps(formula)
+        def entry(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return formula(**validate(**bound.arguments))
+
+        entry.formula = formula
+        return entry
+
+    return decorate
+
+
+def check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay) -> dict:
+    """``torch.optim.SGD``'s domain: ``lr, μ, λ ≥ 0``, ``τ ∈ [0, 1]``, nesterov needs ``μ > 0, τ = 0``."""
+    hp = dict(lr=check_nonneg_float(lr, "lr"), momentum=check_nonneg_float(momentum, "momentum"),
+              dampening=check_probability(dampening, "dampening"), nesterov=check_bool(nesterov, "nesterov"),
+              weight_decay=check_nonneg_float(weight_decay, "weight_decay"))
+    if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+        raise ValueError(f"nesterov requires momentum > 0 and dampening == 0, got momentum={hp['momentum']}, "
+                         f"dampening={hp['dampening']}")
+    return hp
+
+
+# ------------------------------------------ argument validators of the formula modules
+# Each ``<function>_args`` takes the bound arguments of ``<function>`` and returns them
+# checked and converted; the formula is wrapped with ``@checked(<function>_args)``.
+
+#: the identity branch ``d·x``: trained and decayed (official; the theorem is exact), fixed (exact
+#: only without weight decay) or absent (needed when ``in != out`` or ``stride != 1``)
+IDENTITY_MODES = ("trainable", "constant", "none")
+
+
+def check_identity_mode(identity, in_channels: int, out_channels: int, stride: int = 1) -> str:
+    """One of :data:`IDENTITY_MODES`; an identity branch needs ``in == out`` and stride 1."""
+    identity = check_choice(identity, "identity", IDENTITY_MODES)
+    if identity != "none" and (in_channels != out_channels or stride != 1):
+        raise ValueError(f"identity={identity!r} needs in_channels == out_channels and stride == 1, got "
+                         f"in_channels={in_channels}, out_channels={out_channels}, stride={stride}; "
+                         "use identity='none'")
+    return identity
+
+
+def csla_equivalent_kernel_args(conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity):
+    k3 = as_float_array(conv_weight, "conv_weight", shape=(None, None, 3, 3))
+    o, i = k3.shape[:2]
+    k1 = as_float_array(conv_1x1_weight, "conv_1x1_weight", shape=(o, i, 1, 1))
+    if scale_identity is not None:
+        scale_identity = check_vector(scale_identity, "scale_identity", o)
+        if i != o:
+            raise ValueError(f"scale_identity needs conv_weight with I == O, got shape {k3.shape}")
+    return dict(conv_weight=k3, conv_1x1_weight=k1, scale_conv=check_vector(scale_conv, "scale_conv", o),
+                scale_1x1=check_vector(scale_1x1, "scale_1x1", o), scale_identity=scale_identity)
+
+
+def reinit_target_kernel_args(scale_conv, scale_1x1, scale_identity, in_channels, conv_weight, conv_1x1_weight,
+                              rng, use_identity_scales):
+    a3 = check_vector(scale_conv, "scale_conv")
+    o, i = len(a3), check_int(in_channels, "in_channels", min_value=1)
+    if scale_identity is not None:
+        scale_identity = check_vector(scale_identity, "scale_identity", o)
+        if i != o:
+            raise ValueError(f"scale_identity needs in_channels == {o} (an identity branch), got {i}")
+    if conv_weight is not None:
+        conv_weight = as_float_array(conv_weight, "conv_weight", shape=(o, i, 3, 3))
+    if conv_1x1_weight is not None:
+        conv_1x1_weight = as_float_array(conv_1x1_weight, "conv_1x1_weight", shape=(o, i, 1, 1))
+    if (conv_weight is None or conv_1x1_weight is None) and not isinstance(rng, np.random.Generator):
+        raise TypeError("rng must be a numpy.random.Generator when conv_weight or conv_1x1_weight is None")
+    return dict(scale_conv=a3, scale_1x1=check_vector(scale_1x1, "scale_1x1", o), scale_identity=scale_identity,
+                in_channels=i, conv_weight=conv_weight, conv_1x1_weight=conv_1x1_weight, rng=rng,
+                use_identity_scales=check_bool(use_identity_scales, "use_identity_scales"))
+
+
+def grad_mult_mask_args(scale_conv, scale_1x1, in_channels, identity, exponent):
+    a3 = check_vector(scale_conv, "scale_conv")
+    in_channels = check_int(in_channels, "in_channels", min_value=1)
+    if isinstance(exponent, bool) or exponent not in (1, 2):
+        raise ValueError(f"exponent must be 2 (SGD) or 1 (AdamW), got {exponent!r}")
+    return dict(scale_conv=a3, scale_1x1=check_vector(scale_1x1, "scale_1x1", len(a3)), in_channels=in_channels,
+                identity=check_identity_mode(identity, in_channels, len(a3)), exponent=int(exponent))
+
+
+def sgd_step_args(param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, grad_mult_mask):
+    hp = check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay)
+    param = as_float_array(param, "param", allow_empty=True)
+    like = dict(shape=param.shape, allow_empty=True)
+    if momentum_buffer is not None:
+        if hp["momentum"] == 0:
+            raise ValueError("momentum_buffer must be None when momentum == 0 (torch keeps no buffer then)")
+        momentum_buffer = as_float_array(momentum_buffer, "momentum_buffer", **like)
+    mask = None if grad_mult_mask is None else as_float_array(grad_mult_mask, "grad_mult_mask", shape=param.shape)
+    return dict(param=param, grad=as_float_array(grad, "grad", **like), momentum_buffer=momentum_buffer,
+                grad_mult_mask=mask, **hp)
+
+
+#: the values of OABN's ``gradient`` option (SPEC §4)
+GRADIENT_MODES = ("clip", "straight_through")
+
+
+def check_threshold(threshold, name: str = "threshold") -> float:
+    """An OABN threshold ``s``: a real number in ``(0, ∞]`` (NaN, 0 and negatives refused)."""
+    return check_positive_float(threshold, name, allow_inf=True)
+
+
+def check_gradient_mode(gradient, name: str = "gradient") -> str:
+    """OABN's gradient option: one of :data:`GRADIENT_MODES`."""
+    return check_choice(gradient, name, GRADIENT_MODES)
+
+
+def _bn_input(x, gamma, running_mean, running_var, eps):
+    x = as_float_array(x, "x", ndim=4)
+    c = x.shape[1]
+    return dict(x=x, gamma=as_float_array(gamma, "gamma", shape=(c,)), eps=check_nonneg_float(eps, "eps"),
+                running_mean=as_float_array(running_mean, "running_mean", shape=(c,)),
+                running_var=as_float_array(running_var, "running_var", shape=(c,)))
+
+
+def _batch_statistics_defined(x: np.ndarray, eps: float, *, training: bool = True) -> None:
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    if training and n < 2:
+        raise ValueError(f"x must hold at least 2 values per channel in training mode, got N·H·W = {n}")
+    if np.any(x.var(axis=(0, 2, 3)) + eps <= 0):
+        raise ValueError("batch variance + eps is 0 in some channel; use eps > 0")
+
+
+def batch_norm_train_args(x, gamma, beta, running_mean, running_var, momentum, eps):
+    a = _bn_input(x, gamma, running_mean, running_var, eps)
+    _batch_statistics_defined(a["x"], a["eps"])
+    return dict(a, beta=as_float_array(beta, "beta", shape=(a["x"].shape[1],)),
+                momentum=check_probability(momentum, "momentum"))
+
+
+def batch_norm_train_backward_args(dy, x, gamma, eps):
+    x = as_float_array(x, "x", ndim=4)
+    gamma, eps = as_float_array(gamma, "gamma", shape=(x.shape[1],)), check_nonneg_float(eps, "eps")
+    dy = as_float_array(dy, "dy", shape=x.shape)
+    _batch_statistics_defined(x, eps, training=False)
+    return dict(dy=dy, x=x, gamma=gamma, eps=eps)
+
+
+def batch_norm_eval_args(x, gamma, beta, running_mean, running_var, eps):
+    a = _bn_input(x, gamma, running_mean, running_var, eps)
+    return dict(a, beta=as_float_array(beta, "beta", shape=(a["x"].shape[1],)))
+
+
+def batch_norm_eval_backward_args(dy, x, gamma, running_mean, running_var, eps):
+    a = _bn_input(x, gamma, running_mean, running_var, eps)
+    return dict(a, dy=as_float_array(dy, "dy", shape=a["x"].shape))
+
+
+def oabn_train_args(x, gamma, beta, running_mean, running_var, threshold, momentum, eps):
+    return dict(batch_norm_train_args(x, gamma, beta, running_mean, running_var, momentum, eps),
+                threshold=check_threshold(threshold))
+
+
+def oabn_train_backward_args(dy, x, gamma, threshold, eps, gradient):
+    return dict(batch_norm_train_backward_args(dy, x, gamma, eps), threshold=check_threshold(threshold),
+                gradient=check_gradient_mode(gradient))
+
+
+def oabn_eval_args(x, gamma, beta, running_mean, running_var, threshold, eps):
+    return dict(batch_norm_eval_args(x, gamma, beta, running_mean, running_var, eps),
+                threshold=check_threshold(threshold))
+
+
+def oabn_eval_backward_args(dy, x, gamma, running_mean, running_var, threshold, eps, gradient):
+    return dict(batch_norm_eval_backward_args(dy, x, gamma, running_mean, running_var, eps),
+                threshold=check_threshold(threshold), gradient=check_gradient_mode(gradient))
+
+
+#: where the masked AdamW applies Grad Mult ``M``:
+#: ``"grad_and_update"`` (official ``RepOptimizerAdamW``: ``g ← M⊙g`` before the moments *and*
+#: the step is ``M ⊙ m̂/(sqrt(v̂)+eps)``), ``"grad"`` (only ``g ← M⊙g``; Adam's normalization then
+#: cancels ``M`` up to ``eps``, kept to document why the official code applies it twice).
+ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
+
+
+def check_adamw_hparams(lr, betas, eps, weight_decay) -> dict:
+    """``torch.optim.AdamW``'s domain: ``lr, eps, λ ≥ 0``, ``betas`` a pair in ``[0, 1)``."""
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return dict(lr=check_nonneg_float(lr, "lr"),
+                betas=(check_probability(betas[0], "betas[0]", closed_right=False),
+                       check_probability(betas[1], "betas[1]", closed_right=False)),
+                eps=check_nonneg_float(eps, "eps"), weight_decay=check_nonneg_float(weight_decay, "weight_decay"))
+
+
+def adamw_step_args(param, grad, state, lr, betas, eps, weight_decay, grad_mult_mask, mask_placement):
+    """``state`` comes back complete: ``{}``/None becomes step 0 with zero moments."""
+    hp = check_adamw_hparams(lr, betas, eps, weight_decay)
+    mask_placement = check_choice(mask_placement, "mask_placement", ADAMW_MASK_PLACEMENTS)
+    param = as_float_array(param, "param", allow_empty=True)
+    like = dict(shape=param.shape, allow_empty=True)
+    grad = as_float_array(grad, "grad", **like)
+    mask = None if grad_mult_mask is None else as_float_array(grad_mult_mask, "grad_mult_mask", shape=param.shape)
+    if state is None or len(state) == 0:
+        state = {"step": 0.0, "exp_avg": np.zeros_like(param), "exp_avg_sq": np.zeros_like(param)}
+    else:
+        if not isinstance(state, Mapping) or not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
+            raise ValueError("state must be empty or hold 'step', 'exp_avg' and 'exp_avg_sq'")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not (step >= 1 and step == int(step)):
+            raise ValueError(f"state['step'] must be a whole number >= 1, got {step!r}")
+        state = {"step": float(step), "exp_avg": as_float_array(state["exp_avg"], "state['exp_avg']", **like),
+                 "exp_avg_sq": as_float_array(state["exp_avg_sq"], "state['exp_avg_sq']", **like)}
+    return dict(param=param, grad=grad, state=state, grad_mult_mask=mask, mask_placement=mask_placement, **hp)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._checks import _check_real, as_float_array, check_bits, check_int, check_probability
+from ._checks import as_float_array, check_bits, check_choice, check_int, check_probability, check_real
 from .quant import activation_qparams, fake_quantize_activation
 
 __all__ = [
@@ -129,7 +129,7 @@ def percentile(x, percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]
     (1.0, 9.0)
     """
     x = _flat(x)
-    p = _check_real(percentile, "percentile")
+    p = check_real(percentile, "percentile")
     if not 50.0 <= p <= 100.0:
         raise ValueError(f"percentile must be in [50, 100], got {p}")
     lo, hi = np.percentile(x, [100.0 - p, p], method="linear")
@@ -220,12 +220,6 @@ def _kl_candidate(hist: np.ndarray, i: int, nq: int) -> float:
     return float(np.sum(pn * np.log(pn / qn)))
 
 
-def _check_zero_bin(zero_bin) -> str:
-    if not isinstance(zero_bin, str) or zero_bin not in ZERO_BIN_MODES:
-        raise ValueError(f"zero_bin must be one of {ZERO_BIN_MODES}, got {zero_bin!r}")
-    return zero_bin
-
-
 def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAULT_ZERO_BIN) -> tuple[float, float]:
     """Entropy (KL-divergence) calibration, TensorRT style *[repspec adaptation]*.
 
@@ -273,7 +267,7 @@ def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAUL
     x = _flat(x)
     bits = check_bits(bits)
     num_bins = check_int(num_bins, "num_bins", min_value=1)
-    zero_bin = _check_zero_bin(zero_bin)
+    zero_bin = check_choice(zero_bin, "zero_bin", ZERO_BIN_MODES)
     xmin, xmax = float(x.min()), float(x.max())
     nq = 2 ** (bits - 1) if xmin < 0 else 2**bits
     if num_bins < nq:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._checks import as_float_array, check_int
 
-__all__ = ["pad_1x1_to_3x3", "identity_kernel", "per_channel", "CENTER"]
+__all__ = ["pad_1x1_to_3x3", "identity_kernel", "per_channel", "conv_default_init", "CENTER"]
 
 #: index of the center tap of a 3x3 kernel
 CENTER = (1, 1)
@@ -47,3 +49,17 @@ def identity_kernel(channels: int, groups: int = 1) -> np.ndarray:
 def per_channel(v: np.ndarray) -> np.ndarray:
     """Broadcast a per-output-channel vector ``(O,)`` against a kernel: ``v[:, None, None, None]``."""
     return np.asarray(v)[:, None, None, None]
+
+
+def conv_default_init(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """PyTorch's default ``nn.Conv2d`` weight init, ``U(−b, b)`` with ``b = 1/sqrt(I·kh·kw)``.
+
+    (``kaiming_uniform_(a=√5)``: gain ``sqrt(2/(1+5))``, bound ``sqrt(3)·gain/sqrt(fan_in)``.)
+    Every RepOpt block draws its conv kernels with it, in the order of its
+    ``trainable_names``; the official RepOptimizers code relies on the same default.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    o, i, kh, kw = (check_int(s, "shape entry", min_value=1) for s in shape)
+    bound = 1.0 / math.sqrt(i * kh * kw)
+    return rng.uniform(-bound, bound, size=(o, i, kh, kw))

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import as_float_array, check_int
+from ._checks import as_float_array, check_choice, check_int
 
 __all__ = [
     "DEFAULT_INIT",
@@ -59,7 +59,7 @@ __all__ = [
 #: the default init: the exact DP optimum — measured best (docs/05-quantization.md, "Choosing the init")
 DEFAULT_INIT = "optimal"
 INITS = ("linear", "quantile", "kmeans++", "optimal", "warm")
-OPTIMAL_METHODS = ("divide_and_conquer", "quadratic")
+OPTIMAL_METHODS = ("quadratic", "divide_and_conquer")
 
 
 class KMeansResult(NamedTuple):
@@ -72,10 +72,6 @@ class KMeansResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------ validation
-
-
-def _check_values(values, name: str = "values") -> np.ndarray:
-    return as_float_array(values, name)
 
 
 def _check_sorted_centroids(centroids, name: str = "centroids", k: int | None = None) -> np.ndarray:
@@ -115,7 +111,7 @@ def assign(values, centroids) -> np.ndarray:
     >>> assign(np.array([1.0, 1.2]), np.array([0.0, 1.0, 1.0]))  # duplicates: lowest index
     array([1, 1])
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     c = _check_sorted_centroids(centroids)
     return _assign(v, c)
 
@@ -130,7 +126,7 @@ def sse(values, centroids) -> float:
     >>> sse(np.array([0.0, 1.0, 4.0]), np.array([0.5, 4.0]))
     0.5
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     c = _check_sorted_centroids(centroids)
     return _sse(v, c, _assign(v, c))
 
@@ -150,7 +146,7 @@ def lloyd_step(values, centroids) -> tuple[np.ndarray, np.ndarray]:
     >>> lloyd_step(np.array([0.0, 1.0, 10.0]), np.array([0.0, 5.0, 100.0]))  # cluster 2 is empty
     (array([  0.5,  10. , 100. ]), array([0, 0, 1]))
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     c = _check_sorted_centroids(centroids)
     labels = _assign(v, c)
     return _update(v, c, labels), labels
@@ -197,10 +193,9 @@ def initial_centroids(values, k, init: str = DEFAULT_INIT, *, seed=None) -> np.n
     >>> initial_centroids(np.arange(9.0), 3, "quantile")
     array([1.33333333, 4.        , 6.66666667])
     """
-    v = _check_values(values).ravel()
+    v = as_float_array(values, "values").ravel()
     k = check_int(k, "k", min_value=1)
-    if not isinstance(init, str) or init not in INITS[:-1]:
-        raise ValueError(f"init must be one of {INITS[:-1]}, got {init!r}")
+    init = check_choice(init, "init", INITS[:-1])
     if init == "linear":
         return np.linspace(v.min(), v.max(), k)
     if init == "quantile":
@@ -224,44 +219,37 @@ def _segment_cost(s0, s1, s2, m, i):
 
 
 def _layer_quadratic(prev, j, n, s0, s1, s2):
-    """``D_j[i] = min_{m ∈ [j−1, i−1]} D_{j−1}[m] + cost(m, i)`` for all ``i`` (an ``n×n`` table)."""
-    m = np.arange(n + 1)[:, None]
-    i = np.arange(n + 1)[None, :]
-    valid = (m >= j - 1) & (m < i)
-    cost = np.where(valid, _segment_cost(s0, s1, s2, np.where(valid, m, 0), np.where(valid, i, 1)), np.inf)
-    total = prev[:, None] + cost
-    opt = np.argmin(total, axis=0)  # first minimum: smallest split
-    return total[opt, np.arange(n + 1)], opt
+    """``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` for every ``i``, trying every
+    split ``m`` (``O(n²)`` time, ``O(n)`` memory); ``opt[i]`` is the smallest best split."""
+    d = np.full(n + 1, np.inf)
+    opt = np.zeros(n + 1, dtype=np.int64)
+    for i in range(j, n + 1):
+        m = np.arange(j - 1, i)
+        total = prev[m] + _segment_cost(s0, s1, s2, m, i)
+        best = np.argmin(total)  # first minimum: smallest split
+        d[i], opt[i] = total[best], m[best]
+    return d, opt
 
 
 def _layer_divide_and_conquer(prev, j, n, s0, s1, s2):
-    """Same recurrence, using the monotonicity of the optimal split ``opt(i)`` (the 1-D
-    SSE cost is Monge): solve the middle ``i`` of a range, then the left half searches
-    ``m ≤ opt(mid)`` and the right half ``m ≥ opt(mid)``. Every recursion level is one
-    vectorized pass, so a layer costs ``O(n log n)`` work in ``O(log n)`` NumPy calls."""
+    """The same layer, using that the optimal split ``opt(i)`` is non-decreasing in ``i``
+    (the 1-D SSE cost is Monge): solve the middle ``i`` of a range, then the left half
+    searches only ``m ≤ opt(mid)`` and the right half ``m ≥ opt(mid)`` (``O(n log n)``)."""
     d = np.full(n + 1, np.inf)
     opt = np.zeros(n + 1, dtype=np.int64)
-    ilo, ihi = np.array([j]), np.array([n])
-    mlo, mhi = np.array([j - 1]), np.array([n - 1])
-    while ilo.size:
-        mid = (ilo + ihi) // 2
-        a, b = mlo, np.minimum(mhi, mid - 1)
-        lens = b - a + 1
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        task = np.repeat(np.arange(ilo.size), lens)
-        pos = np.arange(task.size)
-        m = pos - starts[task] + a[task]
-        vals = prev[m] + _segment_cost(s0, s1, s2, m, mid[task])
-        best = np.minimum.reduceat(vals, starts)
-        first = np.minimum.reduceat(np.where(vals == best[task], pos, task.size), starts)  # smallest split
-        d[mid], opt[mid] = best, m[first]
-        left, right = ilo <= mid - 1, mid + 1 <= ihi
-        ilo, ihi, mlo, mhi = (
-            np.concatenate([ilo[left], mid[right] + 1]),
-            np.concatenate([mid[left] - 1, ihi[right]]),
-            np.concatenate([mlo[left], opt[mid][right]]),
-            np.concatenate([opt[mid][left], mhi[right]]),
-        )
+
+    def solve(i_lo, i_hi, m_lo, m_hi):
+        if i_lo > i_hi:
+            return
+        mid = (i_lo + i_hi) // 2
+        m = np.arange(m_lo, min(m_hi, mid - 1) + 1)
+        total = prev[m] + _segment_cost(s0, s1, s2, m, mid)
+        best = np.argmin(total)  # first minimum: smallest split
+        d[mid], opt[mid] = total[best], m[best]
+        solve(i_lo, mid - 1, m_lo, opt[mid])
+        solve(mid + 1, i_hi, opt[mid], m_hi)
+
+    solve(j, n, j - 1, n - 1)
     return d, opt
 
 
@@ -297,7 +285,7 @@ def _exact_when_few_distinct(v: np.ndarray, k: int):
     return KMeansResult(c, labels, _sse(v, c, labels), 0, True, np.array([_sse(v, c, labels)]))
 
 
-def kmeans_1d_optimal(values, k, *, method: str = "divide_and_conquer") -> KMeansResult:
+def kmeans_1d_optimal(values, k, *, method: str = "quadratic") -> KMeansResult:
     """The exact 1-D k-means optimum by dynamic programming over the sorted values.
 
     Sort the distinct values ``u_0 < … < u_{n−1}`` with multiplicities ``w``; with
@@ -308,18 +296,18 @@ def kmeans_1d_optimal(values, k, *, method: str = "divide_and_conquer") -> KMean
     smallest split). Centroids are the segment means; labels use :func:`assign`
     (which can only lower the SSE further).
 
-    ``method``: ``"quadratic"`` evaluates every split (``O(k·n²)`` time and an ``n×n``
-    table: small inputs only) and ``"divide_and_conquer"`` uses the monotone optimal
-    split (``O(k·n log n)``); they agree (tests/test_ref_kmeans.py).
+    ``method``: ``"quadratic"`` (default, the recurrence as written) tries every split
+    (``O(k·n²)`` time, ``O(n)`` memory); ``"divide_and_conquer"`` uses the monotone
+    optimal split (``O(k·n log n)``) for large ``n``. Their SSEs agree to float64
+    rounding (tests/test_ref_kmeans.py; with exact arithmetic they are equal).
 
     >>> r = kmeans_1d_optimal(np.array([0.0, 1.0, 2.0, 10.0, 11.0, 30.0]), 3)
     >>> r.centroids, r.sse
     (array([ 1. , 10.5, 30. ]), 2.5)
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     k = check_int(k, "k", min_value=1)
-    if not isinstance(method, str) or method not in OPTIMAL_METHODS:
-        raise ValueError(f"method must be one of {OPTIMAL_METHODS}, got {method!r}")
+    method = check_choice(method, "method", OPTIMAL_METHODS)
     exact = _exact_when_few_distinct(v, k)
     if exact is not None:
         return exact
@@ -352,13 +340,12 @@ def kmeans_1d(values, k, *, init: str | None = None, max_iter: int = 300, seed=N
     >>> r.centroids, r.labels, r.n_iter, r.converged
     (array([0.1, 6.4]), array([0, 0, 0, 1, 1, 1]), 1, True)
     """
-    v = _check_values(values)
+    v = as_float_array(values, "values")
     k = check_int(k, "k", min_value=1)
     max_iter = check_int(max_iter, "max_iter", min_value=0)
     if init is None:
         init = "warm" if init_centroids is not None else DEFAULT_INIT
-    if not isinstance(init, str) or init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    init = check_choice(init, "init", INITS)
     if init == "warm":
         if init_centroids is None:
             raise ValueError("init='warm' needs init_centroids")

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_float_array, check_nonneg_float, check_positive_float
-from .ops import BatchNormTrainResult, batch_norm_train, bn_factor
+from ._checks import (GRADIENT_MODES, check_gradient_mode, check_threshold, checked, oabn_eval_args,
+                      oabn_eval_backward_args, oabn_train_args, oabn_train_backward_args)
+from .ops import BatchNormTrainResult, bn_factor
 
 __all__ = [
     "GRADIENT_MODES",
@@ -41,21 +42,6 @@ __all__ = [
     "check_threshold",
     "check_gradient_mode",
 ]
-
-#: the values of the ``gradient`` option (SPEC §4)
-GRADIENT_MODES = ("clip", "straight_through")
-
-
-def check_threshold(threshold, name: str = "threshold") -> float:
-    """``s`` must be a real number in ``(0, ∞]``; NaN, 0 and negatives are refused."""
-    return check_positive_float(threshold, name, allow_inf=True)
-
-
-def check_gradient_mode(gradient, name: str = "gradient") -> str:
-    """The gradient option must be one of :data:`GRADIENT_MODES`."""
-    if not isinstance(gradient, str) or gradient not in GRADIENT_MODES:
-        raise ValueError(f"{name} must be one of {GRADIENT_MODES}, got {gradient!r}")
-    return gradient
 
 
 def _vec(v: np.ndarray) -> np.ndarray:
@@ -71,9 +57,8 @@ def oabn_factor(gamma, var, eps: float, threshold: float) -> np.ndarray:
     >>> oabn_factor(np.array([0.5, 4.0, -4.0]), np.ones(3), 0.0, 2.0)
     array([ 0.5,  2. , -2. ])
     """
-    threshold = check_threshold(threshold)
-    t = bn_factor(gamma, var, eps)
-    return np.clip(t, -threshold, threshold)
+    s = check_threshold(threshold)
+    return np.clip(bn_factor(gamma, var, eps), -s, s)
 
 
 def oabn_unclipped(gamma, var, eps: float, threshold: float) -> np.ndarray:
@@ -82,37 +67,41 @@ def oabn_unclipped(gamma, var, eps: float, threshold: float) -> np.ndarray:
     *[repspec]* the boundary ``|t| == s`` counts as unclipped (closed interval, like
     ``torch.clamp``'s backward).
     """
-    threshold = check_threshold(threshold)
-    return np.abs(bn_factor(gamma, var, eps)) <= threshold
+    return np.abs(bn_factor(gamma, var, eps)) <= check_threshold(threshold)
 
 
+def _sum(a: np.ndarray) -> np.ndarray:
+    """Per-channel sum over ``(N, H, W)``."""
+    return a.sum(axis=(0, 2, 3))
+
+
+def _pass(dt_clip: np.ndarray, t: np.ndarray, threshold: float, gradient: str) -> np.ndarray:
+    """``∂L/∂t`` from ``∂L/∂t̃``: ``· [|t| ≤ s]`` (``"clip"``) or unchanged (``"straight_through"``)."""
+    return dt_clip * (np.abs(t) <= threshold) if gradient == "clip" else dt_clip
+
+
+@checked(oabn_train_args)
 def oabn_train(x, gamma, beta, running_mean, running_var, *, threshold: float, momentum: float = 0.1,
                eps: float = 1e-5) -> BatchNormTrainResult:
     """Training-mode OABN (SPEC §4): ``y = t̃·(x − μ_B) + β``, ``t̃ = clip(γ/sqrt(σ²_B + eps), −s, s)``.
 
-    ``μ_B``, ``σ²_B`` are the batch mean and **biased** batch variance over ``(N, H, W)``;
-    the running statistics are updated as in plain BN (SPEC §0: unbiased variance,
-    ``run ← (1−m)·run + m·batch``). Returns the same
-    :class:`repspec.reference.ops.BatchNormTrainResult` as ``batch_norm_train``.
-
-    Channels with ``|t| ≤ s`` are computed by the very same expression as
-    :func:`repspec.reference.ops.batch_norm_train` (so they equal plain BN bit for
-    bit, and ``s = ∞`` *is* plain BN); clipped channels are ``±s·(x − μ_B) + β``.
+    ``μ_B``, ``σ²_B``: batch mean and **biased** batch variance over ``(N, H, W)``. Running
+    statistics as plain BN (SPEC §0): ``run ← (1−m)·run + m·batch``, unbiased variance
+    ``σ²_B·n/(n−1)``, ``n = N·H·W ≥ 2``. Returns
+    :class:`repspec.reference.ops.BatchNormTrainResult`; with ``s = ∞`` it equals
+    :func:`repspec.reference.ops.batch_norm_train` up to float64 rounding (that one
+    computes ``γ·((x − μ)/sqrt(σ² + eps)) + β``).
     """
-    threshold = check_threshold(threshold)
-    res = batch_norm_train(x, gamma, beta, running_mean, running_var, momentum=momentum, eps=eps)
-    x = as_float_array(x, "x", ndim=4)
-    gamma = as_float_array(gamma, "gamma", shape=(x.shape[1],))
-    beta = as_float_array(beta, "beta", shape=(x.shape[1],))
-    t = gamma / np.sqrt(res.batch_var + eps)
-    clipped = np.abs(t) > threshold
-    if not np.any(clipped):
-        return res
-    t_clip = np.clip(t, -threshold, threshold)
-    y_clip = _vec(t_clip) * (x - _vec(res.batch_mean)) + _vec(beta)
-    return res._replace(y=np.where(_vec(clipped), y_clip, res.y))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mu, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    t_clip = np.clip(gamma / np.sqrt(var + eps), -threshold, threshold)
+    y = _vec(t_clip) * (x - _vec(mu)) + _vec(beta)
+    new_mean = (1.0 - momentum) * running_mean + momentum * mu
+    new_var = (1.0 - momentum) * running_var + momentum * var * n / (n - 1)
+    return BatchNormTrainResult(y, new_mean, new_var, mu, var)
 
 
+@checked(oabn_train_backward_args)
 def oabn_train_backward(dy, x, gamma, *, threshold: float, eps: float = 1e-5, gradient: str = "clip"):
     """Gradients of :func:`oabn_train` (batch statistics depend on ``x``), derived through ``t``.
 
@@ -127,39 +116,17 @@ def oabn_train_backward(dy, x, gamma, *, threshold: float, eps: float = 1e-5, gr
     With ``s = ∞`` this equals :func:`repspec.reference.ops.batch_norm_train_backward`
     up to float rounding. Returns ``(dx, dgamma, dbeta)``.
     """
-    threshold = check_threshold(threshold)
-    gradient = check_gradient_mode(gradient)
-    x = as_float_array(x, "x", ndim=4)
-    gamma = as_float_array(gamma, "gamma", shape=(x.shape[1],))
-    eps = check_nonneg_float(eps, "eps")
-    dy = as_float_array(dy, "dy", shape=x.shape)
     n = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = x.mean(axis=(0, 2, 3))
     var = x.var(axis=(0, 2, 3))
-    if np.any(var + eps <= 0):
-        raise ValueError("batch variance + eps is 0 in some channel; use eps > 0")
-    d = x - _vec(mean)
+    d = x - _vec(x.mean(axis=(0, 2, 3)))
     t = gamma / np.sqrt(var + eps)
-    t_clip = np.clip(t, -threshold, threshold)
-    dbeta = dy.sum(axis=(0, 2, 3))
-    dt_clip = (dy * d).sum(axis=(0, 2, 3))
-    dt = dt_clip * (np.abs(t) <= threshold) if gradient == "clip" else dt_clip
-    dgamma = dt / np.sqrt(var + eps)
+    dt = _pass(_sum(dy * d), t, threshold, gradient)
     dvar = dt * gamma * (-0.5) * (var + eps) ** -1.5
-    dx = _vec(t_clip) * (dy - _vec(dbeta / n)) + _vec(dvar) * 2.0 * d / n
-    return dx, dgamma, dbeta
+    dx = _vec(np.clip(t, -threshold, threshold)) * (dy - _vec(_sum(dy) / n)) + _vec(dvar) * 2.0 * d / n
+    return dx, dt / np.sqrt(var + eps), _sum(dy)
 
 
-def _check_eval_args(x, gamma, running_mean, running_var, eps):
-    x = as_float_array(x, "x", ndim=4)
-    c = x.shape[1]
-    gamma = as_float_array(gamma, "gamma", shape=(c,))
-    running_mean = as_float_array(running_mean, "running_mean", shape=(c,))
-    running_var = as_float_array(running_var, "running_var", shape=(c,))
-    eps = check_nonneg_float(eps, "eps")
-    return x, gamma, running_mean, running_var, eps
-
-
+@checked(oabn_eval_args)
 def oabn_eval(x, gamma, beta, running_mean, running_var, *, threshold: float, eps: float = 1e-5) -> np.ndarray:
     """Eval-mode OABN: the affine map ``y = t̃·x + (β − μ·t̃)`` with running statistics (SPEC §4).
 
@@ -169,30 +136,19 @@ def oabn_eval(x, gamma, beta, running_mean, running_var, *, threshold: float, ep
     >>> oabn_eval(x, np.array([3.0]), np.zeros(1), np.zeros(1), np.ones(1), threshold=1.0, eps=0.0)[0, 0]
     array([[1.]])
     """
-    threshold = check_threshold(threshold)
-    x, gamma, running_mean, running_var, eps = _check_eval_args(x, gamma, running_mean, running_var, eps)
-    beta = as_float_array(beta, "beta", shape=(x.shape[1],))
-    t = oabn_factor(gamma, running_var, eps, threshold)
-    return _vec(t) * x + _vec(beta - running_mean * t)
+    t_clip = np.clip(bn_factor(gamma, running_var, eps), -threshold, threshold)
+    return _vec(t_clip) * x + _vec(beta - running_mean * t_clip)
 
 
+@checked(oabn_eval_backward_args)
 def oabn_eval_backward(dy, x, gamma, running_mean, running_var, *, threshold: float, eps: float = 1e-5,
                        gradient: str = "clip"):
     """Gradients of :func:`oabn_eval` (statistics are constants).
 
-    ``∂L/∂x = t̃·dy``, ``∂L/∂t̃ = Σ dy·(x − μ)``, ``∂L/∂t = ∂L/∂t̃·[|t| ≤ s]`` (``"clip"``) or
-    ``∂L/∂t̃`` (``"straight_through"``), ``∂L/∂γ = ∂L/∂t / sqrt(σ² + eps)``, ``∂L/∂β = Σ dy``.
+    ``∂L/∂x = t̃·dy``, ``∂L/∂t̃ = Σ dy·(x − μ)``, ``∂L/∂t = ∂L/∂t̃·[|t| ≤ s]`` (``"clip"``)
+    or ``∂L/∂t̃`` (``"straight_through"``), ``∂L/∂γ = ∂L/∂t / sqrt(σ² + eps)``, ``∂L/∂β = Σ dy``.
     Returns ``(dx, dgamma, dbeta)``.
     """
-    threshold = check_threshold(threshold)
-    gradient = check_gradient_mode(gradient)
-    x, gamma, running_mean, running_var, eps = _check_eval_args(x, gamma, running_mean, running_var, eps)
-    dy = as_float_array(dy, "dy", shape=x.shape)
     t = bn_factor(gamma, running_var, eps)
-    t_clip = np.clip(t, -threshold, threshold)
-    dx = _vec(t_clip) * dy
-    dt_clip = (dy * (x - _vec(running_mean))).sum(axis=(0, 2, 3))
-    dt = dt_clip * (np.abs(t) <= threshold) if gradient == "clip" else dt_clip
-    dgamma = dt / np.sqrt(running_var + eps)
-    dbeta = dy.sum(axis=(0, 2, 3))
-    return dx, dgamma, dbeta
+    dt = _pass(_sum(dy * (x - _vec(running_mean))), t, threshold, gradient)
+    return _vec(np.clip(t, -threshold, threshold)) * dy, dt / np.sqrt(running_var + eps), _sum(dy)

@@ -16,7 +16,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._checks import as_float_array, check_int, check_nonneg_float, check_probability
+from ._checks import (as_float_array, batch_norm_eval_args, batch_norm_eval_backward_args, batch_norm_train_args,
+                      batch_norm_train_backward_args, check_int, check_nonneg_float, checked)
 
 __all__ = [
     "conv2d",
@@ -175,15 +176,7 @@ class BatchNormTrainResult(NamedTuple):
     batch_var: np.ndarray  # biased: the one used to normalize
 
 
-def _check_bn_args(x, gamma, beta, eps):
-    x = as_float_array(x, "x", ndim=4)
-    c = x.shape[1]
-    gamma = as_float_array(gamma, "gamma", shape=(c,))
-    beta = as_float_array(beta, "beta", shape=(c,))
-    eps = check_nonneg_float(eps, "eps")
-    return x, gamma, beta, eps
-
-
+@checked(batch_norm_train_args)
 def batch_norm_train(x, gamma, beta, running_mean, running_var, *, momentum: float = 0.1, eps: float = 1e-5):
     """Training-mode batch norm with the PyTorch running-stat update (SPEC §0).
 
@@ -198,18 +191,9 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, *, momentum: flo
     Requires ``n ≥ 2`` (the unbiased variance of one value is undefined; PyTorch
     refuses it too). Returns :class:`BatchNormTrainResult`.
     """
-    x, gamma, beta, eps = _check_bn_args(x, gamma, beta, eps)
-    c = x.shape[1]
-    running_mean = as_float_array(running_mean, "running_mean", shape=(c,))
-    running_var = as_float_array(running_var, "running_var", shape=(c,))
-    momentum = check_probability(momentum, "momentum")
     n = x.shape[0] * x.shape[2] * x.shape[3]
-    if n < 2:
-        raise ValueError(f"x must hold at least 2 values per channel in training mode, got N·H·W = {n}")
     mean = x.mean(axis=(0, 2, 3))
     var = x.var(axis=(0, 2, 3))  # biased, ddof=0
-    if np.any(var + eps <= 0):
-        raise ValueError("batch variance + eps is 0 in some channel; use eps > 0")
     xhat = (x - mean[None, :, None, None]) / np.sqrt(var + eps)[None, :, None, None]
     y = gamma[None, :, None, None] * xhat + beta[None, :, None, None]
     new_rm = (1.0 - momentum) * running_mean + momentum * mean
@@ -217,6 +201,7 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, *, momentum: flo
     return BatchNormTrainResult(y, new_rm, new_rv, mean, var)
 
 
+@checked(batch_norm_train_backward_args)
 def batch_norm_train_backward(dy, x, gamma, *, eps: float = 1e-5):
     """Gradients of :func:`batch_norm_train` (batch statistics depend on ``x``).
 
@@ -228,8 +213,6 @@ def batch_norm_train_backward(dy, x, gamma, *, eps: float = 1e-5):
 
     Returns ``(dx, dgamma, dbeta)``.
     """
-    x, gamma, _, eps = _check_bn_args(x, gamma, np.zeros(np.shape(gamma)), eps)
-    dy = as_float_array(dy, "dy", shape=x.shape)
     n = x.shape[0] * x.shape[2] * x.shape[3]
     mean = x.mean(axis=(0, 2, 3))
     inv_std = 1.0 / np.sqrt(x.var(axis=(0, 2, 3)) + eps)
@@ -242,27 +225,20 @@ def batch_norm_train_backward(dy, x, gamma, *, eps: float = 1e-5):
     return dx, dgamma, dbeta
 
 
+@checked(batch_norm_eval_args)
 def batch_norm_eval(x, gamma, beta, running_mean, running_var, *, eps: float = 1e-5) -> np.ndarray:
     """Eval-mode batch norm: the affine map ``y = t·x + (β − μ·t)``, ``t = γ/sqrt(σ² + eps)`` (SPEC §0)."""
-    x, gamma, beta, eps = _check_bn_args(x, gamma, beta, eps)
-    c = x.shape[1]
-    running_mean = as_float_array(running_mean, "running_mean", shape=(c,))
-    running_var = as_float_array(running_var, "running_var", shape=(c,))
     t = bn_factor(gamma, running_var, eps)
     return t[None, :, None, None] * x + (beta - running_mean * t)[None, :, None, None]
 
 
+@checked(batch_norm_eval_backward_args)
 def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, *, eps: float = 1e-5):
     """Gradients of :func:`batch_norm_eval` (statistics are constants).
 
     ``∂L/∂x = t·dy``, ``∂L/∂γ = Σ dy·(x − μ)/sqrt(σ² + eps)``, ``∂L/∂β = Σ dy``.
     Returns ``(dx, dgamma, dbeta)``.
     """
-    x, gamma, _, eps = _check_bn_args(x, gamma, np.zeros(np.shape(gamma)), eps)
-    c = x.shape[1]
-    dy = as_float_array(dy, "dy", shape=x.shape)
-    running_mean = as_float_array(running_mean, "running_mean", shape=(c,))
-    running_var = as_float_array(running_var, "running_var", shape=(c,))
     inv_std = 1.0 / np.sqrt(running_var + eps)
     dx = (gamma * inv_std)[None, :, None, None] * dy
     dgamma = (dy * (x - running_mean[None, :, None, None]) * inv_std[None, :, None, None]).sum(axis=(0, 2, 3))

@@ -6,9 +6,8 @@ implements the :class:`repspec.reference.network.Optimizer` protocol over a
 (``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``) so it can be compared
 with ``torch.optim`` state key by key. Nothing is mutated; new arrays are returned.
 
-A Grad Mult mask ``M`` (:func:`repspec.reference.repopt.grad_mult_mask`) turns SGD
-into RepOpt-SGD: it multiplies the gradient and nothing else (weight decay is
-added after it, unmasked), exactly as the official ``RepOptimizerSGD``.
+The SGD step, RepOpt-SGD and the official weight-decay rule are written in
+:mod:`repspec.reference.repopt_sgd` (with the mask and ``W'_0``) and re-exported here.
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._checks import as_float_array, check_nonneg_float, check_probability
+from ._checks import (ADAMW_MASK_PLACEMENTS, adamw_step_args, as_float_array, check_adamw_hparams, check_choice,
+                      check_nonneg_float, check_sgd_hparams, checked)
+from .repopt_sgd import official_weight_decay, repopt_sgd_step, sgd_step
 
 __all__ = [
     "sgd_step",
@@ -34,101 +35,11 @@ __all__ = [
 
 Arrays = dict[str, np.ndarray]
 
-#: where the masked AdamW applies Grad Mult ``M``:
-#: ``"grad_and_update"`` (official ``RepOptimizerAdamW``: ``g ← M⊙g`` before the moments *and*
-#: the step is ``M ⊙ m̂/(sqrt(v̂)+eps)``), ``"grad"`` (only ``g ← M⊙g``; Adam's normalization then
-#: cancels ``M`` up to ``eps``, kept to document why the official code applies it twice).
-ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
-
-
-# ------------------------------------------------------------------------ validation
-
-
-def _check_lr(lr) -> float:
-    return check_nonneg_float(lr, "lr")
-
-
-def _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay):
-    lr = _check_lr(lr)
-    momentum = check_nonneg_float(momentum, "momentum")
-    dampening = check_probability(dampening, "dampening")
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError(f"nesterov requires momentum > 0 and dampening == 0, got momentum={momentum}, "
-                         f"dampening={dampening}")
-    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
-    return lr, momentum, dampening, nesterov, weight_decay
-
-
-def _check_adamw_hparams(lr, betas, eps, weight_decay):
-    lr = _check_lr(lr)
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    b1 = check_probability(betas[0], "betas[0]", closed_right=False)
-    b2 = check_probability(betas[1], "betas[1]", closed_right=False)
-    eps = check_nonneg_float(eps, "eps")
-    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
-    return lr, (b1, b2), eps, weight_decay
-
-
-def _check_mask(mask, param: np.ndarray, name: str = "grad_mult_mask") -> np.ndarray | None:
-    if mask is None:
-        return None
-    return as_float_array(mask, name, shape=param.shape)
-
-
-# ------------------------------------------------------------------------------ SGD
-
-
-def sgd_step(param, grad, momentum_buffer=None, *, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-             nesterov: bool = False, weight_decay: float = 0.0, grad_mult_mask=None):
-    """One (RepOpt-)SGD step in the exact order of ``torch.optim.SGD`` / official ``RepOptimizerSGD`` (SPEC §3).
-
-    ``d = M ⊙ g`` (only if a mask is given) → ``d = d + λ·W`` (NOT masked) →
-    ``buf = d`` (first step) or ``buf = μ·buf + (1 − τ)·d`` →
-    ``d = d + μ·buf`` (nesterov) or ``d = buf`` → ``W = W − lr·d``.
-
-    With ``momentum == 0`` there is no buffer (``momentum_buffer`` must be None and
-    None is returned), as in torch. ``param, grad, momentum_buffer, grad_mult_mask``
-    share one shape. Returns ``(new_param, new_buffer_or_None)``.
-
-    >>> w, buf = sgd_step(np.array([1.0]), np.array([0.5]), lr=0.1, momentum=0.9, weight_decay=0.1)
-    >>> w, buf
-    (array([0.94]), array([0.6]))
-    """
-    lr, momentum, dampening, nesterov, weight_decay = _check_sgd_hparams(lr, momentum, dampening, nesterov,
-                                                                         weight_decay)
-    param = as_float_array(param, "param", allow_empty=True)
-    grad = as_float_array(grad, "grad", shape=param.shape, allow_empty=True)
-    mask = _check_mask(grad_mult_mask, param)
-    if momentum_buffer is not None:
-        if momentum == 0:
-            raise ValueError("momentum_buffer must be None when momentum == 0 (torch keeps no buffer then)")
-        momentum_buffer = as_float_array(momentum_buffer, "momentum_buffer", shape=param.shape, allow_empty=True)
-
-    d = grad if mask is None else mask * grad
-    if weight_decay != 0:
-        d = d + weight_decay * param
-    buf = None
-    if momentum != 0:
-        buf = d.copy() if momentum_buffer is None else momentum * momentum_buffer + (1.0 - dampening) * d
-        d = d + momentum * buf if nesterov else buf
-    return param - lr * d, buf
-
-
-def repopt_sgd_step(param, grad, momentum_buffer=None, *, grad_mult_mask, lr: float, momentum: float = 0.0,
-                    dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
-    """RepOpt-SGD (SPEC §3): :func:`sgd_step` with a **required** Grad Mult mask ``M``."""
-    if grad_mult_mask is None:
-        raise TypeError("grad_mult_mask is required for repopt_sgd_step (use sgd_step for plain SGD)")
-    return sgd_step(param, grad, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                    weight_decay=weight_decay, grad_mult_mask=grad_mult_mask)
-
 
 # ---------------------------------------------------------------------------- AdamW
 
 
+@checked(adamw_step_args)
 def adamw_step(param, grad, state: Mapping[str, Any] | None = None, *, lr: float = 1e-3,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                grad_mult_mask=None, mask_placement: str = "grad_and_update"):
@@ -146,36 +57,16 @@ def adamw_step(param, grad, state: Mapping[str, Any] | None = None, *, lr: float
     >>> w.round(6), s["step"]
     (array([0.9]), 1.0)
     """
-    lr, (b1, b2), eps, weight_decay = _check_adamw_hparams(lr, betas, eps, weight_decay)
-    if mask_placement not in ADAMW_MASK_PLACEMENTS:
-        raise ValueError(f"mask_placement must be one of {ADAMW_MASK_PLACEMENTS}, got {mask_placement!r}")
-    param = as_float_array(param, "param", allow_empty=True)
-    grad = as_float_array(grad, "grad", shape=param.shape, allow_empty=True)
-    mask = _check_mask(grad_mult_mask, param)
-    if state is None or len(state) == 0:
-        step, exp_avg, exp_avg_sq = 0.0, np.zeros_like(param), np.zeros_like(param)
-    else:
-        if not isinstance(state, Mapping) or not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
-            raise ValueError("state must be empty or hold 'step', 'exp_avg' and 'exp_avg_sq'")
-        step = state["step"]
-        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not (step >= 1 and step == int(step)):
-            raise ValueError(f"state['step'] must be a whole number >= 1, got {step!r}")
-        step = float(step)
-        exp_avg = as_float_array(state["exp_avg"], "state['exp_avg']", shape=param.shape, allow_empty=True)
-        exp_avg_sq = as_float_array(state["exp_avg_sq"], "state['exp_avg_sq']", shape=param.shape,
-                                    allow_empty=True)
-
-    if mask is not None:
-        grad = mask * grad
-    step += 1.0
+    mask, (b1, b2) = grad_mult_mask, betas
+    g = grad if mask is None else mask * grad
+    t = state["step"] + 1.0
     param = param * (1.0 - lr * weight_decay)
-    exp_avg = b1 * exp_avg + (1.0 - b1) * grad
-    exp_avg_sq = b2 * exp_avg_sq + (1.0 - b2) * grad * grad
-    step_size = lr / (1.0 - b1 ** step)
-    denom = np.sqrt(exp_avg_sq) / math.sqrt(1.0 - b2 ** step) + eps
-    numer = exp_avg * mask if (mask is not None and mask_placement == "grad_and_update") else exp_avg
-    param = param - step_size * numer / denom
-    return param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    m = b1 * state["exp_avg"] + (1.0 - b1) * g
+    v = b2 * state["exp_avg_sq"] + (1.0 - b2) * g * g
+    step_size = lr / (1.0 - b1 ** t)
+    denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + eps
+    numer = m * mask if (mask is not None and mask_placement == "grad_and_update") else m
+    return param - step_size * numer / denom, {"step": t, "exp_avg": m, "exp_avg_sq": v}
 
 
 # ------------------------------------------------------------- Optimizer classes
@@ -243,7 +134,7 @@ class SGD:
     grad_mult_masks: Mapping[str, np.ndarray] | None = field(default=None)
 
     def __post_init__(self):
-        _check_sgd_hparams(self.lr, self.momentum, self.dampening, self.nesterov, 0.0)
+        check_sgd_hparams(self.lr, self.momentum, self.dampening, self.nesterov, 0.0)
         object.__setattr__(self, "weight_decay", _check_per_name(self.weight_decay, "weight_decay"))
         object.__setattr__(self, "grad_mult_masks", _check_masks(self.grad_mult_masks))
 
@@ -285,10 +176,9 @@ class AdamW:
     mask_placement: str = "grad_and_update"
 
     def __post_init__(self):
-        _check_adamw_hparams(self.lr, self.betas, self.eps, 0.0)
+        check_adamw_hparams(self.lr, self.betas, self.eps, 0.0)
         object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
-        if self.mask_placement not in ADAMW_MASK_PLACEMENTS:
-            raise ValueError(f"mask_placement must be one of {ADAMW_MASK_PLACEMENTS}, got {self.mask_placement!r}")
+        check_choice(self.mask_placement, "mask_placement", ADAMW_MASK_PLACEMENTS)
         object.__setattr__(self, "weight_decay", _check_per_name(self.weight_decay, "weight_decay"))
         object.__setattr__(self, "grad_mult_masks", _check_masks(self.grad_mult_masks))
 
@@ -307,29 +197,3 @@ class AdamW:
                 weight_decay=_decay_for(self.weight_decay, name), grad_mult_mask=masks.get(name),
                 mask_placement=self.mask_placement)
         return new_params, new_state
-
-
-def official_weight_decay(params: Mapping[str, np.ndarray], weight_decay: float) -> dict[str, float]:
-    """Per-name weight decay of the official RepOptimizers ``set_weight_decay``.
-
-    ``λ`` for names containing ``identity.weight`` (the CSLA/HS ``d``: it *must* be
-    decayed for the theorem), ``0`` for 1-D parameters and ``*.bias`` (BN, scales,
-    head bias), ``λ`` for everything else (conv kernels, head weight). Pass only the
-    trainable parameters.
-
-    >>> official_weight_decay({"a.scale_identity.weight": np.ones(2), "a.bn.weight": np.ones(2),
-    ...                        "a.conv.weight": np.ones((2, 2, 3, 3))}, 0.1)
-    {'a.scale_identity.weight': 0.1, 'a.bn.weight': 0.0, 'a.conv.weight': 0.1}
-    """
-    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping name -> array, got {type(params).__name__}")
-    out = {}
-    for name, p in params.items():
-        if "identity.weight" in name:
-            out[name] = weight_decay
-        elif np.ndim(p) == 1 or name.endswith(".bias"):
-            out[name] = 0.0
-        else:
-            out[name] = weight_decay
-    return out

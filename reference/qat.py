@@ -40,7 +40,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from ._checks import as_float_array, check_bits, check_int, check_probability
+from ._checks import as_float_array, check_bits, check_bool, check_choice, check_int, check_probability
 from .kmeans import DEFAULT_INIT, INITS, kmeans_1d, kmeans_fake_quantize
 from .network import Network
 from .ops import bn_factor, conv2d, conv2d_backward, relu, relu_backward
@@ -82,11 +82,8 @@ class UniformWeightQuantizer:
     per_channel: bool = False
 
     def __post_init__(self):
-        check_bits(self.bits)
-        if self.bits < 2:
-            raise ValueError(f"bits must be >= 2 for symmetric narrow-range weights, got {self.bits}")
-        if not isinstance(self.per_channel, bool):
-            raise TypeError(f"per_channel must be a bool, got {type(self.per_channel).__name__}")
+        check_bits(self.bits, weights=True)
+        object.__setattr__(self, "per_channel", check_bool(self.per_channel, "per_channel"))
 
     def init_state(self, kernel: np.ndarray) -> Arrays:
         return {}
@@ -123,8 +120,7 @@ class KMeansWeightQuantizer:
         check_bits(self.bits)
         check_int(self.update_every, "update_every", min_value=1)
         check_int(self.max_iter, "max_iter", min_value=0)
-        if self.init not in INITS or self.init == "warm":
-            raise ValueError(f"init must be one of {tuple(i for i in INITS if i != 'warm')}, got {self.init!r}")
+        check_choice(self.init, "init", tuple(i for i in INITS if i != "warm"))
 
     @property
     def k(self) -> int:

@@ -18,10 +18,15 @@ Two quantizers, both with rounding **half to even** (``np.rint``):
       q     = clamp(rint(x / scale) + zp, 0, qmax)
       x̂     = (q − zp) · scale
 
-Zero range *[repspec]*: a scale of exactly 0 (all weights of a layer/channel are 0,
-or ``lo = hi = 0``, or a range so small that ``scale`` underflows) represents the
-single value 0. Every input then maps to the code ``zp`` (0 for weights), ``x̂ = 0``,
-and the representable range is ``[0, 0]``. Nothing is ever divided by 0.
+Zero range *[repspec]*: a scale of 0 represents the single value 0. Every input then
+maps to the code ``zp`` (0 for weights), ``x̂ = 0``, and the representable range is
+``[0, 0]``. Nothing is ever divided by 0. A computed scale is 0 when the layer or
+channel is all zeros, when ``lo = hi = 0``, and whenever it is below float32's
+smallest normal number (``scale < MIN_SCALE = 2^-126``): a scale that small cannot be
+held in float32 (where deployed quantizers keep their scales) without losing
+precision, its float32 reciprocal overflows, and the values it could represent are
+all within ``qmax · 2^-126 < 8e-34`` of 0. With ``scale >= 2^-126`` the zero point
+``rint(−lo'/scale)`` is provably in ``[0, qmax]``; the clamp is kept as a guard.
 
 The *representable range* of a quantizer is ``[(0 − zp)·scale, (qmax − zp)·scale]``
 for activations and ``[−qmax·scale, qmax·scale]`` for weights — exactly the
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import _check_real, as_float_array, check_bits, check_int, check_nonneg_float
+from ._checks import as_float_array, check_bits, check_bool, check_int, check_nonneg_float, check_real
 from .analysis import state_size  # SPEC §5 state size lives with the other weight statistics
 
 __all__ = [
@@ -52,7 +57,12 @@ __all__ = [
     "activation_range",
     "fake_quantize_backward",
     "state_size",
+    "MIN_SCALE",
 ]
+
+#: *[repspec]* the smallest nonzero scale: float32's smallest normal number. A computed
+#: scale below it is a zero range (module docstring).
+MIN_SCALE = 2.0**-126
 
 
 # ------------------------------------------------------------------------ code ranges
@@ -67,10 +77,7 @@ def weight_qmax(bits) -> int:
     >>> weight_qmax(8), weight_qmax(2)
     (127, 1)
     """
-    bits = check_bits(bits)
-    if bits < 2:
-        raise ValueError(f"symmetric narrow-range weights need bits >= 2 (bits=1 gives qmax=0), got bits={bits}")
-    return 2 ** (bits - 1) - 1
+    return 2 ** (check_bits(bits, weights=True) - 1) - 1
 
 
 def activation_qmax(bits) -> int:
@@ -116,7 +123,8 @@ def weight_qparams(w, bits, per_channel: bool = False) -> float | np.ndarray:
     ``per_channel=True``: one scale per output channel (axis 0), shape ``(O,)``;
     ``w`` must have at least one dimension.
 
-    A channel of zeros gets scale 0 (the zero-range rule in the module docstring).
+    A channel of zeros, or one with ``max|w| / qmax < MIN_SCALE = 2^-126``, gets
+    scale 0 (the zero-range rule in the module docstring).
 
     >>> weight_qparams(np.array([[1.0, -2.0], [0.5, 0.25]]), 3)
     0.6666666666666666
@@ -125,15 +133,14 @@ def weight_qparams(w, bits, per_channel: bool = False) -> float | np.ndarray:
     """
     w = as_float_array(w, "w")
     qmax = weight_qmax(bits)
-    if not isinstance(per_channel, (bool, np.bool_)):
-        raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
+    per_channel = check_bool(per_channel, "per_channel")
     if per_channel:
         if w.ndim < 1:
             raise ValueError(f"per_channel=True needs w with at least 1 dimension, got shape {w.shape}")
-        amax = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
-    else:
-        return float(np.abs(w).max()) / qmax
-    return amax / qmax
+        scale = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / qmax
+        return np.where(scale < MIN_SCALE, 0.0, scale)
+    scale = float(np.abs(w).max()) / qmax
+    return scale if scale >= MIN_SCALE else 0.0
 
 
 def quantize_weight(w, scale, bits) -> np.ndarray:
@@ -193,8 +200,8 @@ def weight_range(scale, bits):
 
 
 def _check_range(lo, hi):
-    lo = _check_real(lo, "lo")
-    hi = _check_real(hi, "hi")
+    lo = check_real(lo, "lo")
+    hi = check_real(hi, "hi")
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"lo and hi must be finite, got lo={lo}, hi={hi}")
     if lo > hi:
@@ -208,13 +215,16 @@ def activation_qparams(lo, hi, bits) -> tuple[float, int]:
     ``lo' = min(lo, 0)``, ``hi' = max(hi, 0)`` (0 is always exactly representable),
     ``scale = (hi' − lo') / (2^b − 1)``, ``zp = clamp(rint(−lo'/scale), 0, 2^b − 1)``.
 
-    ``scale == 0`` (``lo = hi = 0``, or underflow) gives ``(0.0, 0)``.
+    A zero range gives ``(0.0, 0)``: ``lo = hi = 0``, or ``scale < MIN_SCALE = 2^-126``
+    (float32's smallest normal; module docstring).
 
     >>> activation_qparams(-1.0, 3.0, 2)
     (1.3333333333333333, 1)
     >>> activation_qparams(2.0, 5.0, 8)  # the range is extended down to 0
     (0.0196078431372549, 0)
     >>> activation_qparams(0.0, 0.0, 8)
+    (0.0, 0)
+    >>> activation_qparams(-511 * 2.0**-1074, 0.0, 8)  # scale 1e-323 < 2^-126: zero range
     (0.0, 0)
     """
     lo, hi = _check_range(lo, hi)
@@ -224,7 +234,7 @@ def activation_qparams(lo, hi, bits) -> tuple[float, int]:
     if not np.isfinite(width):
         raise ValueError(f"hi - lo overflows float64 (lo={lo}, hi={hi})")
     scale = width / qmax
-    if scale == 0.0:
+    if scale < MIN_SCALE:
         return 0.0, 0
     zp = int(np.clip(np.rint(-lo / scale), 0, qmax))
     return float(scale), zp

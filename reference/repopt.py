@@ -29,8 +29,10 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from ._checks import as_float_array, check_int, check_nonneg_float, check_probability
-from .kernels import identity_kernel, pad_1x1_to_3x3, per_channel
+from ._checks import (as_float_array, check_bool, check_conv_config, check_identity_mode, check_int, check_nonneg_float,
+                      check_probability, check_vector)
+from .kernels import conv_default_init, per_channel
+from .repopt_sgd import IDENTITY_MODES, csla_equivalent_kernel, grad_mult_mask, reinit_target_kernel
 from .network import Network
 from .ops import (
     batch_norm_eval,
@@ -61,34 +63,7 @@ __all__ = [
 
 Arrays = dict[str, np.ndarray]
 
-#: how a CSLA block treats its identity branch ``d·x`` (SPEC §3):
-#: ``"trainable"`` (official; ``d`` is trained and weight-decayed like K3, K1 → the theorem is exact),
-#: ``"constant"`` (``d`` fixed; the mask has no ``+1``; exact only for weight decay 0),
-#: ``"none"`` (no identity branch; required when ``in != out`` or ``stride != 1``).
-IDENTITY_MODES = ("trainable", "constant", "none")
-
-
 # ------------------------------------------------------------------------ validation
-
-
-def _check_identity_mode(identity, in_channels: int, out_channels: int, stride: int = 1) -> str:
-    if not isinstance(identity, str):
-        raise TypeError(f"identity must be one of {IDENTITY_MODES}, got {type(identity).__name__}")
-    if identity not in IDENTITY_MODES:
-        raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {identity!r}")
-    if identity != "none" and (in_channels != out_channels or stride != 1):
-        raise ValueError(
-            f"identity={identity!r} needs in_channels == out_channels and stride == 1, got "
-            f"in_channels={in_channels}, out_channels={out_channels}, stride={stride}; use identity='none'"
-        )
-    return identity
-
-
-def _check_scale(value, name: str, out_channels: int | None) -> np.ndarray:
-    arr = as_float_array(value, name, ndim=1)
-    if out_channels is not None and arr.shape != (out_channels,):
-        raise ValueError(f"{name} must have shape ({out_channels},), got {arr.shape}")
-    return arr
 
 
 def _check_kernels(conv_weight, conv_1x1_weight):
@@ -98,26 +73,12 @@ def _check_kernels(conv_weight, conv_1x1_weight):
 
 
 def _frozen_vector(value, name: str, out_channels: int) -> np.ndarray:
-    arr = _check_scale(value, name, out_channels).copy()
+    arr = check_vector(value, name, out_channels).copy()
     arr.setflags(write=False)
     return arr
 
 
 # ------------------------------------------------------------------- initialization
-
-
-def conv_default_init(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> np.ndarray:
-    """PyTorch's default ``nn.Conv2d`` weight init, ``U(−b, b)`` with ``b = 1/sqrt(I·kh·kw)``.
-
-    (``kaiming_uniform_(a=√5)``: gain ``sqrt(2/(1+5))``, bound ``sqrt(3)·gain/sqrt(fan_in)``.)
-    Every block in this module draws its conv kernels with it, in the order of
-    :meth:`trainable_names`; the official RepOptimizers code relies on the same default.
-    """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    o, i, kh, kw = (check_int(s, "shape entry", min_value=1) for s in shape)
-    bound = 1.0 / math.sqrt(i * kh * kw)
-    return rng.uniform(-bound, bound, size=(o, i, kh, kw))
 
 
 def hypersearch_scale_init(stage_index: int, block_index: int) -> float:
@@ -144,35 +105,6 @@ def hypersearch_scale_init(stage_index: int, block_index: int) -> float:
 # ---------------------------------------------------------------- kernel-space maps
 
 
-def csla_equivalent_kernel(conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity=None) -> np.ndarray:
-    """The single 3x3 kernel a CSLA block equals (SPEC §3).
-
-    ``W' = α3·K3 + α1·pad(K1) + diag(d)·I_c``
-
-    Shapes: ``conv_weight (O, I, 3, 3)``, ``conv_1x1_weight (O, I, 1, 1)``,
-    ``scale_conv, scale_1x1 (O,)``, ``scale_identity (O,)`` or None (no identity
-    branch; otherwise ``I == O``) → ``(O, I, 3, 3)``. Valid for any stride (the
-    three convs share it).
-
-    >>> k3, k1 = np.zeros((2, 2, 3, 3)), np.ones((2, 2, 1, 1))
-    >>> w = csla_equivalent_kernel(k3, k1, np.ones(2), np.array([2.0, 3.0]), np.array([0.5, 0.5]))
-    >>> w[:, :, 1, 1]
-    array([[2.5, 2. ],
-           [3. , 3.5]])
-    """
-    k3, k1 = _check_kernels(conv_weight, conv_1x1_weight)
-    o, i = k3.shape[:2]
-    a3 = _check_scale(scale_conv, "scale_conv", o)
-    a1 = _check_scale(scale_1x1, "scale_1x1", o)
-    w = per_channel(a3) * k3 + per_channel(a1) * pad_1x1_to_3x3(k1)
-    if scale_identity is not None:
-        d = _check_scale(scale_identity, "scale_identity", o)
-        if i != o:
-            raise ValueError(f"scale_identity needs conv_weight with I == O, got shape {k3.shape}")
-        w = w + per_channel(d) * identity_kernel(o)
-    return w
-
-
 def csla_equivalent_kernel_backward(grad_kernel, conv_weight, conv_1x1_weight, scale_conv, scale_1x1,
                                     scale_identity=None) -> Arrays:
     """Pull ``g = ∂L/∂W'`` back to the CSLA branch parameters (the chain rule of the linear map).
@@ -188,8 +120,8 @@ def csla_equivalent_kernel_backward(grad_kernel, conv_weight, conv_1x1_weight, s
     k3, k1 = _check_kernels(conv_weight, conv_1x1_weight)
     o, i = k3.shape[:2]
     g = as_float_array(grad_kernel, "grad_kernel", shape=k3.shape)
-    a3 = _check_scale(scale_conv, "scale_conv", o)
-    a1 = _check_scale(scale_1x1, "scale_1x1", o)
+    a3 = check_vector(scale_conv, "scale_conv", o)
+    a1 = check_vector(scale_1x1, "scale_1x1", o)
     center = g[:, :, 1:2, 1:2]
     out = {
         "conv.weight": per_channel(a3) * g,
@@ -198,91 +130,11 @@ def csla_equivalent_kernel_backward(grad_kernel, conv_weight, conv_1x1_weight, s
         "scale_1x1.weight": (center * k1).sum(axis=(1, 2, 3)),
     }
     if scale_identity is not None:
-        _check_scale(scale_identity, "scale_identity", o)
+        check_vector(scale_identity, "scale_identity", o)
         if i != o:
             raise ValueError(f"scale_identity needs conv_weight with I == O, got shape {k3.shape}")
         out["scale_identity.weight"] = g[np.arange(o), np.arange(o), 1, 1].copy()
     return out
-
-
-def reinit_target_kernel(scale_conv, scale_1x1, scale_identity=None, *, in_channels: int, conv_weight=None,
-                         conv_1x1_weight=None, rng: np.random.Generator | None = None,
-                         use_identity_scales: bool = True) -> np.ndarray:
-    """``W'_0``: the RepOpt target kernel's re-initialization (SPEC §3 "Re-initialization").
-
-    ``W'_0 = α3·K3_0 + α1·pad(K1_0) + diag(d_0)·I_c`` where ``K3_0, K1_0`` are freshly
-    initialized *imaginary* CSLA kernels and ``d_0`` the (searched) identity scales,
-    or ``1`` when ``use_identity_scales=False`` (official
-    ``RepOptVGGHandler.reinitialize``, ``use_identity_scales_for_reinit``).
-
-    ``conv_weight (O, I, 3, 3)`` and ``conv_1x1_weight (O, I, 1, 1)`` may be given;
-    any that is None is drawn from ``rng`` with :func:`conv_default_init` (K3 first,
-    then K1). ``scale_identity (O,)`` present ⇔ the block has an identity branch
-    (needs ``in_channels == O``).
-
-    >>> w = reinit_target_kernel(np.ones(2), np.ones(2), np.full(2, 3.0), in_channels=2,
-    ...                          conv_weight=np.zeros((2, 2, 3, 3)), conv_1x1_weight=np.zeros((2, 2, 1, 1)),
-    ...                          use_identity_scales=False)
-    >>> w[:, :, 1, 1]
-    array([[1., 0.],
-           [0., 1.]])
-    """
-    a3 = _check_scale(scale_conv, "scale_conv", None)
-    o = a3.shape[0]
-    a1 = _check_scale(scale_1x1, "scale_1x1", o)
-    in_channels = check_int(in_channels, "in_channels", min_value=1)
-    if not isinstance(use_identity_scales, bool):
-        raise TypeError(f"use_identity_scales must be a bool, got {type(use_identity_scales).__name__}")
-    d = None
-    if scale_identity is not None:
-        d = _check_scale(scale_identity, "scale_identity", o)
-        if in_channels != o:
-            raise ValueError(f"scale_identity needs in_channels == {o} (an identity branch), got {in_channels}")
-        if not use_identity_scales:
-            d = np.ones(o)
-    if conv_weight is not None:
-        k3 = as_float_array(conv_weight, "conv_weight", shape=(o, in_channels, 3, 3))
-    if conv_1x1_weight is not None:
-        k1 = as_float_array(conv_1x1_weight, "conv_1x1_weight", shape=(o, in_channels, 1, 1))
-    if (conv_weight is None or conv_1x1_weight is None) and not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator when conv_weight or conv_1x1_weight is None")
-    if conv_weight is None:
-        k3 = conv_default_init(rng, (o, in_channels, 3, 3))
-    if conv_1x1_weight is None:
-        k1 = conv_default_init(rng, (o, in_channels, 1, 1))
-    return csla_equivalent_kernel(k3, k1, a3, a1, d)
-
-
-def grad_mult_mask(scale_conv, scale_1x1, in_channels: int, *, identity: str, exponent: int = 2) -> np.ndarray:
-    """Grad Mult ``M (O, I, 3, 3)`` for a RepOpt target conv (SPEC §3, official ``generate_grad_mults``).
-
-    ``M[o, i, p, q] = α3[o]^e + [p = q = 1]·α1[o]^e + [p = q = 1, o = i, identity = 'trainable']·1``
-
-    ``exponent=2`` is the SGD rule (exact theorem); ``exponent=1`` the official AdamW
-    rule (approximate; see ``docs/03-repopt.md``). ``identity='constant'`` adds
-    nothing (a constant ``d`` gets no update); any identity needs ``in_channels == O``.
-    ``identity`` is required: whether the block has one depends on the stride too.
-
-    >>> grad_mult_mask(np.array([2.0, 1.0]), np.array([1.0, 3.0]), 2, identity="trainable")[:, :, 1, 1]
-    array([[ 6.,  5.],
-           [10., 11.]])
-    >>> grad_mult_mask(np.array([2.0]), np.array([1.0]), 1, identity="none")[0, 0]
-    array([[4., 4., 4.],
-           [4., 5., 4.],
-           [4., 4., 4.]])
-    """
-    a3 = _check_scale(scale_conv, "scale_conv", None)
-    o = a3.shape[0]
-    a1 = _check_scale(scale_1x1, "scale_1x1", o)
-    in_channels = check_int(in_channels, "in_channels", min_value=1)
-    identity = _check_identity_mode(identity, in_channels, o)
-    if isinstance(exponent, bool) or exponent not in (1, 2):
-        raise ValueError(f"exponent must be 2 (SGD) or 1 (AdamW), got {exponent!r}")
-    mask = np.broadcast_to(per_channel(a3 ** exponent), (o, in_channels, 3, 3)).copy()
-    mask[:, :, 1, 1] += (a1 ** exponent)[:, None]
-    if identity == "trainable":
-        mask[np.arange(o), np.arange(o), 1, 1] += 1.0
-    return mask
 
 
 # ------------------------------------------------------- shared forward and backward
@@ -294,12 +146,6 @@ class _BNCache(NamedTuple):
     training: bool
     running_mean: np.ndarray  # the statistics eval mode used
     running_var: np.ndarray
-
-
-def _check_training(training) -> bool:
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    return training
 
 
 def _bn_relu_forward(z, params, buffers, out_channels, *, training, momentum, eps):
@@ -329,9 +175,7 @@ def _bn_relu_backward(params, cache: _BNCache, dy, *, eps):
 
 
 def _check_block_config(block) -> None:
-    check_int(block.in_channels, "in_channels", min_value=1)
-    check_int(block.out_channels, "out_channels", min_value=1)
-    check_int(block.stride, "stride", min_value=1)
+    check_conv_config(block.in_channels, block.out_channels, block.stride)
     check_probability(block.bn_momentum, "bn_momentum")
     check_nonneg_float(block.bn_eps, "bn_eps")
 
@@ -366,18 +210,18 @@ class _LinearAddMixin:
 
     def forward(self, params: Mapping[str, np.ndarray], buffers: Mapping[str, np.ndarray], x, *, training: bool):
         """Return ``(y, new_buffers, cache)``; ``x (N, I, H, W)`` → ``y (N, O, Ho, Wo)``."""
-        training = _check_training(training)
+        training = check_bool(training, "training")
         o, i = self.out_channels, self.in_channels
         x = as_float_array(x, "x", shape=(None, i, None, None))
         k3 = as_float_array(params["conv.weight"], "conv.weight", shape=(o, i, 3, 3))
         k1 = as_float_array(params["conv_1x1.weight"], "conv_1x1.weight", shape=(o, i, 1, 1))
-        a3 = _check_scale(params["scale_conv.weight"], "scale_conv.weight", o)
-        a1 = _check_scale(params["scale_1x1.weight"], "scale_1x1.weight", o)
+        a3 = check_vector(params["scale_conv.weight"], "scale_conv.weight", o)
+        a1 = check_vector(params["scale_1x1.weight"], "scale_1x1.weight", o)
         c3 = conv2d(x, k3, stride=self.stride, padding=1)
         c1 = conv2d(x, k1, stride=self.stride, padding=0)
         z = a3[None, :, None, None] * c3 + a1[None, :, None, None] * c1
         if self._has_identity():
-            d = _check_scale(params["scale_identity.weight"], "scale_identity.weight", o)
+            d = check_vector(params["scale_identity.weight"], "scale_identity.weight", o)
             z = z + d[None, :, None, None] * x
         y, new_buffers, bn_cache = _bn_relu_forward(z, params, buffers, o, training=training,
                                                     momentum=self.bn_momentum, eps=self.bn_eps)
@@ -445,7 +289,7 @@ class CSLABlock(_LinearAddMixin):
         identity = self.identity
         if identity is None:
             identity = "trainable" if self.in_channels == o and self.stride == 1 else "none"
-        identity = _check_identity_mode(identity, self.in_channels, o, self.stride)
+        identity = check_identity_mode(identity, self.in_channels, o, self.stride)
         object.__setattr__(self, "identity", identity)
         object.__setattr__(self, "scale_conv", _frozen_vector(self.scale_conv, "scale_conv", o))
         object.__setattr__(self, "scale_1x1", _frozen_vector(self.scale_1x1, "scale_1x1", o))
@@ -563,7 +407,7 @@ class RepOptTargetBlock:
         return ("conv.weight", "bn.weight", "bn.bias")
 
     def forward(self, params, buffers, x, *, training: bool):
-        training = _check_training(training)
+        training = check_bool(training, "training")
         x = as_float_array(x, "x", shape=(None, self.in_channels, None, None))
         w = as_float_array(params["conv.weight"], "conv.weight", shape=(self.out_channels, self.in_channels, 3, 3))
         z = conv2d(x, w, stride=self.stride, padding=1)

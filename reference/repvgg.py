@@ -30,7 +30,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from ._checks import as_float_array, check_int, check_nonneg_float, check_probability
+from ._checks import as_float_array, check_bool, check_conv_config, check_nonneg_float, check_probability
 from .kernels import identity_kernel, pad_1x1_to_3x3, per_channel
 from .oabn import (
     check_gradient_mode,
@@ -83,16 +83,6 @@ _POST_BN = "bn"
 # ------------------------------------------------------------------------ validation
 
 
-def _check_config(in_channels, out_channels, stride, groups):
-    in_channels = check_int(in_channels, "in_channels", min_value=1)
-    out_channels = check_int(out_channels, "out_channels", min_value=1)
-    stride = check_int(stride, "stride", min_value=1)
-    groups = check_int(groups, "groups", min_value=1)
-    if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
-    return in_channels, out_channels, stride, groups
-
-
 def _has_identity(in_channels: int, out_channels: int, stride: int) -> bool:
     """SPEC §2: the identity branch exists iff ``in == out and stride == 1``."""
     return in_channels == out_channels and stride == 1
@@ -104,7 +94,7 @@ def _bn_keys(prefix: str) -> tuple[tuple[str, str], tuple[str, str]]:
 
 def repvgg_param_shapes(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> dict[str, tuple]:
     """``{name: shape}`` of a RepVGG block's trainable parameters (``rbr_identity.*`` iff identity)."""
-    cin, o, stride, g = _check_config(in_channels, out_channels, stride, groups)
+    cin, o, stride, g = check_conv_config(in_channels, out_channels, stride, groups)
     shapes = {_DENSE_W: (o, cin // g, 3, 3), f"{_DENSE_BN}.weight": (o,), f"{_DENSE_BN}.bias": (o,),
               _ONE_W: (o, cin // g, 1, 1), f"{_ONE_BN}.weight": (o,), f"{_ONE_BN}.bias": (o,)}
     if _has_identity(cin, o, stride):
@@ -114,21 +104,21 @@ def repvgg_param_shapes(in_channels: int, out_channels: int, stride: int = 1, gr
 
 def repvgg_buffer_shapes(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> dict[str, tuple]:
     """``{name: shape}`` of a RepVGG block's BN running statistics."""
-    cin, o, stride, g = _check_config(in_channels, out_channels, stride, groups)
+    cin, o, stride, g = check_conv_config(in_channels, out_channels, stride, groups)
     prefixes = [_DENSE_BN, _ONE_BN] + ([_ID_BN] if _has_identity(cin, o, stride) else [])
     return {k: (o,) for p in prefixes for k in _bn_keys(p)[1]}
 
 
 def qarepvgg_param_shapes(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> dict[str, tuple]:
     """``{name: shape}`` of a QARepVGG block's trainable parameters (the identity has none)."""
-    cin, o, stride, g = _check_config(in_channels, out_channels, stride, groups)
+    cin, o, stride, g = check_conv_config(in_channels, out_channels, stride, groups)
     return {_DENSE_W: (o, cin // g, 3, 3), f"{_DENSE_BN}.weight": (o,), f"{_DENSE_BN}.bias": (o,),
             _QA_ONE_W: (o, cin // g, 1, 1), f"{_POST_BN}.weight": (o,), f"{_POST_BN}.bias": (o,)}
 
 
 def qarepvgg_buffer_shapes(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> dict[str, tuple]:
     """``{name: shape}`` of a QARepVGG block's BN running statistics (dense BN and post BN)."""
-    _, o, _, _ = _check_config(in_channels, out_channels, stride, groups)
+    _, o, _, _ = check_conv_config(in_channels, out_channels, stride, groups)
     return {k: (o,) for p in (_DENSE_BN, _POST_BN) for k in _bn_keys(p)[1]}
 
 
@@ -158,12 +148,6 @@ def _check_running_var(buffers: Arrays, name: str) -> None:
     for k, v in buffers.items():
         if k.endswith("running_var") and np.any(v < 0):
             raise ValueError(f"{name}[{k!r}] must be >= 0 (a variance), got min {v.min()}")
-
-
-def _check_training(training) -> bool:
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    return bool(training)
 
 
 def _check_x(x, in_channels: int) -> np.ndarray:
@@ -208,7 +192,7 @@ def deploy_state(kernel, bias) -> Arrays:
 
 
 def _repvgg_fusion_inputs(params, buffers, in_channels, out_channels, stride, groups, eps, oabn_threshold):
-    cin, o, stride, groups = _check_config(in_channels, out_channels, stride, groups)
+    cin, o, stride, groups = check_conv_config(in_channels, out_channels, stride, groups)
     eps = check_nonneg_float(eps, "eps")
     oabn_threshold = check_threshold(oabn_threshold, "oabn_threshold")
     ident = _has_identity(cin, o, stride)
@@ -292,7 +276,7 @@ def fuse_repvgg_block_backward(dkernel, dbias, params, buffers, *, in_channels: 
 
 
 def _qarepvgg_fusion_inputs(params, buffers, in_channels, out_channels, stride, groups, eps):
-    cin, o, stride, groups = _check_config(in_channels, out_channels, stride, groups)
+    cin, o, stride, groups = check_conv_config(in_channels, out_channels, stride, groups)
     eps = check_nonneg_float(eps, "eps")
     note = _identity_note(_has_identity(cin, o, stride), cin, o, stride)
     params = _check_tree(params, qarepvgg_param_shapes(cin, o, stride, groups), "params", note)
@@ -322,8 +306,7 @@ def fuse_qarepvgg_block(params, buffers, *, in_channels: int, out_channels: int,
       ``(K, b, post_bn)`` with ``post_bn = {'bn.weight', 'bn.bias', 'bn.running_mean',
       'bn.running_var'}`` (copies); ``relu(BNpost_eval(conv2d(x, K, b, ...)))`` equals the block.
     """
-    if not isinstance(fold_post_bn, (bool, np.bool_)):
-        raise TypeError(f"fold_post_bn must be a bool, got {type(fold_post_bn).__name__}")
+    fold_post_bn = check_bool(fold_post_bn, "fold_post_bn")
     params, buffers, cin, o, stride, groups, eps = _qarepvgg_fusion_inputs(
         params, buffers, in_channels, out_channels, stride, groups, eps)
     kernel, bias = _qarepvgg_unfolded(params, buffers, cin, o, stride, groups, eps)
@@ -348,8 +331,7 @@ def fuse_qarepvgg_block_backward(dkernel, dbias, params, buffers, *, in_channels
     fusion (its gradients come from the deployed BN's own backward), so only the
     ``rbr_*`` gradients are returned and ``(dkernel, dbias)`` are ``∂L/∂K, ∂L/∂b``.
     """
-    if not isinstance(fold_post_bn, (bool, np.bool_)):
-        raise TypeError(f"fold_post_bn must be a bool, got {type(fold_post_bn).__name__}")
+    fold_post_bn = check_bool(fold_post_bn, "fold_post_bn")
     params, buffers, cin, o, stride, groups, eps = _qarepvgg_fusion_inputs(
         params, buffers, in_channels, out_channels, stride, groups, eps)
     dk = as_float_array(dkernel, "dkernel", shape=(o, cin // groups, 3, 3))
@@ -466,7 +448,7 @@ class RepVGGBlock(_BranchBlockStructure):
     oabn_gradient: str = "clip"
 
     def __post_init__(self):
-        cin, o, stride, groups = _check_config(self.in_channels, self.out_channels, self.stride, self.groups)
+        cin, o, stride, groups = check_conv_config(self.in_channels, self.out_channels, self.stride, self.groups)
         values = dict(in_channels=cin, out_channels=o, stride=stride, groups=groups,
                       bn_momentum=check_probability(self.bn_momentum, "bn_momentum"),
                       bn_eps=check_nonneg_float(self.bn_eps, "bn_eps"),
@@ -480,7 +462,7 @@ class RepVGGBlock(_BranchBlockStructure):
         """``(y, new_buffers, cache)``: training mode uses batch statistics and returns the
         updated running statistics; eval mode uses the running statistics (and returns
         copies of them unchanged)."""
-        training = _check_training(training)
+        training = check_bool(training, "training")
         params, buffers = self._check(params, buffers)
         x = _check_x(x, self.in_channels)
         conv = dict(stride=self.stride, groups=self.groups)
@@ -594,7 +576,7 @@ class QARepVGGBlock(_BranchBlockStructure):
     _buffer_shapes_fn = staticmethod(qarepvgg_buffer_shapes)
 
     def __post_init__(self):
-        cin, o, stride, groups = _check_config(self.in_channels, self.out_channels, self.stride, self.groups)
+        cin, o, stride, groups = check_conv_config(self.in_channels, self.out_channels, self.stride, self.groups)
         values = dict(in_channels=cin, out_channels=o, stride=stride, groups=groups,
                       bn_momentum=check_probability(self.bn_momentum, "bn_momentum"),
                       bn_eps=check_nonneg_float(self.bn_eps, "bn_eps"))
@@ -603,7 +585,7 @@ class QARepVGGBlock(_BranchBlockStructure):
 
     def forward(self, params, buffers, x, *, training: bool) -> tuple[np.ndarray, Arrays, Any]:
         """``(y, new_buffers, cache)``; training mode updates both BNs' running statistics."""
-        training = _check_training(training)
+        training = check_bool(training, "training")
         params, buffers = self._check(params, buffers)
         x = _check_x(x, self.in_channels)
         eps, m = self.bn_eps, self.bn_momentum

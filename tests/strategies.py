@@ -1,14 +1,19 @@
 """Every Hypothesis strategy the suite uses, in one module (shrinkable, composable).
 
-Arrays are built from integer seeds plus explicit shapes so that shrinking goes
-towards small shapes and a fixed seed, and a failure reproduces from the printed
-example alone.
+Data arrays (quantization, calibration and k-means values) are drawn element by
+element through Hypothesis (``hypothesis.extra.numpy.arrays``), so a failure shrinks
+in its *values* as well as its shape, towards zeros, small integers and short arrays,
+and reproduces from the printed example alone. Model inputs and initial weights of
+the block/network tests still come from a drawn ``seed`` (their values are not what
+those properties are about). Batch size 1 and non-square inputs (``hw = (h, w)``) are
+drawn wherever training-mode batch norm still has ``N·H·W ≥ 2`` values per channel.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 # ------------------------------------------------------------------ primitives
 
@@ -21,8 +26,31 @@ def rng_from(seed: int) -> np.random.Generator:
 
 channels = st.integers(min_value=1, max_value=6)
 spatial = st.integers(min_value=3, max_value=7)
-batch = st.integers(min_value=2, max_value=4)
+batch = st.integers(min_value=1, max_value=4)
 strides = st.sampled_from([1, 2])
+
+
+def float_elements(bound: float = 4.0, *, tiny: bool = True) -> st.SearchStrategy[float]:
+    """Finite floats in ``[−bound, bound]`` (no subnormals). ``tiny=False`` maps magnitudes
+    below ``2^-20`` to 0, for tests whose float32 side would flush them (zeros stay common)."""
+    floats = st.floats(-bound, bound, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+    return floats if tiny else floats.map(lambda v: v if abs(v) >= 2.0**-20 else 0.0)
+
+
+@st.composite
+def image_sizes(draw, lo: int = 1, hi: int = 3, *, batch_size: int | None = None, min_values: int = 1):
+    """``(h, w)``, square or not, with ``batch_size·h·w ≥ min_values`` when ``batch_size`` is given."""
+    h, w = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
+    if batch_size is not None and batch_size * h * w < min_values:
+        w = max(w, -(-min_values // (batch_size * h)))
+    return h, w
+
+
+def _out_size(n: int, strides_: tuple[int, ...]) -> int:
+    """Spatial size after 3x3 convs with padding 1 and these strides: ``ceil(n / s)`` each."""
+    for s in strides_:
+        n = -(-n // s)
+    return n
 
 
 @st.composite
@@ -113,31 +141,45 @@ quant_bits = st.integers(min_value=1, max_value=16)
 weight_bits = st.integers(min_value=2, max_value=16)  # symmetric narrow range needs b >= 2
 
 
+def _data_array(draw, shape, kind: str, *, tiny: bool = True) -> np.ndarray:
+    """One array of a named kind, every element drawn by Hypothesis: ``real`` (uniform-ish
+    floats), ``heavy`` (floats times per-element factors 1/10/100: outliers), ``relu`` (non-negative
+    with exact zeros), ``grid`` (halves of small integers: repeats and exact .5 ties), ``zeros``."""
+    if kind == "grid":
+        return draw(hnp.arrays(np.int64, shape, elements=st.integers(-8, 8))) / 2.0
+    if kind == "zeros":
+        return np.zeros(shape)
+    a = draw(hnp.arrays(np.float64, shape, elements=float_elements(tiny=tiny)))
+    if kind == "heavy":
+        a = a * draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([1.0, 1.0, 1.0, 10.0, 100.0])))
+    return np.maximum(a, 0.0) if kind == "relu" else a
+
+
 @st.composite
-def quant_arrays(draw, max_rows: int = 4, max_cols: int = 12):
-    """A ``(rows, cols)`` float64 array: normal, heavy-tailed (t, df=3), a coarse grid
-    (many repeats and exact .5 ties), or all zeros, times a magnitude 10^[-3, 3]."""
-    rng = rng_from(draw(seeds))
+def quant_arrays(draw, max_rows: int = 4, max_cols: int = 12, *, tiny: bool = False):
+    """A ``(rows, cols)`` float64 array of kind real, heavy, grid or zeros (:func:`_data_array`),
+    times a magnitude 10^[-3, 3]. ``rows = 1`` (a batch of one) is drawn too."""
     shape = (draw(st.integers(1, max_rows)), draw(st.integers(1, max_cols)))
-    kind = draw(st.sampled_from(["normal", "heavy", "grid", "zeros"]))
-    mag = 10.0 ** draw(st.integers(-3, 3))
-    if kind == "normal":
-        a = rng.standard_normal(shape)
-    elif kind == "heavy":
-        a = rng.standard_t(3, shape)
-    elif kind == "grid":
-        a = rng.integers(-8, 9, shape) / 2.0
-    else:
-        a = np.zeros(shape)
-    return a * mag
+    kind = draw(st.sampled_from(["real", "heavy", "grid", "zeros"]))
+    return _data_array(draw, shape, kind, tiny=tiny) * 10.0 ** draw(st.integers(-3, 3))
 
 
 @st.composite
 def cluster_values(draw, max_size: int = 60):
-    """1-D values for k-means: heavy-tailed, rounded to 0..2 decimals (so duplicates occur)."""
-    rng = rng_from(draw(seeds))
+    """1-D values for k-means: real or heavy-tailed, rounded to 0..2 decimals (so duplicates occur)."""
     n = draw(st.integers(1, max_size))
-    return np.round(rng.standard_t(3, n), draw(st.integers(0, 2)))
+    a = _data_array(draw, n, draw(st.sampled_from(["real", "heavy"])))
+    return np.round(a, draw(st.integers(0, 2)))
+
+
+def _input_shape(draw, stage_strides, lo: int, hi: int, max_batch: int):
+    """``((h, w), batch)``: h, w in lo..hi independently (non-square inputs), batch 1..max_batch,
+    raised to 2 only when batch 1 would leave the last stage's batch norm with one value per channel."""
+    h, w = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
+    batch = draw(st.integers(1, max_batch))
+    if batch * _out_size(h, stage_strides) * _out_size(w, stage_strides) < 2:
+        batch = 2
+    return (h, w), batch
 
 
 # ------------------------------------- SPEC §3 RepOpt in torch (test_torch_equivalence_repopt.py, test_torch_ddp.py)
@@ -149,7 +191,8 @@ def vggnet_layouts(draw, max_blocks: int = 4, max_channels: int = 8):
 
     Returns ``dict(num_blocks, widths, strides, in_channels, hw, batch, num_classes)``
     for ``create_model(..., num_blocks=…, widths=…, strides=…, in_channels=…)``:
-    widths 1..max_channels, first-block strides 1/2, inputs 4–10 px, batch 2–6.
+    widths 1..max_channels, first-block strides 1/2, inputs ``hw = (h, w)`` with h, w in 4..10
+    (non-square too), batch 1–6 (see :func:`_input_shape`).
     ``stage0`` keeps ``in == out`` half the time, so identity blocks appear early too.
     """
     n_total = draw(st.integers(1, max_blocks))
@@ -163,8 +206,9 @@ def vggnet_layouts(draw, max_blocks: int = 4, max_channels: int = 8):
         widths.append(widths[-1] if draw(st.booleans()) else draw(st.integers(1, max_channels)))
         stage_strides.append(draw(strides))
         left -= n
+    hw, batch = _input_shape(draw, stage_strides, 4, 10, 6)
     return dict(num_blocks=tuple(num_blocks), widths=tuple(widths), strides=tuple(stage_strides),
-                in_channels=in_channels, hw=draw(st.integers(4, 10)), batch=draw(st.integers(2, 6)),
+                in_channels=in_channels, hw=hw, batch=batch,
                 num_classes=draw(st.integers(2, 4)))
 
 
@@ -174,24 +218,17 @@ def vggnet_layouts(draw, max_blocks: int = 4, max_channels: int = 8):
 @st.composite
 def act_batch_sequences(draw, max_batches: int = 4, max_size: int = 40):
     """1..max_batches activation batches (1-D float64 arrays, sizes 1..max_size) of one kind:
-    normal, heavy-tailed (t, df=3), non-negative (post-ReLU, with exact zeros), a coarse grid
-    (repeats and exact .5 ties) or constant; times a magnitude 10^[-3, 3]."""
-    rng = rng_from(draw(seeds))
-    kind = draw(st.sampled_from(["normal", "heavy", "relu", "grid", "constant"]))
+    real, heavy-tailed, non-negative (post-ReLU, with exact zeros), a coarse grid (repeats and
+    exact .5 ties) or constant; times a magnitude 10^[-3, 3]. Values drawn by Hypothesis."""
+    kind = draw(st.sampled_from(["real", "heavy", "relu", "grid", "constant"]))
     mag = 10.0 ** draw(st.integers(-3, 3))
     out = []
     for _ in range(draw(st.integers(1, max_batches))):
         n = draw(st.integers(1, max_size))
-        if kind == "normal":
-            a = rng.standard_normal(n)
-        elif kind == "heavy":
-            a = rng.standard_t(3, n)
-        elif kind == "relu":
-            a = np.maximum(rng.standard_normal(n), 0.0)
-        elif kind == "grid":
-            a = rng.integers(-8, 9, n) / 2.0
+        if kind == "constant":
+            a = np.full(n, float(draw(st.integers(-2, 2))))
         else:
-            a = np.full(n, float(rng.integers(-2, 3)))
+            a = _data_array(draw, n, kind, tiny=False)
         out.append(a * mag)
     return out
 
@@ -201,11 +238,12 @@ def act_batch_sequences(draw, max_batches: int = 4, max_size: int = 40):
 
 @st.composite
 def continuous_values(draw, max_size: int = 80):
-    """1-D float64 values with no ties by construction (normal or heavy-tailed t, df=3, times a
-    magnitude 10^[-3, 3]): for comparisons that exclude values within ε of a k-means midpoint."""
-    rng = rng_from(draw(seeds))
+    """1-D float64 values, distinct, real or heavy-tailed, times a magnitude 10^[-3, 3] (drawn by
+    Hypothesis): for comparisons that exclude values within ε of a k-means midpoint."""
     n = draw(st.integers(1, max_size))
-    a = rng.standard_normal(n) if draw(st.booleans()) else rng.standard_t(3, n)
+    a = draw(hnp.arrays(np.float64, n, elements=float_elements(tiny=False), unique=True))
+    if draw(st.booleans()):
+        a = a * draw(hnp.arrays(np.float64, n, elements=st.sampled_from([1.0, 1.0, 1.0, 10.0, 100.0])))
     return a * 10.0 ** draw(st.integers(-3, 3))
 
 
@@ -213,7 +251,7 @@ def continuous_values(draw, max_size: int = 80):
 def qat_layouts(draw, max_blocks: int = 3, max_channels: int = 6):
     """A small ``VGGNet`` layout for QAT: 1..max_blocks blocks (stage0 + one or two stages),
     widths 1..max_channels (``in == out`` half the time: identity branches), strides 1/2,
-    inputs 4–8 px, batch 2–4, 2–3 classes. Same keys as :func:`vggnet_layouts`."""
+    inputs ``hw = (h, w)`` in 4..8 px, batch 1–4, 2–3 classes. Same keys as :func:`vggnet_layouts`."""
     n_total = draw(st.integers(1, max_blocks))
     in_channels = draw(st.integers(1, max_channels))
     w0 = in_channels if draw(st.booleans()) else draw(st.integers(1, max_channels))
@@ -225,6 +263,7 @@ def qat_layouts(draw, max_blocks: int = 3, max_channels: int = 6):
         widths.append(widths[-1] if draw(st.booleans()) else draw(st.integers(1, max_channels)))
         stage_strides.append(draw(strides))
         left -= n
+    hw, batch = _input_shape(draw, stage_strides, 4, 8, 4)
     return dict(num_blocks=tuple(num_blocks), widths=tuple(widths), strides=tuple(stage_strides),
-                in_channels=in_channels, hw=draw(st.integers(4, 8)), batch=draw(st.integers(2, 4)),
+                in_channels=in_channels, hw=hw, batch=batch,
                 num_classes=draw(st.integers(2, 3)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from repspec.reference import ops
@@ -30,8 +30,11 @@ INF = float("inf")
 
 
 def _x(rng, n, c, hw):
-    """Per-channel scale and shift, so that channel variances differ."""
-    return rng.normal(size=(n, c, hw, hw)) * rng.uniform(0.5, 3, size=(1, c, 1, 1)) + rng.normal(size=(1, c, 1, 1))
+    """``(n, c, h, w)`` with per-channel scale and shift, so that channel variances differ.
+
+    Training-mode batch norm needs ``n·h·w ≥ 2`` values per channel (batch 1 is drawn)."""
+    assume(n * hw[0] * hw[1] >= 2)
+    return rng.normal(size=(n, c, *hw)) * rng.uniform(0.5, 3, size=(1, c, 1, 1)) + rng.normal(size=(1, c, 1, 1))
 
 
 def _gamma_for(rng, var, eps, s):
@@ -47,7 +50,8 @@ def _check_fd(loss, inputs: dict, analytic: dict):
         assert_close(analytic[name], fd, name=f"d{name}", kind="finite_difference")
 
 
-shape_args = dict(n=S.batch, c=st.integers(1, 4), hw=st.integers(1, 3), seed=S.seeds)
+# batch 1..4 and non-square (h, w) in 1..3 each
+shape_args = dict(n=S.batch, c=st.integers(1, 4), hw=st.tuples(st.integers(1, 3), st.integers(1, 3)), seed=S.seeds)
 
 
 # ------------------------------------------------------------------- s = ∞ is BN
@@ -60,8 +64,16 @@ def test_infinite_threshold_is_plain_bn(n, c, hw, seed):
     g, b, rm, rv = rng.normal(size=c), rng.normal(size=c), rng.normal(size=c), rng.uniform(0.1, 2, c)
     got = oabn_train(x, g, b, rm, rv, threshold=INF, momentum=0.3)
     want = ops.batch_norm_train(x, g, b, rm, rv, momentum=0.3)
-    for field in want._fields:  # bit for bit: the same expression
+    for field in ("running_mean", "running_var", "batch_mean", "batch_var"):  # bit for bit: same expressions
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    # y: t·(x − μ) + β (OABN, SPEC §4) vs γ·((x − μ)/sqrt(σ² + eps)) + β (BN): the same value
+    # through a different order of a division and two products, so each side is within
+    # ~3 ulp of |t·(x − μ)| + |β|; 8·eps of that bounds the difference, with room.
+    mu, t = want.batch_mean[None, :, None, None], ops.bn_factor(g, want.batch_var, 1e-5)[None, :, None, None]
+    scale = np.abs(t * (x - mu)) + np.abs(b)[None, :, None, None]
+    err = np.abs(got.y - want.y)
+    assert np.all(err <= 8 * np.finfo(float).eps * scale), (
+        f"y: max abs err {err.max():.3e} exceeds 8·eps·(|t(x−μ)| + |β|) (max ratio {(err / scale).max():.3e})")
     np.testing.assert_array_equal(oabn_eval(x, g, b, rm, rv, threshold=INF), ops.batch_norm_eval(x, g, b, rm, rv))
     np.testing.assert_array_equal(oabn_factor(g, rv, 1e-5, INF), ops.bn_factor(g, rv, 1e-5))
     dy = rng.normal(size=x.shape)
@@ -84,7 +96,7 @@ def test_train_output_is_the_formula_and_running_stats_are_unbiased(n, c, hw, se
     g, b, rm, rv = rng.normal(size=c) * 3, rng.normal(size=c), rng.normal(size=c), rng.uniform(0.1, 2, c)
     eps = 1e-5
     res = oabn_train(x, g, b, rm, rv, threshold=s, momentum=momentum, eps=eps)
-    cnt = n * hw * hw
+    cnt = n * hw[0] * hw[1]
     mu = x.mean(axis=(0, 2, 3))
     var_biased = ((x - mu[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) / cnt
     var_unbiased = ((x - mu[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) / (cnt - 1)
@@ -205,7 +217,8 @@ def test_clip_gradient_at_the_boundary_passes():
 
 
 @given(**shape_args)
-@example(n=2, c=2, hw=2, seed=0)
+@example(n=2, c=2, hw=(2, 2), seed=0)
+@example(n=1, c=2, hw=(1, 3), seed=0)  # a batch of one, non-square
 def test_clipped_channel_gets_no_gamma_gradient_but_x_still_does(n, c, hw, seed):
     rng = S.rng_from(seed)
     x = _x(rng, n, c, hw)

@@ -8,6 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from repspec.reference.quant import (
+    MIN_SCALE,
     activation_qmax,
     activation_qparams,
     activation_range,
@@ -36,8 +37,9 @@ def _round_err_bound(scale, qmax):
 # ------------------------------------------------------------------------ weights
 
 
-@given(w=quant_arrays(), bits=weight_bits, per_channel=st.booleans())
+@given(w=quant_arrays(tiny=True), bits=weight_bits, per_channel=st.booleans())
 @example(w=np.array([[0.0]]), bits=8, per_channel=False)  # all zeros
+@example(w=np.array([[1e-40, -3e-39]]), bits=8, per_channel=False)  # zero range: scale < 2^-126
 @example(w=np.array([[0.0, 0.0], [1.0, -3.0]]), bits=2, per_channel=True)  # a zero channel
 @example(w=np.array([[2.5, 2.0]]), bits=3, per_channel=False)  # min == max, batch of 1
 def test_weight_codes_in_range_and_error_bound(w, bits, per_channel):
@@ -49,12 +51,15 @@ def test_weight_codes_in_range_and_error_bound(w, bits, per_channel):
     w_hat = fake_quantize_weight(w, bits, per_channel)
     np.testing.assert_array_equal(w_hat, dequantize(q, scale))
     s = np.broadcast_to(np.asarray(scale).reshape(-1, 1), w.shape)
-    assert np.all(np.abs(w_hat - w) <= _round_err_bound(s, qmax))
+    # a zero range (scale < 2^-126 set to 0) maps w to 0, and then |w| <= qmax·2^-126
+    bound = np.where(s > 0, _round_err_bound(s, qmax), qmax * MIN_SCALE)
+    err = np.abs(w_hat - w)
+    assert np.all(err <= bound), f"max |ŵ − w| / bound = {(err / bound).max()} (scale {scale})"
     lo, hi = weight_range(scale, bits)
     assert np.all(w_hat >= np.reshape(lo, (-1, 1))) and np.all(w_hat <= np.reshape(hi, (-1, 1)))
 
 
-@given(w=quant_arrays(), bits=weight_bits, per_channel=st.booleans())
+@given(w=quant_arrays(tiny=True), bits=weight_bits, per_channel=st.booleans())
 @example(w=np.array([[0.0, 0.0]]), bits=2, per_channel=True)
 def test_weight_fake_quant_is_idempotent(w, bits, per_channel):
     once = fake_quantize_weight(w, bits, per_channel)
@@ -64,7 +69,7 @@ def test_weight_fake_quant_is_idempotent(w, bits, per_channel):
     np.testing.assert_array_equal(dequantize(quantize_weight(once, scale, bits), scale), once)
 
 
-@given(w=quant_arrays(), bits=weight_bits)
+@given(w=quant_arrays(tiny=True), bits=weight_bits)
 def test_per_channel_equals_per_layer_on_each_row(w, bits):
     scale = weight_qparams(w, bits, per_channel=True)
     assert scale.shape == (w.shape[0],)
@@ -99,7 +104,7 @@ def test_4d_kernel_per_output_channel():
 # -------------------------------------------------------------------- activations
 
 
-@given(x=quant_arrays(), bits=quant_bits, lo_frac=st.floats(0, 1), hi_frac=st.floats(0, 1))
+@given(x=quant_arrays(tiny=True), bits=quant_bits, lo_frac=st.floats(0, 1), hi_frac=st.floats(0, 1))
 @example(x=np.array([[0.0, 0.0]]), bits=8, lo_frac=0.0, hi_frac=0.0)  # all zeros, min == max
 @example(x=np.array([[-1.0, 0.5, 2.0]]), bits=2, lo_frac=1.0, hi_frac=1.0)  # batch of 1
 def test_activation_codes_range_and_error(x, bits, lo_frac, hi_frac):
@@ -127,6 +132,44 @@ def test_activation_qparams_formula():
     assert activation_qparams(1.0, 3.0, 8) == (3.0 / 255, 0)  # lo' = min(lo, 0) = 0
     assert activation_qparams(-3.0, -1.0, 8) == (3.0 / 255, 255)  # hi' = max(hi, 0) = 0
     assert activation_qparams(0.0, 0.0, 8) == (0.0, 0)
+
+
+TINY32 = float(np.finfo(np.float32).tiny)  # 2^-126, float32's smallest normal
+
+
+# [repspec] zero-range rule (docs/05-quantization.md, "Scales below float32's smallest
+# normal"): a computed scale below 2^-126 is 0. The examples are the two corners found so
+# far: zp = rint(511/2) = 256 needed the clamp when scale was 2^-1073 (issue 10), and
+# a float32-subnormal scale that PyTorch's float32 kernel cannot invert (issue 14).
+@given(lo=st.floats(-1e-30, 0.0), hi=st.floats(0.0, 1e-30), bits=quant_bits)
+@example(lo=-511 * 2.0**-1074, hi=0.0, bits=8)
+@example(lo=-1.175494351e-38, hi=0.0, bits=3)
+@example(lo=-255 * TINY32, hi=0.0, bits=8)  # scale exactly 2^-126: kept
+@example(lo=-float(np.nextafter(255 * TINY32, 0.0)), hi=0.0, bits=8)  # just below: zero range
+@example(lo=-3.0 * TINY32, hi=4.0 * TINY32, bits=1)
+def test_activation_scale_below_float32_normal_is_zero_range(lo, hi, bits):
+    qmax = activation_qmax(bits)
+    scale, zp = activation_qparams(lo, hi, bits)
+    assert MIN_SCALE == TINY32
+    exact = (max(hi, 0.0) - min(lo, 0.0)) / qmax
+    if exact < TINY32:
+        assert (scale, zp) == (0.0, 0), f"scale {exact!r} < 2^-126 must be a zero range, got {(scale, zp)}"
+    else:
+        assert scale == exact and np.float32(scale) >= TINY32, f"scale {scale!r} (want {exact!r}, >= 2^-126)"
+        assert 0 <= zp <= qmax, f"zero_point {zp} outside 0..{qmax} (scale {scale!r}, lo {lo!r})"
+        assert zp == int(np.rint(-min(lo, 0.0) / scale)), "zp must not need the clamp when scale >= 2^-126"
+
+
+@given(w=quant_arrays(), bits=weight_bits, per_channel=st.booleans(), e=st.integers(-1074, -100))
+@example(w=np.array([[1.0, -0.5], [0.25, 0.0]]), bits=8, per_channel=True, e=-126 - 7)
+def test_weight_scale_below_float32_normal_is_zero(w, bits, per_channel, e):
+    w = w * 2.0**e  # shrink into (and below) float32's subnormal range; exact unless float64 underflows
+    exact = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / weight_qmax(bits)
+    if not per_channel:
+        exact = exact.max()
+    got = weight_qparams(w, bits, per_channel)
+    want = np.where(exact < TINY32, 0.0, exact)
+    np.testing.assert_array_equal(got, want, err_msg=f"weight scale vs max|w|/qmax with the 2^-126 rule (e={e})")
 
 
 def test_activation_ties_round_half_to_even():
@@ -267,6 +310,8 @@ def test_peer_torch_activation_exact_with_power_of_two_scale(tq, seed, bits, e):
 
 
 @given(seed=seeds, bits=quant_bits, lo=st.floats(-5, 0), hi=st.floats(0, 5))
+@example(seed=0, bits=3, lo=-1.175494351e-38, hi=0.0)  # issue 14: float32-subnormal scale -> zero range
+@example(seed=0, bits=8, lo=-255 * TINY32, hi=0.0)  # the smallest scale kept, 2^-126
 def test_peer_torch_activation_general_scale(tq, seed, bits, lo, hi):
     scale, zp = activation_qparams(lo, hi, bits)
     scale = float(np.float32(scale))  # torch holds the scale in float32

@@ -86,7 +86,9 @@ def _set_oabn_gamma(block, params, buffers, x, training, rng, s, *, clip_some: b
     return params, clipped
 
 
-block_args = dict(cfg=S.grouped_block_shapes(), n=st.integers(2, 3), hw=st.integers(3, 5), seed=S.seeds)
+# batch 1..3, non-square (h, w) in 3..5 each: N·H·W >= 4 after a stride-2 conv, enough for training BN
+block_args = dict(cfg=S.grouped_block_shapes(), n=st.integers(1, 3), hw=st.tuples(st.integers(3, 5), st.integers(3, 5)),
+                  seed=S.seeds)
 
 
 def _setup(block_cls, cfg, n, hw, seed, **kw):
@@ -94,7 +96,7 @@ def _setup(block_cls, cfg, n, hw, seed, **kw):
     block = block_cls(cin, cout, stride, groups, **kw)
     rng = S.rng_from(seed)
     params, buffers = _random_state(block, rng)
-    x = rng.normal(size=(n, cin, hw, hw))
+    x = rng.normal(size=(n, cin, *hw))
     return block, rng, params, buffers, x
 
 

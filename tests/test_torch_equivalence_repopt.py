@@ -73,7 +73,7 @@ def random_scales(layout, seed) -> dict[str, torch.Tensor]:
 
 def batches_for(layout, seed, n=N_ITER):
     rng = np.random.default_rng(seed + 1)
-    shape = (layout["batch"], layout["in_channels"], layout["hw"], layout["hw"])
+    shape = (layout["batch"], layout["in_channels"], *layout["hw"])
     return [(rng.normal(size=shape), rng.integers(0, layout["num_classes"], layout["batch"])) for _ in range(n)]
 
 
@@ -266,7 +266,7 @@ def test_theorem_repopt_equals_csla_float64(device, layout, hp, seed):
 
 
 def test_theorem_repopt_equals_csla_float32(device):
-    layout = dict(num_blocks=(1, 2, 1), widths=(4, 4, 6), strides=(1, 1, 2), in_channels=3, hw=8, batch=4,
+    layout = dict(num_blocks=(1, 2, 1), widths=(4, 4, 6), strides=(1, 1, 2), in_channels=3, hw=(8, 8), batch=4,
                   num_classes=3)
     hp = dict(lr=0.05, momentum=0.9, dampening=0.0, nesterov=True, weight_decay=1e-4)
     run_theorem(layout, hp, 1234, device, torch.float32, "float32")
@@ -274,7 +274,7 @@ def test_theorem_repopt_equals_csla_float32(device):
 
 def test_theorem_constant_identity_needs_zero_decay(device):
     """SPEC §3: with a constant d the mask has no +1 and equivalence holds for λ = 0."""
-    layout = dict(num_blocks=(1, 2), widths=(3, 3), strides=(1, 1), in_channels=3, hw=6, batch=3, num_classes=2)
+    layout = dict(num_blocks=(1, 2), widths=(3, 3), strides=(1, 1), in_channels=3, hw=(6, 6), batch=3, num_classes=2)
     hp = dict(lr=0.1, momentum=0.5, dampening=0.0, nesterov=False, weight_decay=0.0)
     run_theorem(layout, hp, 7, device, torch.float64, "float64", identity="constant")
 
@@ -285,7 +285,7 @@ def test_theorem_constant_identity_needs_zero_decay(device):
 def adamw_gap(device, *, mixed_signs: bool, eps: float) -> float:
     """Max |W'_target − W'(CSLA)| / max|W'| over 5 steps: RepOpt-AdamW (official mask placement)
     vs CSLA + torch.optim.AdamW, same official weight-decay groups."""
-    layout = dict(num_blocks=(1, 2, 1), widths=(3, 3, 4), strides=(1, 1, 2), in_channels=3, hw=6, batch=4,
+    layout = dict(num_blocks=(1, 2, 1), widths=(3, 3, 4), strides=(1, 1, 2), in_channels=3, hw=(6, 6), batch=4,
                   num_classes=3)
     scales = random_scales(layout, 5)
     scales = {k: (v if mixed_signs else v.abs()) for k, v in scales.items()}

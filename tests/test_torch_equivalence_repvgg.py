@@ -63,7 +63,7 @@ def build(kind: str, layout: dict, seed: int, *, threshold: float = float("inf")
     for k in buffers:
         buffers[k] = rng.normal(0.0, 0.5, buffers[k].shape) if k.endswith("running_mean") \
             else rng.uniform(0.5, 2.0, buffers[k].shape)
-    batches = [(rng.standard_normal((layout["batch"], layout["in_channels"], layout["hw"], layout["hw"])),
+    batches = [(rng.standard_normal((layout["batch"], layout["in_channels"], *layout["hw"])),
                 rng.integers(0, layout["num_classes"], layout["batch"])) for _ in range(2)]
     return model, net, params, buffers, batches
 
@@ -162,7 +162,7 @@ def test_training_matches_reference_float64(kind, device, layout, hp, seed, thre
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_matches_reference_float32(kind, device):
-    layout = dict(num_blocks=(1, 2, 1), widths=(4, 4, 6), strides=(1, 1, 2), in_channels=3, hw=8, batch=4,
+    layout = dict(num_blocks=(1, 2, 1), widths=(4, 4, 6), strides=(1, 1, 2), in_channels=3, hw=(8, 8), batch=4,
                   num_classes=3)
     hp = dict(lr=0.05, momentum=0.9, dampening=0.0, nesterov=True, weight_decay=1e-4)
     run_and_compare(kind, layout, hp, 1234, device, torch.float32, threshold=1.0, tol_dtype="float32",

@@ -90,7 +90,7 @@ def build(kind: str, layout: dict, seed: int, *, model=None):
         buffers[k] = rng.normal(0.0, 0.3, buffers[k].shape) if k.endswith("running_mean") \
             else rng.uniform(0.5, 2.0, buffers[k].shape)
     load_reference_arrays(model, params, buffers)
-    shape = (layout["batch"], layout["in_channels"], layout["hw"], layout["hw"])
+    shape = (layout["batch"], layout["in_channels"], *layout["hw"])
     batches = [(rng.standard_normal(shape), rng.integers(0, layout["num_classes"], layout["batch"]))
                for _ in range(2)]
     calib = rng.standard_normal(shape)
@@ -283,7 +283,7 @@ def _require(ok: bool) -> None:
     assert ok, "the fixed example comes too close to a decision boundary"
 
 
-FIXED_LAYOUT = dict(num_blocks=(1, 2, 1), widths=(3, 4, 5), strides=(1, 1, 2), in_channels=2, hw=6, batch=3,
+FIXED_LAYOUT = dict(num_blocks=(1, 2, 1), widths=(3, 4, 5), strides=(1, 1, 2), in_channels=2, hw=(6, 6), batch=3,
                     num_classes=3)
 
 
@@ -308,7 +308,7 @@ def test_grouped_blocks(spec):
         return RepVGGBlock(i, o, s, groups=1 if stage == 0 else 2)
 
     model = VGGNet(factory, (1, 2), (4, 4), (1, 2), num_classes=3, in_channels=2)
-    layout = dict(num_blocks=(1, 2), widths=(4, 4), strides=(1, 2), in_channels=2, hw=6, batch=3, num_classes=3)
+    layout = dict(num_blocks=(1, 2), widths=(4, 4), strides=(1, 2), in_channels=2, hw=(6, 6), batch=3, num_classes=3)
     hp = dict(lr=0.05, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0)
     run_and_compare("repvgg", layout, spec, hp, 5, "cpu", act_bits=5, keep_first_fp32=False, on_tie=_require,
                     record=lambda _: None, model=model)

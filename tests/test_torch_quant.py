@@ -128,6 +128,54 @@ def test_zero_range_documented_behaviour():
     assert tq.fake_quantize_weight(w, 4).abs().sum() == 0 and float(tq.weight_scale(w, 4)) == 0.0
 
 
+TINY32 = float(np.finfo(np.float32).tiny)  # 2^-126
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@given(lo=st.floats(-1e-30, 0.0), hi=st.floats(0.0, 1e-30), bits=quant_bits)
+@example(lo=-511 * 2.0**-1074, hi=0.0, bits=8)  # issue 10: scale 2^-1073 would need the zp clamp (256)
+@example(lo=-1.175494351e-38, hi=0.0, bits=3)  # issue 14: float32-subnormal scale
+@example(lo=-255 * TINY32, hi=0.0, bits=8)  # scale exactly 2^-126: kept
+@example(lo=-float(np.nextafter(255 * TINY32, 0.0)), hi=0.0, bits=8)  # one ulp below: zero range
+def test_activation_scale_below_float32_normal_is_zero_range(dtype, lo, hi, bits):
+    """[repspec] the zero-range rule: a computed scale < 2^-126 gives (0, 0), in float64 as the
+    reference does (bit for bit), and in float32 (where such a scale would be subnormal)."""
+    if dtype == torch.float64:
+        s, zp = tq.activation_qparams(lo, hi, bits)
+        assert (float(s), int(zp)) == rq.activation_qparams(lo, hi, bits), f"lo={lo!r}, hi={hi!r}, bits={bits}"
+    lo_t, hi_t = torch.tensor(lo, dtype=dtype), torch.tensor(hi, dtype=dtype)
+    s, zp = tq.activation_qparams(lo_t, hi_t, bits)
+    assert s.dtype == dtype
+    if float(s) != 0.0:
+        assert float(s) >= TINY32 and 0 <= int(zp) <= tq.activation_qmax(bits), (float(s), int(zp))
+    else:
+        assert int(zp) == 0, f"zero range must have zero_point 0, got {int(zp)}"
+        assert float((torch.maximum(hi_t, torch.zeros_like(hi_t)) - torch.minimum(lo_t, torch.zeros_like(lo_t)))
+                     / tq.activation_qmax(bits)) < TINY32
+
+
+def test_activation_zero_point_clamped_in_half_precision():
+    """In float16 the scale rounds coarsely enough that round(−lo/scale) exceeds qmax (256 for
+    bits 8, found by search); the zero point must be clamped to qmax, never wrap or overflow."""
+    lo = torch.tensor(-0.0030002593994140625, dtype=torch.float16)
+    scale = (torch.zeros((), dtype=torch.float16) - lo) / 255
+    assert float(torch.round(-lo / scale)) == 256.0  # the corner this test exists for
+    s, zp = tq.activation_qparams(lo, torch.tensor(0.0, dtype=torch.float16), 8)
+    assert s.dtype == torch.float16 and int(zp) == 255, f"zero_point {int(zp)}, want 255 (clamped)"
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_weight_scale_below_float32_normal_is_zero(per_channel):
+    w = np.array([[1.0, -0.5], [0.25, 0.0], [0.0, 0.0]]) * 2.0**-130
+    w[0, 0] = 2.0**-110
+    got = N(tq.weight_scale(T(w), 8, per_channel))
+    np.testing.assert_array_equal(got, rq.weight_qparams(w, 8, per_channel), err_msg="torch vs reference scale")
+    want = [2.0**-110 / 127, 0.0, 0.0] if per_channel else 2.0**-110 / 127
+    np.testing.assert_array_equal(got, want, err_msg="scales below 2^-126 must be 0")
+    w32 = torch.tensor([3.0 * TINY32, -TINY32], dtype=torch.float32)
+    assert float(tq.weight_scale(w32, 8)) == 0.0 and float(tq.fake_quantize_weight(w32, 8).abs().sum()) == 0.0
+
+
 def test_activation_qparams_from_tensors_without_sync():
     lo = torch.tensor(-1.0, dtype=torch.float64)
     hi = torch.tensor(3.0, dtype=torch.float64)

@@ -19,7 +19,10 @@ Rounding is half to even (``torch.round``, like ``np.rint``). The quotient is
 which can differ by one ulp and flip a rounding decision next to a ``.5`` tie.
 
 Zero range *[repspec]*: ``scale == 0`` represents only the value 0; every input maps
-to the code ``zp`` (0 for weights), ``x̂ = 0``, and nothing is divided by 0.
+to the code ``zp`` (0 for weights), ``x̂ = 0``, and nothing is divided by 0. A
+computed scale (:func:`weight_scale`, :func:`activation_qparams`) below float32's
+smallest normal number, ``MIN_SCALE = 2^-126``, is set to 0 — in every dtype, as
+the reference does (docs/05-quantization.md, "Scales below float32's smallest normal").
 
 Straight-through estimators (autograd):
 
@@ -63,7 +66,11 @@ __all__ = [
     "ActivationFakeQuant",
     "OBSERVERS",
     "check_bits",
+    "MIN_SCALE",
 ]
+
+#: *[repspec]* the smallest nonzero computed scale: float32's smallest normal number
+MIN_SCALE = 2.0**-126
 
 #: observers of :class:`ActivationFakeQuant`
 OBSERVERS = ("moving_average", "minmax")
@@ -176,7 +183,8 @@ def weight_scale(w: Tensor, bits: int, per_channel: bool = False, *, validate: b
     """SPEC §5: symmetric weight scale ``max|w| / (2^(b−1) − 1)``.
 
     Per tensor: a 0-d tensor; ``per_channel=True``: one scale per output channel
-    (dim 0), shape ``(O,)``. All-zero tensor/channel → scale 0. Same dtype and device
+    (dim 0), shape ``(O,)``. All-zero tensor/channel, or ``max|w|/qmax < MIN_SCALE =
+    2^-126`` → scale 0 (the zero-range rule). Same dtype and device
     as ``w``; no gradient (the scale is a constant of the STE). Equals
     :func:`repspec.reference.quant.weight_qparams` bit for bit in float64.
     """
@@ -185,7 +193,12 @@ def weight_scale(w: Tensor, bits: int, per_channel: bool = False, *, validate: b
     w = _check_tensor(w, "w", validate=validate, min_ndim=1 if per_channel else 0)
     a = w.detach().abs()
     amax = a.reshape(a.shape[0], -1).amax(dim=1) if per_channel else a.amax()
-    return amax / qmax
+    return _zero_below_min_scale(amax / qmax)
+
+
+def _zero_below_min_scale(scale: Tensor) -> Tensor:
+    """The zero-range rule: a computed scale below ``MIN_SCALE = 2^-126`` becomes 0."""
+    return torch.where(scale < MIN_SCALE, torch.zeros_like(scale), scale)
 
 
 def _weight_codes(w: Tensor, scale: Tensor, qmax: int) -> Tensor:
@@ -258,7 +271,9 @@ def activation_qparams(lo, hi, bits: int, *, validate: bool = True) -> tuple[Ten
     """SPEC §5: asymmetric ``(scale, zero_point)`` for the calibrated range ``[lo, hi]``.
 
     ``lo' = min(lo, 0)``, ``hi' = max(hi, 0)``, ``scale = (hi' − lo')/(2^b − 1)``,
-    ``zp = clamp(round(−lo'/scale), 0, 2^b − 1)``; a zero scale gives ``(0, 0)``.
+    ``zp = clamp(round(−lo'/scale), 0, 2^b − 1)``; a zero range (scale 0, or below
+    ``MIN_SCALE = 2^-126``, float32's smallest normal) gives ``(0, 0)``. The clamp is
+    reachable only in dtypes coarser than float32 (bfloat16, float16).
     ``lo, hi``: Python numbers (computed in float64) or 0-d tensors (their dtype and
     device). Returns ``(scale, zp)`` as 0-d tensors, ``zp`` ``int64``. Equals
     :func:`repspec.reference.quant.activation_qparams` in float64.
@@ -289,7 +304,7 @@ def activation_qparams(lo, hi, bits: int, *, validate: bool = True) -> tuple[Ten
     width = hi_t - lo_t
     if validate and not bool(torch.isfinite(width)):
         raise ValueError(f"hi - lo overflows {dtype} (lo={float(lo_t)}, hi={float(hi_t)})")
-    scale = width / qmax
+    scale = _zero_below_min_scale(width / qmax)
     zp = torch.clamp(torch.round(_divide_or_zero(-lo_t, scale)), 0, qmax)
     zp = torch.where(scale > 0, zp, zero).to(torch.int64)
     return scale, zp
