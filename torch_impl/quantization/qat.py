@@ -224,10 +224,10 @@ class _ReplaceSTE(torch.autograd.Function):
 class KMeansWeightQuantizer(nn.Module):
     """SPEC §5 ClusterQAT: ``2^bits`` centroids per layer, refitted on a schedule (reference ``KMeansWeightQuantizer``).
 
-    ``KMeansWeightQuantizer(bits, update_every=1, init='optimal', max_iter=300, seed=None,
+    ``KMeansWeightQuantizer(bits, update_every=1, init=DEFAULT_INIT, max_iter=300, seed=None,
     cache_assignments=True)``; ``bits`` in 1..16, ``update_every ≥ 1``, ``max_iter ≥ 0``,
     ``init`` one of :data:`repspec.torch_impl.quantization.kmeans.INITS` except ``'warm'`` (``seed`` for
-    ``kmeans++``; ``'binned'`` is the fast fit for 10^6-value layers).
+    ``kmeans++``; the default ``DEFAULT_INIT = 'binned'`` is the fast fit for 10^6-value layers).
 
     Buffers: ``centroids (k,)`` ascending (the kernel's dtype) and ``step`` (int64: the
     training forwards seen). :meth:`initialize` fits the centroids on a kernel with
