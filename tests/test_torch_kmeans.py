@@ -434,3 +434,19 @@ def test_k_larger_than_the_number_of_values_is_the_exact_rule():
     assert npy(got.centroids).tolist() == [-1.0, 0.3, 0.3, 0.3, 0.3]
     assert npy(got.labels).tolist() == [1, 0, 1]
     assert got.sse == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(seed=S.seeds, k=st.integers(2, 300), on_midpoints=st.booleans())
+def test_lookup_table_assignment_is_the_comparison_rule(device, dtype, seed, k, on_midpoints):
+    """The large-input assignment (a table over 2^16 cells, one comparison per value) equals
+    ``#{j : m_j < v}`` exactly — values placed exactly on midpoints included — or declines (``None``)."""
+    rng = S.rng_from(seed)
+    v = torch.from_numpy(rng.standard_t(3, 3000)).to(device=device, dtype=dtype)
+    c = torch.sort(v[torch.from_numpy(rng.choice(3000, k, replace=False)).to(device)]).values
+    m = T._midpoints(c)
+    x = torch.cat([v, m]) if on_midpoints else v
+    got = T._lut_labels(x, m)
+    if got is not None:
+        assert torch.equal(got, torch.searchsorted(m, x, right=False))

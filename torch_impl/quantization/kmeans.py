@@ -135,7 +135,7 @@ def _check_values(values, name: str = "values") -> Tensor:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {values.dtype}")
     if values.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(values.shape)}")
-    if not bool(torch.isfinite(values).all()):
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(values.detach()))).all()):  # NaN propagates: one pass
         raise ValueError(f"{name} must contain only finite values (found NaN or Inf)")
     return values
 
@@ -179,8 +179,44 @@ def _first_of_group(c: Tensor) -> Tensor:
 _SCAN_MAX_K = 32
 
 
+#: cells of the lookup-table assignment (:func:`_lut_labels`), used from this many values on
+_LUT_CELLS = 1 << 16
+_LUT_MIN_VALUES = 1 << 17
+
+
+def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
+    """``#{j : m_j < v}`` through a table over ``G`` equal cells of ``[min, max]``; ``None`` if it does not apply.
+
+    A value's cell ``floor((v − lo)·G/(hi − lo))`` is computed in the values' dtype, so it
+    may be off by one cell; a value in cell ``c`` therefore lies in cells ``[c − 1, c + 2)``
+    of the exact grid. Midpoints below that window count for every value of the cell
+    (``base[c]``); midpoints above it for none; a midpoint inside it (``amb[c]``, at most
+    one per cell, else ``None``) is compared: ``label = base[c] + (amb[c] < v)`` — the
+    same strict comparison as the scan, so the result is exactly the scan's.
+    """
+    g = _LUT_CELLS
+    lo, hi = torch.aminmax(flat)
+    span = (hi - lo).to(_F64)
+    if not bool(torch.isfinite(hi - lo) & (span > 0)):
+        return None
+    pos = (m.to(_F64) - lo.to(_F64)) * (g / span)  # midpoints in cell units, ascending
+    cells = torch.arange(g, dtype=_F64, device=flat.device)
+    base = torch.searchsorted(pos, cells - 1.0, right=False)  # #{j : pos_j < c − 1}
+    upto = torch.searchsorted(pos, cells + 2.0, right=False)  # #{j : pos_j < c + 2}
+    if bool((upto - base > 1).any()):
+        return None
+    amb = torch.cat([m, m.new_full((1,), math.inf)]).index_select(0, torch.where(upto > base, base, m.numel()))
+    scale = (g / (hi - lo)).to(flat.dtype)
+    cell = ((flat - lo) * scale).floor_().clamp_(0, g - 1).to(torch.int32)
+    return base.index_select(0, cell).add_(amb.index_select(0, cell) < flat)
+
+
 def _raw_labels(flat: Tensor, m: Tensor) -> Tensor:
     """``#{j : m_j < v}`` for every ``v`` (``torch.searchsorted(m, v, right=False)``), int64."""
+    if flat.numel() >= _LUT_MIN_VALUES and flat.dtype in (torch.float32, _F64):
+        labels = _lut_labels(flat, m)
+        if labels is not None:
+            return labels
     if m.numel() + 1 <= _SCAN_MAX_K:
         acc = torch.zeros(flat.shape, dtype=torch.uint8, device=flat.device)
         for j in range(m.numel()):
@@ -230,8 +266,8 @@ def assign(values: Tensor, centroids: Tensor) -> Tensor:
 
 
 def _sse(v: Tensor, c: Tensor, labels: Tensor) -> float:
-    v64 = v.reshape(-1).to(_F64)
-    return float(((v64 - c.to(_F64)[labels.reshape(-1)]) ** 2).sum())
+    d = v.reshape(-1).to(_F64) - c.to(_F64).index_select(0, labels.reshape(-1))
+    return float(torch.dot(d, d))
 
 
 def sse(values: Tensor, centroids: Tensor) -> float:
