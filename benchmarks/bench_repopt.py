@@ -5,9 +5,10 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_repopt.py --benchmark-enable 
 1. Optimizer step on the parameters of RepOpt-VGG-A0 (1000 classes, every target conv masked):
    ``RepOptimizerSGD(foreach=True)`` vs ``torch.optim.SGD(foreach=True)``, same hyper-parameters
    (momentum 0.9, nesterov, weight decay 1e-4). Target ratio ≤ 1.10x.
-2. One training step (forward + backward + optimizer step), batch 32 at 32x32, A0 widths,
-   10 classes: RepOpt-VGG-A0 + RepOptimizerSGD vs RepVGG-A0 (training-time branches) +
-   torch.optim.SGD. Time ratio and peak-memory ratio.
+2. One training step (forward + backward + optimizer step), A0 widths: RepOpt-VGG-A0 +
+   RepOptimizerSGD vs RepVGG-A0 (training-time branches) + torch.optim.SGD. Time ratio and
+   peak-memory ratio. ``REPSPEC_BENCH_SIZE=full``: batch 8 at 224x224, 1000 classes (ImageNet
+   shape, issue 11); ``small`` (default): batch 32 at 32x32, 10 classes.
 
 Peak memory (CPU): each model runs in a fresh subprocess (``python benchmarks/bench_repopt.py
 --peak-rss NAME``) with ``MALLOC_MMAP_THRESHOLD_=65536`` (every tensor buffer is mmapped and
@@ -41,6 +42,8 @@ from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer  # noq
 from repspec.torch_impl.optimizers.scales import initial_scales  # noqa: E402
 
 HP = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+FULL = os.environ.get("REPSPEC_BENCH_SIZE", "small") == "full"  # read here too: the peak-RSS child is a script
+BATCH, IMAGE, CLASSES = (8, 224, 1000) if FULL else (32, 32, 10)
 RESULTS: dict[str, float] = {}
 
 
@@ -55,17 +58,18 @@ def make_training(kind: str):
     'repvgg' (RepVGG-A0 + torch.optim.SGD), A0 widths, 10 classes."""
     torch.manual_seed(0)
     if kind == "repopt":
-        model = create_model("repopt_vgg_a0", 10)
+        model = create_model("repopt_vgg_a0", CLASSES)
         opt = build_repoptimizer(model, _scales(model), foreach=True, **HP)
     else:
-        model = create_model("repvgg_a0", 10)
+        model = create_model("repvgg_a0", CLASSES)
         opt = torch.optim.SGD(model.parameters(), foreach=True, **HP)
     return model.train(), opt
 
 
 def batch():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
+    return (torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g),
+            torch.randint(0, CLASSES, (BATCH,), generator=g))
 
 
 def train_step(model, opt, x, y):
@@ -131,12 +135,13 @@ def test_optimizer_step_interleaved(a0_params):
 # --------------------------------------------------------------------- 2. training step
 
 
-@pytest.mark.benchmark(group="train-step (A0 widths, batch 32, 32x32)")
+@pytest.mark.benchmark(group=f"train-step (A0, batch {BATCH}, {IMAGE}x{IMAGE})")
 @pytest.mark.parametrize("kind", ["repvgg", "repopt"])
 def test_train_step(benchmark, kind):
     model, opt = make_training(kind)
     x, y = batch()
-    benchmark.pedantic(train_step, args=(model, opt, x, y), rounds=15, warmup_rounds=3, iterations=1)
+    benchmark.pedantic(train_step, args=(model, opt, x, y), rounds=5 if FULL else 15, warmup_rounds=1 if FULL else 3,
+                       iterations=1)
     _record(benchmark, f"train_{kind}")
 
 
@@ -191,7 +196,7 @@ def test_report(capsys):
                      f"{RESULTS['interleaved_median_ratio']:.3f}x, "
                      f"ratio of mins {RESULTS['interleaved_min_ratio']:.3f}x")
     if "train_repopt" in RESULTS:
-        lines.append("train step (fwd+bwd+step, batch 32, 32x32, A0 widths), RepOpt-VGG vs RepVGG: "
+        lines.append(f"train step (fwd+bwd+step, A0, batch {BATCH}, {IMAGE}x{IMAGE}, {CLASSES} classes), RepOpt-VGG vs RepVGG: "
                      + pair("train_repopt", "train_repvgg"))
     if "mem_repopt" in RESULTS:
         a, b = RESULTS["mem_repopt"], RESULTS["mem_repvgg"]
