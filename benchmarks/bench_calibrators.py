@@ -30,12 +30,7 @@ ROUNDS = pick(2, 1)
 RESULTS: dict[str, dict[str, list[float]]] = {}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

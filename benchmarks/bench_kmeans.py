@@ -47,12 +47,7 @@ def datasets():
             "layer " + "x".join(map(str, LAYER)): (rng.standard_normal(LAYER) * 0.02).astype(np.float32).ravel()}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 
 
 def _sse(values: torch.Tensor, centroids) -> float:

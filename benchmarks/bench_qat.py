@@ -36,12 +36,7 @@ ROUNDS = pick(5, 3)
 RESULTS: dict[str, dict] = {}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 
 
 def trained_looking(name: str):

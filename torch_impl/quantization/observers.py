@@ -61,14 +61,7 @@ from torch import Tensor, nn
 from .quant import _check_tensor, activation_qmax, activation_qparams, check_bits
 
 __all__ = [
-    "METHODS",
-    "DEFAULT_MOMENTUM",
-    "DEFAULT_PERCENTILE",
-    "DEFAULT_MSE_CANDIDATES",
-    "DEFAULT_NUM_BINS",
-    "ZERO_BIN_MODES",
-    "DEFAULT_ZERO_BIN",
-    "DEFAULT_PERCENTILE_CAPACITY",
+    # observers and entry points
     "RangeObserver",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
@@ -78,6 +71,15 @@ __all__ = [
     "kl_divergences",
     "make_observer",
     "calibrate",
+    # names and defaults (SPEC §5; the reference's values)
+    "METHODS",
+    "DEFAULT_MOMENTUM",
+    "DEFAULT_PERCENTILE",
+    "DEFAULT_PERCENTILE_CAPACITY",
+    "DEFAULT_MSE_CANDIDATES",
+    "DEFAULT_NUM_BINS",
+    "DEFAULT_ZERO_BIN",
+    "ZERO_BIN_MODES",
 ]
 
 METHODS = ("minmax", "moving_average_minmax", "percentile", "mse", "entropy")
@@ -91,12 +93,13 @@ DEFAULT_PERCENTILE_CAPACITY = 2**20
 
 
 def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """A real number (not a bool), not NaN, as a float."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real:
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN")
-    return value
+    return float(value)
 
 
 def _int(value, name: str, min_value: int) -> int:
@@ -581,11 +584,12 @@ def make_observer(method: str, bits: int, **options) -> RangeObserver:
     """SPEC §5: the observer for a calibrator name of :data:`METHODS` (reference names and options)."""
     if not isinstance(method, str):
         raise TypeError(f"method must be a str, got {type(method).__name__}")
-    if method not in _OPTIONS:
+    allowed = _OPTIONS.get(method)
+    if allowed is None:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    unknown = sorted(set(options) - set(_OPTIONS[method]))
-    if unknown:
-        raise TypeError(f"calibrator {method!r} got unexpected option(s) {unknown}; allowed: {list(_OPTIONS[method])}")
+    extra = sorted(name for name in options if name not in allowed)
+    if extra:
+        raise TypeError(f"calibrator {method!r} got unexpected option(s) {extra}; allowed: {list(allowed)}")
     bits = check_bits(bits)
     if method == "minmax":
         return MinMaxObserver()
