@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.repspec-installed
 
-.PHONY: demo test test-thorough bench install clean
+.PHONY: demo test test-thorough bench bench-smoke install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,15 @@ test: $(STAMP)
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
 
+# Benchmarks (benchmarks/bench_*.py): `make bench` at the README's sizes (full models at 224x224,
+# 10^6-value k-means; tens of minutes on 2 cores), `make bench-smoke` small and quick (CI).
+BENCH := $(PY) -m pytest benchmarks -o python_files="bench_*.py" --benchmark-enable -q -s
+
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks --benchmark-enable -q -s
+	REPSPEC_BENCH_SIZE=full $(BENCH)
+
+bench-smoke: $(STAMP)
+	REPSPEC_BENCH_SIZE=small $(BENCH)
 
 clean:
 	rm -rf $(VENV) .hypothesis .benchmarks

@@ -1,54 +1,47 @@
 """SPEC §5 cost of ClusterQAT vs uniform QAT (pytest-benchmark; figures and ratios printed, nothing asserted).
 
-Run: ``.venv/bin/python -m pytest benchmarks/bench_qat.py --benchmark-enable -q -s``
+Run: ``make bench`` (``REPSPEC_BENCH_SIZE=full``) or ``make bench-smoke``.
 
-One training step (forward + backward + SGD step) of a RepVGG-A0-shaped model (A0 widths
-and depths, 10 classes, trained-looking BN statistics), batch 32 at 32x32, wrapped by
-:func:`repspec.torch_impl.quantization.qat.make_qat_model` (first block FP32, 8-bit activations):
-
-* ``uniform``: :class:`~repspec.torch_impl.quantization.qat.UniformWeightQuantizer` (4 bits, per layer);
-* ``cluster_every1``: :class:`~repspec.torch_impl.quantization.qat.KMeansWeightQuantizer` (4 bits = 16
-  centroids, ``update_every=1``: a warm-started Lloyd refit of all 21 layers, ~7M weights,
-  at every step);
-* ``cluster_every10``: the same with ``update_every=10`` (9 steps out of 10 only assign).
-
-The k-means quantizers are fitted at wrap time with ``init='binned'`` (the exact DP on
-10^6-value layers takes tens of seconds; the refits are warm starts either way).
-Single-threaded (``torch.set_num_threads(1)``), so the figures are reproducible on a
-shared 2-core machine. Reported: median and mean step time (the mean includes the
-refit steps of ``update_every=10``) and the ratios to uniform QAT, once from separate
-pytest-benchmark runs and once from an interleaved run (the three models step in turn,
-so load drift on a shared machine hits all of them alike — the figure to quote).
+1. **First fit** — :func:`repspec.torch_impl.quantization.qat.make_qat_model` with
+   ``KMeansWeightQuantizer(bits)`` (the default init) fits every quantized layer's codebook
+   on its fused kernel before the first step. Full: ``repvgg_a0`` and ``repvgg_b1`` (1000
+   classes) at 4 and 8 bits (16 / 256 centroids); small: ``repvgg_a0`` at 4 bits. Reported in
+   seconds and as a ratio to one uniform-QAT training step of the same model (batch 8 at
+   224x224 full; batch 32 at 32x32 small). **Time to first step**: model wrap (first fit)
+   + the first ClusterQAT training step — issue 11's "starts training within a minute" for
+   B1 at 8 bits.
+2. **Steady-state step** (forward + backward + SGD step), RepVGG-A0, 4-bit weights, 8-bit
+   activations: ``uniform`` vs ``cluster_every1`` (warm Lloyd refit of every layer each
+   step) vs ``cluster_every10`` (the CLI's ``--update-every`` default), rounds interleaved.
+Synthetic data; trained-looking BN statistics; 1 torch thread (shared 2-core machine).
 """
 
 from __future__ import annotations
 
 import os
-import platform
+import statistics
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from sizes import SIZE, pick
 
 from repspec.torch_impl import create_model
 from repspec.torch_impl.quantization import qat as TQ
 
-RESULTS: dict[str, float] = {}
-ROUNDS = 20
+BATCH, IMAGE, CLASSES = pick((32, 32, 10), (8, 224, 1000))
+FIT_CASES = pick([("repvgg_a0", 4)], [("repvgg_a0", 4), ("repvgg_a0", 8), ("repvgg_b1", 4), ("repvgg_b1", 8)])
+ROUNDS = pick(5, 3)
+RESULTS: dict[str, dict] = {}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks/conftest.py
 
 
-@pytest.fixture(scope="module")
-def base_model():
+def trained_looking(name: str):
     torch.manual_seed(0)
-    model = create_model("repvgg_a0", 10)
+    model = create_model(name, CLASSES)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
@@ -62,14 +55,7 @@ def base_model():
 
 def batch():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
-
-
-QUANTIZERS = {
-    "uniform": lambda: TQ.UniformWeightQuantizer(4),
-    "cluster_every1": lambda: TQ.KMeansWeightQuantizer(4, update_every=1, init="binned"),
-    "cluster_every10": lambda: TQ.KMeansWeightQuantizer(4, update_every=10, init="binned"),
-}
+    return torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g), torch.randint(0, CLASSES, (BATCH,), generator=g)
 
 
 def train_step(model, opt, x, y):
@@ -78,63 +64,74 @@ def train_step(model, opt, x, y):
     opt.step()
 
 
-@pytest.mark.benchmark(group="QAT train step (RepVGG-A0 shape, batch 32, 32x32, 1 thread)")
-@pytest.mark.parametrize("name", list(QUANTIZERS))
-def test_train_step(benchmark, base_model, name):
-    model = TQ.make_qat_model(base_model, weight_quantizer=QUANTIZERS[name](), act_bits=8).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+def _timed_steps(model, steps: int) -> list[float]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     x, y = batch()
-    train_step(model, opt, x, y)  # momentum buffers exist from here on
-    benchmark.pedantic(train_step, args=(model, opt, x, y), rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None:
-        RESULTS[name] = stats.stats.median
-        RESULTS[name + "_mean"] = stats.stats.mean
+    out = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        train_step(model, opt, x, y)
+        out.append(time.perf_counter() - t0)
+    return out
 
 
-def test_train_step_interleaved(base_model):
-    """The same steps with the three models alternated, step by step (robust to load drift on a shared
-    machine): per-round ratios to the uniform step, their median, and the ratio of the mean times."""
-    import statistics
-    import time
+@pytest.mark.parametrize("case", FIT_CASES, ids=[f"{n}-{b}bit" for n, b in FIT_CASES])
+def test_first_fit(benchmark, case):
+    name, bits = case
+    base = trained_looking(name).train()
+    t0 = time.perf_counter()
+    model = TQ.make_qat_model(base, weight_quantizer=TQ.KMeansWeightQuantizer(bits, update_every=10), act_bits=8,
+                              progress=True)
+    fit = time.perf_counter() - t0
+    first_step = _timed_steps(model, 1)[0]
+    uniform = TQ.make_qat_model(base, weight_quantizer=TQ.UniformWeightQuantizer(bits), act_bits=8).train()
+    uniform_step = min(_timed_steps(uniform, 2))  # the first one warms up
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    layers = sum(1 for b in TQ.qat_blocks(model).values() if b.weight_quant is not None)
+    RESULTS[f"first fit {name} {bits}-bit"] = dict(fit=fit, first_step=first_step, uniform_step=uniform_step,
+                                                  layers=layers)
 
+
+def test_train_step_interleaved(benchmark):
+    base = trained_looking("repvgg_a0").train()
+    quantizers = {"uniform": TQ.UniformWeightQuantizer(4),
+                  "cluster_every1": TQ.KMeansWeightQuantizer(4, update_every=1),
+                  "cluster_every10": TQ.KMeansWeightQuantizer(4, update_every=10)}
     models = {}
-    for name, make in QUANTIZERS.items():
-        model = TQ.make_qat_model(base_model, weight_quantizer=make(), act_bits=8).train()
-        models[name] = (model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+    for name, wq in quantizers.items():
+        model = TQ.make_qat_model(base, weight_quantizer=wq, act_bits=8).train()
+        models[name] = (model, torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
     x, y = batch()
     for model, opt in models.values():
         train_step(model, opt, x, y)
     times = {name: [] for name in models}
-    for _ in range(ROUNDS):
+    for _ in range(ROUNDS * (2 if SIZE == "small" else 4)):
         for name, (model, opt) in models.items():
             t0 = time.perf_counter()
             train_step(model, opt, x, y)
             times[name].append(time.perf_counter() - t0)
-    for name in models:
-        ratios = [a / b for a, b in zip(times[name], times["uniform"])]
-        RESULTS[f"interleaved_{name}_median_ratio"] = statistics.median(ratios)
-        RESULTS[f"interleaved_{name}_mean_ratio"] = statistics.fmean(times[name]) / statistics.fmean(times["uniform"])
-        RESULTS[f"interleaved_{name}_mean"] = statistics.fmean(times[name])
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    RESULTS["steady"] = times
 
 
 def test_report(capsys):
     """Print the figures and ratios measured above (skipped when benchmarks are disabled)."""
-    if "uniform" not in RESULTS:
+    if not RESULTS:
         pytest.skip("run with --benchmark-enable to get timings")
-    r = RESULTS
-    lines = [f"machine: {platform.machine()} {platform.processor() or ''}, os.cpu_count()={os.cpu_count()}, "
-             f"torch {torch.__version__}, 1 thread; RepVGG-A0 shape, batch 32 at 32x32, 4-bit weights, 8-bit acts"]
-    for name in QUANTIZERS:
-        if name in r:
-            lines.append(f"{name:16s} median {r[name] * 1e3:8.1f} ms, mean {r[name + '_mean'] * 1e3:8.1f} ms; "
-                         f"ratio to uniform: median {r[name] / r['uniform']:.2f}x, "
-                         f"mean {r[name + '_mean'] / r['uniform_mean']:.2f}x (target <= 1.2x)")
-    for name in QUANTIZERS:
-        key = f"interleaved_{name}"
-        if key + "_mean" in r:
-            lines.append(f"interleaved {name:16s} mean {r[key + '_mean'] * 1e3:8.1f} ms; ratio to uniform: "
-                         f"median of per-round ratios {r[key + '_median_ratio']:.2f}x, "
-                         f"ratio of means {r[key + '_mean_ratio']:.2f}x")
+    lines = [f"size={SIZE}; 1 thread; train step batch {BATCH} at {IMAGE}x{IMAGE}, {CLASSES} classes; "
+             f"load avg {os.getloadavg()[0]:.1f}"]
+    for key, r in RESULTS.items():
+        if key == "steady":
+            continue
+        lines.append(f"{key}: first fit of {r['layers']} layers {r['fit']:.2f} s = {r['fit'] / r['uniform_step']:.1f}x "
+                     f"one uniform-QAT step ({r['uniform_step']:.2f} s); time to first step (fit + first ClusterQAT "
+                     f"step) {r['fit'] + r['first_step']:.1f} s")
+    if "steady" in RESULTS:
+        t = RESULTS["steady"]
+        u = statistics.fmean(t["uniform"])
+        for name, ts in t.items():
+            ratios = [a / b for a, b in zip(ts, t["uniform"])]
+            lines.append(f"steady-state A0 step {name:16s} mean {statistics.fmean(ts):.3f} s; ratio to uniform: "
+                         f"of means {statistics.fmean(ts) / u:.2f}x, median per-round {statistics.median(ratios):.2f}x")
     with capsys.disabled():
         print("\n" + "\n".join("[bench_qat] " + s for s in lines))

@@ -17,9 +17,12 @@ import platform
 __all__ = ["DEFAULT_THREADS", "BIT_IDENTITY_KEYS", "reproducibility_info", "bit_identity_differences"]
 
 #: torch CPU threads used by every CLI command and by the demo unless ``--threads`` says
-#: otherwise. The networks repspec trains on a CPU are small; on the 2-core development
-#: machine one thread was measured 4-8x faster than torch's default of 2 (README,
-#: "Performance"), and one shared default keeps the CLI's and the demo's numbers equal.
+#: otherwise. Measured (benchmarks/bench_threads.py, thread counts interleaved step by step,
+#: on the shared, loaded 2-core development machine): a train step of the demo's tiny8 model
+#: is fastest at 1 thread (2 threads 1.7x slower), one of RepVGG-A0 at 224x224 batch 8 ties
+#: between 1 and 4 threads with 2 threads 3.9x slower (README, "Performance"); earlier CLI runs
+#: were 4-8x faster at 1 thread than at torch's default of 2. One shared default keeps the
+#: CLI's and the demo's numbers equal.
 DEFAULT_THREADS = 1
 
 #: The fields of :func:`reproducibility_info` that must match for a resumed or repeated

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from repspec.reference import calibrate as rc
@@ -125,9 +125,11 @@ def test_calibrators_differ_on_heavy_tailed_activations():
 
 def test_two_pass_observers_check_the_passes():
     o = obs.MSEObserver(4)
-    with pytest.raises(RuntimeError, match="needs 2 complete pass"):
+    with pytest.raises(RuntimeError, match="needs 3 complete pass"):
         o(torch.ones(3))
         o.compute_range()
+    o.next_pass()
+    o(torch.ones(3))
     o.next_pass()
     o(torch.ones(2))
     with pytest.raises(RuntimeError, match="same batches"):
@@ -302,3 +304,41 @@ def test_ptq_bad_input():
         build_quantized_model(model, codebooks={"stage0": torch.zeros(4)})
     with pytest.raises(TypeError, match="per_channel"):
         ptq_quantize(model, loader, per_channel="yes")
+
+
+#: torch's batched KL vs the reference's per-threshold loop: float64 sums of the same terms in
+#: another order (a few hundred terms of magnitude <= 1): agreement to 1e-12 relative
+KL_RTOL = 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(hist=st.lists(st.integers(0, 50), min_size=4, max_size=160), log2_nq=st.integers(1, 5),
+       sparse=st.booleans())
+@example(hist=[0, 0, 0, 7], log2_nq=1, sparse=False)  # only the tail is non-empty: +inf below it
+@example(hist=[5, 0, 0, 0, 0, 0, 0, 3], log2_nq=2, sparse=False)  # empty bins inside a level
+@example(hist=[1, 1, 1, 1, 1, 1, 1, 1], log2_nq=1, sparse=False)  # flat: exact ties between thresholds
+def test_kl_divergences_equal_the_reference_loop(device, hist, log2_nq, sparse):
+    """``observers.kl_divergences`` (every threshold at once, torch) against
+    ``reference.calibrate._kl_candidate`` (one threshold at a time, NumPy): same +inf pattern,
+    finite values within KL_RTOL, and the same first-minimum threshold unless two KLs tie within it."""
+    from repspec.reference.calibrate import _kl_candidate
+
+    h = np.array(hist, dtype=np.int64)
+    if sparse:
+        h[::3] = 0
+    nq = 2**log2_nq
+    assume(h.size >= nq and h.sum() > 0)
+    want = np.array([_kl_candidate(h, i, nq) for i in range(nq, h.size + 1)])
+    got = npy_(obs.kl_divergences(torch.as_tensor(h, device=device), nq))
+    assert got.shape == want.shape
+    assert np.array_equal(np.isinf(got), np.isinf(want)), (got, want)
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=KL_RTOL, atol=1e-15,
+                               err_msg="KL per threshold (finite entries)")
+    if fin.any():
+        i_got, i_want = int(np.argmin(got)), int(np.argmin(want))
+        assert i_got == i_want or abs(want[i_got] - want[i_want]) <= KL_RTOL * abs(want[i_want]) + 1e-15
+
+
+def npy_(t):
+    return t.detach().cpu().numpy()

@@ -1,8 +1,8 @@
 """SPEC §5 *[repspec]*: 1-D k-means in PyTorch — sort once, then ``O(k log n)`` Lloyd iterations.
 
-The rules are exactly those of :mod:`repspec.reference.kmeans` (the oracle); this
-module is the fast, device-agnostic implementation (CPU or CUDA: results stay on the
-device of the input). docs/12-torch-qat.md has the measurements.
+The rules are those of :mod:`repspec.reference.kmeans` (the oracle, never imported
+here); this module is an independent, device-agnostic implementation (CPU or CUDA:
+results stay on the device of the input). docs/12-torch-qat.md has the measurements.
 
 **Assignment** (:func:`assign`). Centroids sorted ascending; decision boundaries are
 the midpoints ``m_j = 0.5·c_j + 0.5·c_{j+1}`` (the reference's formula, same float
@@ -17,14 +17,13 @@ every cluster is a contiguous run, so one iteration only needs the run ends
 ``E_j = #{v : label(v) ≤ j}`` = ``searchsorted(sorted_v, m, right=True)`` (``#{v ≤ m_j}``,
 ``O(k log n)``) mapped through the duplicate rule. The update is
 ``c_j = (S[E_j] − S[E_{j−1}]) / (E_j − E_{j−1})``; an **empty cluster keeps its
-centroid**; then the centroids are sorted again (as the reference's ``np.sort``).
-The labels are unchanged iff ``E`` is unchanged, so the stopping rule ("no label
-changed, or ``max_iter`` updates") is the reference's. The per-value labels are
-computed once at the end. ``method='direct'`` is the reference's update literally
-(assign all values, ``bincount`` sums: ``O(n)`` per iteration, bit-identical centroids
-on the CPU); ``'auto'`` (default) is direct on the CPU up to 2^16 values, sorted
-otherwise. On the CPU the ``k``-sized work of the sorted loop and the DP recursion run
-with NumPy (lower per-call overhead; same operations), elsewhere with torch.
+centroid**; then the centroids are sorted again. The labels are unchanged iff ``E`` is
+unchanged, so the stopping rule ("no label changed, or ``max_iter`` updates") is the
+reference's; iterations run in blocks without a host round trip (:func:`_lloyd`). The
+per-value labels are computed once at the end. ``method='direct'`` assigns all values
+and sums with ``bincount`` (``O(n)`` per iteration, bit-identical centroids to NumPy's
+``bincount`` on the CPU); ``'auto'`` (default) is direct on the CPU up to 2^16 values,
+sorted otherwise. Everything runs in torch on the values' device (CPU or CUDA).
 
 **k ≥ number of distinct values**: exact, as the reference — the centroids are the
 distinct values followed by ``k − d`` copies of the largest; no iterations; SSE 0.
@@ -34,19 +33,28 @@ distinct values followed by ``k − d`` copies of the largest; no iterations; SS
 bit-identical to the reference; ``kmeans++`` (D² sampling; needs ``seed`` — an ``int``
 or a :class:`torch.Generator`; the random stream is torch's, so the centroids differ from
 the reference's NumPy stream for the same seed); ``optimal`` (:func:`kmeans_1d_optimal`,
-the exact DP, the default); ``warm`` (``init_centroids``, sorted on entry: the
-ClusterQAT refit); and the torch-only fast path ``binned``
-(:func:`binned_optimal_centroids`: the exact DP over ≤ 2·``bins`` equal-count and
-equal-width bins, then Lloyd on all values).
+the exact DP); ``warm`` (``init_centroids``, sorted on entry: the ClusterQAT refit); and
+``binned`` (:func:`binned_optimal_centroids`: the exact DP over a few hundred weighted
+runs of the sorted values, then Lloyd on all values) — **the default**
+(:data:`DEFAULT_INIT`, used by :class:`~repspec.torch_impl.quantization.qat.KMeansWeightQuantizer`
+and ``repspec quantize clusterqat``): on 10^6 values it reaches scikit-learn's
+``KMeans(n_init=1)`` SSE or lower at a small fraction of its time
+(``benchmarks/bench_kmeans.py``; README "Performance").
+
+**The exact DP** (:func:`kmeans_1d_optimal`) is torch's own algorithm for the reference's
+recurrence (section comment above :func:`_cost`): a dense layer solver for a few hundred
+points, otherwise the monotone-split recursion evaluated level by level over all
+sub-problems at once (``O(k·n log n)`` work, no host synchronisation inside a layer).
+It is tested against the reference's readable quadratic DP (same optimal SSE; a
+different segmentation only as an exact tie).
 
 **Precision.** All arithmetic is float64 (other dtypes are converted for the
 computation); ``centroids`` are returned in the input's dtype and ``labels`` are the
 assignment of the input values to *those* centroids. Against the reference (float64,
-CPU): ``'direct'`` is bit-identical; ``'sorted'`` gives the same labels and centroids
-within a few ulps (prefix-sum vs ``bincount`` sums) except for values within ``ε`` of a
-midpoint (SPEC §6; tests/test_torch_kmeans.py states ε). The ``optimal`` DP is
-bit-identical to the reference on the CPU (same prefix sums, same comparisons, ties →
-the smallest split; its centring mean and segment sums use NumPy's summation there).
+CPU): ``'direct'`` with ``linear``/``quantile``/``warm`` is bit-identical; ``'sorted'``
+gives the same labels and centroids within a few ulps (prefix-sum vs ``bincount`` sums)
+except for values within ``ε`` of a midpoint (SPEC §6; tests/test_torch_kmeans.py
+states ε); the DP's optimal SSE agrees to ``1e-9`` relative.
 
 Errors: ``TypeError`` for non-tensors, non-floating tensors, non-integer ``k`` /
 ``max_iter``; ``ValueError`` for empty or non-finite values, ``k < 1``, unsorted or
@@ -66,26 +74,28 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "DEFAULT_INIT",
-    "INITS",
-    "KMeansResult",
-    "midpoints",
-    "assign",
-    "sse",
-    "initial_centroids",
+    "binned_optimal_centroids",
     "kmeans_1d",
     "kmeans_1d_optimal",
-    "binned_optimal_centroids",
     "kmeans_fake_quantize",
+    "initial_centroids",
+    "assign",
+    "midpoints",
+    "sse",
+    "KMeansResult",
+    "DEFAULT_INIT",
+    "INITS",
     "METHODS",
 ]
 
-#: the default init, as the reference's ``DEFAULT_INIT``: the exact DP optimum
-DEFAULT_INIT = "optimal"
+#: the default init of kmeans_1d, KMeansWeightQuantizer and ``repspec quantize clusterqat``: the exact DP
+#: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at >= 50x its speed on 10^6 values
+#: (benchmarks/bench_kmeans.py); ``'optimal'`` is the exact optimum at a higher cost
+DEFAULT_INIT = "binned"
 #: every init of :func:`kmeans_1d`; ``binned`` is torch-only (the 1M-value fast path)
 INITS = ("linear", "quantile", "kmeans++", "optimal", "binned", "warm")
-#: default number of equal-count bins of the ``binned`` init
-DEFAULT_BINS = 4096
+#: bins of the ``binned`` init: ``None`` = ``max(128, 2k)`` (:func:`binned_optimal_centroids`)
+DEFAULT_BINS = None
 
 _F64 = torch.float64
 
@@ -125,7 +135,7 @@ def _check_values(values, name: str = "values") -> Tensor:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {values.dtype}")
     if values.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(values.shape)}")
-    if not bool(torch.isfinite(values).all()):
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(values.detach()))).all()):  # NaN propagates: one pass
         raise ValueError(f"{name} must contain only finite values (found NaN or Inf)")
     return values
 
@@ -169,8 +179,44 @@ def _first_of_group(c: Tensor) -> Tensor:
 _SCAN_MAX_K = 32
 
 
+#: cells of the lookup-table assignment (:func:`_lut_labels`), used from this many values on
+_LUT_CELLS = 1 << 16
+_LUT_MIN_VALUES = 1 << 17
+
+
+def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
+    """``#{j : m_j < v}`` through a table over ``G`` equal cells of ``[min, max]``; ``None`` if it does not apply.
+
+    A value's cell ``floor((v − lo)·G/(hi − lo))`` is computed in the values' dtype, so it
+    may be off by one cell; a value in cell ``c`` therefore lies in cells ``[c − 1, c + 2)``
+    of the exact grid. Midpoints below that window count for every value of the cell
+    (``base[c]``); midpoints above it for none; a midpoint inside it (``amb[c]``, at most
+    one per cell, else ``None``) is compared: ``label = base[c] + (amb[c] < v)`` — the
+    same strict comparison as the scan, so the result is exactly the scan's.
+    """
+    g = _LUT_CELLS
+    lo, hi = torch.aminmax(flat)
+    span = (hi - lo).to(_F64)
+    if not bool(torch.isfinite(hi - lo) & (span > 0)):
+        return None
+    pos = (m.to(_F64) - lo.to(_F64)) * (g / span)  # midpoints in cell units, ascending
+    cells = torch.arange(g, dtype=_F64, device=flat.device)
+    base = torch.searchsorted(pos, cells - 1.0, right=False)  # #{j : pos_j < c − 1}
+    upto = torch.searchsorted(pos, cells + 2.0, right=False)  # #{j : pos_j < c + 2}
+    if bool((upto - base > 1).any()):
+        return None
+    amb = torch.cat([m, m.new_full((1,), math.inf)]).index_select(0, torch.where(upto > base, base, m.numel()))
+    scale = (g / (hi - lo)).to(flat.dtype)
+    cell = ((flat - lo) * scale).floor_().clamp_(0, g - 1).to(torch.int32)
+    return base.index_select(0, cell).add_(amb.index_select(0, cell) < flat)
+
+
 def _raw_labels(flat: Tensor, m: Tensor) -> Tensor:
     """``#{j : m_j < v}`` for every ``v`` (``torch.searchsorted(m, v, right=False)``), int64."""
+    if flat.numel() >= _LUT_MIN_VALUES and flat.dtype in (torch.float32, _F64):
+        labels = _lut_labels(flat, m)
+        if labels is not None:
+            return labels
     if m.numel() + 1 <= _SCAN_MAX_K:
         acc = torch.zeros(flat.shape, dtype=torch.uint8, device=flat.device)
         for j in range(m.numel()):
@@ -220,8 +266,8 @@ def assign(values: Tensor, centroids: Tensor) -> Tensor:
 
 
 def _sse(v: Tensor, c: Tensor, labels: Tensor) -> float:
-    v64 = v.reshape(-1).to(_F64)
-    return float(((v64 - c.to(_F64)[labels.reshape(-1)]) ** 2).sum())
+    d = v.reshape(-1).to(_F64) - c.to(_F64).index_select(0, labels.reshape(-1))
+    return float(torch.dot(d, d))
 
 
 def sse(values: Tensor, centroids: Tensor) -> float:
@@ -345,154 +391,144 @@ def _kmeans_pp(v: Tensor, k: int, gen: torch.Generator) -> Tensor:
 
 
 # ------------------------------------------------------------------------ exact DP
+#
+# The recurrence is SPEC §5's (the reference's ``kmeans_1d_optimal``); the algorithm is
+# torch's own. Over ``n`` sorted weighted points with prefix sums ``s0, s1, s2`` (centred),
+#   D_1[i] = cost(0, i),   D_j[i] = min_{m < i} D_{j-1}[m] + cost(m, i),   answer D_k[n],
+# and the optimal split ``opt_j(i)`` is monotone in ``i`` (the 1-D SSE cost is Monge).
+# Two layer solvers, chosen by size, give the same minima:
+#   * dense  — all splits at once from one precomputed (n+1)×(n+1) cost table: 2 kernels a
+#              layer (small n: the binned init);
+#   * levels — the monotone-split recursion evaluated breadth first: the recursion tree
+#              over i ∈ [1, n] depends on n only, so it is built once (a :class:`_Plan`)
+#              and every level of every layer is a fixed-size batch of tensor kernels
+#              (candidates of all sub-problems laid end to end; the ranges of one level
+#              overlap only at their ends, so ``n + #sub-problems`` slots always suffice):
+#              O(n log n) work a layer, no host synchronisation inside a layer.
+# The last layer only needs ``i = n`` (one argmin). Backtracking gathers on the device.
 
 
-def _segment_cost(s0, s1, s2, m, i):
+def _cost(s0, s1, s2, m, i):
+    """SSE of the weighted points ``[m, i)`` from centred prefix sums, clamped at 0."""
     w = s0[i] - s0[m]
     t = s1[i] - s1[m]
-    return torch.clamp_min(s2[i] - s2[m] - t * t / w, 0.0)
+    return (s2[i] - s2[m] - t * t / w).clamp_min_(0.0)
 
 
-def _layer_divide_and_conquer(prev, j, n, s0, s1, s2):
-    """``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` using the monotone optimal split.
+class _Plan:
+    """The breadth-first recursion tree of the monotone-split search over ``i ∈ [1, n]``.
 
-    The reference's ``_layer_divide_and_conquer``: all sub-problems of one recursion level
-    in one vectorized pass (segment minimum by ``scatter_reduce``; ties → smallest split).
+    Level ``l`` holds the sub-problems ``[lo, hi]`` of depth ``l``; each solves its middle
+    ``mid`` searching splits in ``[opt(lo − 1), min(opt(hi + 1), mid − 1)]`` where ``opt(0)``
+    and ``opt(n + 1)`` are sentinels (``0`` and ``n − 1``). Built with host tensors once per
+    ``n``, then moved to the device.
+    """
+
+    def __init__(self, n: int, device):
+        lo, hi = torch.tensor([1]), torch.tensor([n])
+        self.levels = []
+        widest = 1
+        while lo.numel():
+            mid = (lo + hi) // 2
+            t = mid.numel()
+            widest = max(widest, n + t)
+            self.levels.append(tuple(x.to(device) for x in (mid, mid - 1, lo - 1, hi + 1,
+                                                             torch.arange(t + 1))) + (n + t,))
+            left, right = lo <= mid - 1, mid + 1 <= hi
+            lo, hi = torch.cat([lo[left], mid[right] + 1]), torch.cat([mid[left] - 1, hi[right]])
+        self.slots = torch.arange(widest, device=device)
+
+
+def _layer_levels(prev, s0, s1, s2, plan: _Plan, n: int):
+    """One layer by the level-by-level monotone-split recursion (see the section comment).
+
+    Per candidate split ``m`` of sub-problem ``mid`` it evaluates
+    ``g[m] − (s1[mid] − s1[m])² / (s0[mid] − s0[m])`` with ``g = D_{j−1} − s2`` (``s2[mid]``
+    is common to the sub-problem and added back to its minimum); the candidates of all
+    sub-problems of a level lie end to end in ``width`` slots, the unused tail points at a
+    sentinel split ``n + 1`` whose value is ``+inf``. Indices are int32 where torch allows.
     """
     dev = prev.device
+    g = torch.cat([prev - s2, prev.new_full((1,), math.inf)])  # g[n + 1] = +inf: the sentinel split
+    t0 = torch.cat([s0, s0.new_full((1,), -1.0)])  # s0[mid] − s0[n + 1] > 0: no 0/0 at the sentinel
+    t1 = torch.cat([s1, s1.new_zeros(1)])
     d = torch.full((n + 1,), math.inf, dtype=_F64, device=dev)
-    opt = torch.zeros(n + 1, dtype=torch.int64, device=dev)
-
-    def vec(x):
-        return torch.tensor([x], dtype=torch.int64, device=dev)
-
-    ilo, ihi, mlo, mhi = vec(j), vec(n), vec(j - 1), vec(n - 1)
-    while ilo.numel():
-        mid = (ilo + ihi) // 2
-        a, b = mlo, torch.minimum(mhi, mid - 1)
-        lens = b - a + 1
-        tasks = ilo.numel()
-        total = int(lens.sum())
-        starts = torch.cumsum(lens, 0) - lens
-        task = torch.repeat_interleave(torch.arange(tasks, device=dev), lens, output_size=total)
-        pos = torch.arange(total, device=dev)
-        m = pos - starts[task] + a[task]
-        vals = prev[m] + _segment_cost(s0, s1, s2, m, mid[task])
-        best = torch.full((tasks,), math.inf, dtype=_F64, device=dev).scatter_reduce_(0, task, vals, "amin")
-        cand = torch.where(vals == best[task], pos, torch.full_like(pos, total))
-        first = torch.full((tasks,), total, dtype=torch.int64, device=dev).scatter_reduce_(0, task, cand, "amin")
-        om = m[first]
-        d[mid], opt[mid] = best, om
-        left, right = ilo <= mid - 1, mid + 1 <= ihi
-        ilo, ihi, mlo, mhi = (
-            torch.cat([ilo[left], mid[right] + 1]),
-            torch.cat([mid[left] - 1, ihi[right]]),
-            torch.cat([mlo[left], om[right]]),
-            torch.cat([om[left], mhi[right]]),
-        )
+    opt = torch.zeros(n + 2, dtype=torch.int64, device=dev)
+    opt[n + 1] = n - 1
+    for mid, mid_1, lo_ref, hi_ref, tasks, width in plan.levels:
+        t = mid.numel()
+        a = opt[lo_ref]
+        lens = torch.minimum(opt[hi_ref], mid_1) - a + 1
+        ends = torch.cumsum(lens, 0)
+        owner = torch.repeat_interleave(tasks, torch.cat([lens, width - ends[-1:]]), output_size=width)
+        slot = plan.slots[:width]
+        shift = torch.cat([a - (ends - lens), (n + 1 + width) * slot.new_ones(1)])
+        m = torch.add(slot, shift.index_select(0, owner)).clamp_(max=n + 1).to(torch.int32)
+        i0 = torch.cat([s0.index_select(0, mid), s0.new_ones(1)]).index_select(0, owner)
+        i1 = torch.cat([s1.index_select(0, mid), s1.new_zeros(1)]).index_select(0, owner)
+        w = i0.sub_(t0.index_select(0, m))
+        r = i1.sub_(t1.index_select(0, m))
+        vals = g.index_select(0, m).sub_(r.mul_(r).div_(w))
+        best = torch.full((t + 1,), math.inf, dtype=_F64, device=dev).scatter_reduce_(0, owner, vals, "amin")
+        cand = torch.where(vals == best.index_select(0, owner), slot, width)
+        first = torch.full((t + 1,), width, dtype=torch.int64, device=dev).scatter_reduce_(0, owner, cand, "amin")
+        d[mid] = (best[:t] + s2.index_select(0, mid)).clamp_min_(0.0)
+        opt[mid] = m.index_select(0, first[:t]).long()
     return d, opt
 
 
-def _weighted_mean(points: Tensor, weights: Tensor) -> Tensor:
-    """``Σ w·x / Σ w``; on CPU with NumPy's summation (``np.average``) so the DP matches the reference bit for bit."""
-    if points.device.type == "cpu":
-        return torch.tensor(np.average(points.numpy(), weights=weights.numpy()), dtype=_F64)
-    return (points * weights).sum() / weights.sum()
+def _layer_dense(prev, table):
+    """``min_m prev[m] + table[m, i]`` for every ``i`` (first minimum): one broadcast, one reduction."""
+    d, opt = torch.min(prev[:, None] + table, dim=0)
+    return d, opt
 
 
-def _optimal_segments(points: Tensor, weights: Tensor, k: int, backend: str | None = None) -> Tensor:
-    """Segment starts ``(k,)`` of the exact k-segmentation of sorted weighted ``points`` (``k < len``).
+#: up to this many points a layer is one dense (n+1)×(n+1) reduction (a few hundred µs on a CPU);
+#: above it the level-by-level recursion (O(n log n)) is cheaper
+_DENSE_MAX = 640
 
-    ``backend``: ``'numpy'`` (the default on the CPU) or ``'torch'`` (the default elsewhere).
-    """
-    if backend is None:
-        backend = "numpy" if points.device.type == "cpu" and _NUMPY_LOOPS_ON_CPU else "torch"
-    if backend == "numpy":
-        return torch.from_numpy(_optimal_segments_numpy(points.numpy(), weights.numpy(), k))
+
+def _optimal_segments(points: Tensor, weights: Tensor, k: int) -> Tensor:
+    """Segment starts ``(k,)`` (int64, on the points' device) of the exact k-segmentation of
+    sorted weighted ``points`` (``k < len(points)``); ties → the smallest split at every step."""
     n = points.numel()
     dev = points.device
-    x = points - _weighted_mean(points, weights).to(dev)  # centred: less cancellation in S2 − S1²/S0
+    total = weights.sum()
+    x = points - (points * weights).sum() / total  # centred: less cancellation in s2 − s1²/s0
     zero = torch.zeros(1, dtype=_F64, device=dev)
     s0 = torch.cat([zero, torch.cumsum(weights, 0)])
     s1 = torch.cat([zero, torch.cumsum(weights * x, 0)])
     s2 = torch.cat([zero, torch.cumsum(weights * x * x, 0)])
-    d = torch.full((n + 1,), math.inf, dtype=_F64, device=dev)
-    ar = torch.arange(1, n + 1, device=dev)
-    d[1:] = _segment_cost(s0, s1, s2, torch.zeros_like(ar), ar)
+    ar = torch.arange(n + 1, device=dev)
+    d = _cost(s0, s1, s2, torch.zeros_like(ar), ar)
+    d[0] = math.inf  # no point cannot form a cluster
     opts = []
-    for j in range(2, k + 1):
-        d, opt = _layer_divide_and_conquer(d, j, n, s0, s1, s2)
-        opts.append(opt)
-    starts, i = [0], n  # backtrack: cluster j starts at opt_j[end of cluster j]
-    for opt in reversed(opts):
-        i = int(opt[i])
-        starts.insert(1, i)
-    return torch.tensor(starts, dtype=torch.int64, device=dev)
-
-
-# The same DP with NumPy arrays — the CPU backend. The recursion issues O(k log n) small array
-# operations; NumPy's per-call overhead is several times lower than torch's, which is what the
-# binned fast path (a DP over a few thousand points) is bound by. Same operations, same order,
-# so both backends (and the reference) give bit-identical results.
-
-
-def _segment_cost_numpy(s0, s1, s2, m, i):
-    w = s0[i] - s0[m]
-    t = s1[i] - s1[m]
-    return np.maximum(s2[i] - s2[m] - t * t / w, 0.0)
-
-
-def _layer_divide_and_conquer_numpy(prev, j, n, s0, s1, s2):
-    d = np.full(n + 1, np.inf)
-    opt = np.zeros(n + 1, dtype=np.int64)
-    ilo, ihi = np.array([j]), np.array([n])
-    mlo, mhi = np.array([j - 1]), np.array([n - 1])
-    while ilo.size:
-        mid = (ilo + ihi) // 2
-        a, b = mlo, np.minimum(mhi, mid - 1)
-        lens = b - a + 1
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        task = np.repeat(np.arange(ilo.size), lens)
-        pos = np.arange(task.size)
-        m = pos - starts[task] + a[task]
-        vals = prev[m] + _segment_cost_numpy(s0, s1, s2, m, mid[task])
-        best = np.minimum.reduceat(vals, starts)
-        first = np.minimum.reduceat(np.where(vals == best[task], pos, task.size), starts)  # smallest split
-        d[mid], opt[mid] = best, m[first]
-        left, right = ilo <= mid - 1, mid + 1 <= ihi
-        ilo, ihi, mlo, mhi = (
-            np.concatenate([ilo[left], mid[right] + 1]),
-            np.concatenate([mid[left] - 1, ihi[right]]),
-            np.concatenate([mlo[left], opt[mid][right]]),
-            np.concatenate([opt[mid][left], mhi[right]]),
-        )
-    return d, opt
-
-
-def _optimal_segments_numpy(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
-    n = points.size
-    x = points - np.average(points, weights=weights)
-    s0 = np.concatenate([[0.0], np.cumsum(weights)])
-    s1 = np.concatenate([[0.0], np.cumsum(weights * x)])
-    s2 = np.concatenate([[0.0], np.cumsum(weights * x * x)])
-    d = np.full(n + 1, np.inf)
-    d[1:] = _segment_cost_numpy(s0, s1, s2, np.zeros(n, dtype=np.int64), np.arange(1, n + 1))
-    opts = []
-    for j in range(2, k + 1):
-        d, opt = _layer_divide_and_conquer_numpy(d, j, n, s0, s1, s2)
-        opts.append(opt)
-    starts, i = [0], n
-    for opt in reversed(opts):
-        i = int(opt[i])
-        starts.insert(1, i)
-    return np.array(starts, dtype=np.int64)
+    if k > 2:
+        if n <= _DENSE_MAX:
+            mm, ii = ar[:, None], ar[None, :]
+            table = torch.where(mm < ii, _cost(s0, s1, s2, torch.minimum(mm, ii - 1).clamp_min(0), ii.clamp_min(1)),
+                                math.inf)
+            for _ in range(2, k):
+                d, opt = _layer_dense(d, table)
+                opts.append(opt)
+        else:
+            plan = _Plan(n, dev)
+            for _ in range(2, k):
+                d, opt = _layer_levels(d, s0, s1, s2, plan, n)
+                opts.append(opt)
+    m = ar[k - 1:n]
+    last = torch.argmin(d[m] + _cost(s0, s1, s2, m, torch.full_like(m, n)))  # first minimum
+    split = m[last]
+    starts = [split]
+    for opt in reversed(opts):  # cluster j starts at opt_j[start of cluster j + 1]
+        split = opt[split]
+        starts.append(split)
+    starts.append(torch.zeros((), dtype=torch.int64, device=dev))
+    return torch.stack(starts[::-1]) if k > 1 else torch.zeros(1, dtype=torch.int64, device=dev)
 
 
 def _segment_means(points: Tensor, weights: Tensor, starts: Tensor) -> Tensor:
-    """Weighted means of the segments starting at ``starts``; on CPU NumPy's ``add.reduceat`` (as the reference)."""
-    if points.device.type == "cpu":
-        p, w, st = points.numpy(), weights.numpy(), starts.numpy()
-        return torch.from_numpy(np.add.reduceat(w * p, st) / np.add.reduceat(w, st))
+    """Weighted means of the runs of ``points`` that start at ``starts`` (float64 prefix sums)."""
     zero = torch.zeros(1, dtype=_F64, device=points.device)
     pw = torch.cat([zero, torch.cumsum(weights * points, 0)])
     pc = torch.cat([zero, torch.cumsum(weights, 0)])
@@ -509,46 +545,76 @@ def _optimal_from_sorted(sv: _SortedValues, k: int) -> Tensor:
     return _segment_means(uniq, w, _optimal_segments(uniq, w, k))
 
 
-def _binned_from_sorted(sv: _SortedValues, k: int, bins: int) -> Tensor:
-    bins = max(bins, 4 * k)
-    head = sv.sorted[: 4 * (2 * bins + 1)]  # sorted: counting the head's distinct values is one pass
-    if torch.unique_consecutive(head).numel() <= 2 * bins and sv.distinct()[0].numel() <= 2 * bins:
-        return _optimal_from_sorted(sv, k)
-    dev = sv.sorted.device
-    n = sv.n
+def _default_bins(k: int) -> int:
+    return max(128, 2 * k)
+
+
+def _bin_edges(sv: _SortedValues, bins: int) -> Tensor:
+    """Run boundaries (indices into the sorted values, ``0`` and ``n`` included) of the binned init.
+
+    ``bins`` equal-count runs, plus ``bins`` runs of equal *Panter–Dite mass*: the mass of a
+    stretch of values is ``∫ p^{1/3}`` (the high-resolution optimal quantizer's point density
+    is ``∝ p^{1/3}``), estimated on a fine grid of 4096 equal-count and 4096 equal-width cells.
+    Equal counts resolve the dense core; equal ``p^{1/3}`` mass puts boundaries where
+    optimal centroids go, including the sparse heavy tails that equal counts merge away.
+    """
+    s, n, dev = sv.sorted, sv.n, sv.sorted.device
+    fine = 4096
+    grid = s[0] + (s[-1] - s[0]) * (torch.arange(1, fine, dtype=_F64, device=dev) / fine)
+    cells = torch.unique(torch.cat([torch.div(torch.arange(fine + 1, device=dev) * n, fine, rounding_mode="floor"),
+                                    torch.searchsorted(s, grid)]))
+    inner = cells.clamp(1, n - 1)
+    x = 0.5 * s[inner - 1] + 0.5 * s[inner]  # cell boundaries in value space
+    x[0], x[-1] = s[0], s[-1]
+    mass = (cells[1:] - cells[:-1]).to(_F64).pow(1 / 3) * (x[1:] - x[:-1]).clamp_min(0).pow(2 / 3)
+    cum = torch.cat([torch.zeros(1, dtype=_F64, device=dev), torch.cumsum(mass, 0)])
+    target = torch.arange(1, bins, dtype=_F64, device=dev) * (cum[-1] / bins)
+    j = torch.searchsorted(cum, target, right=True).clamp_(1, cum.numel() - 1)
+    frac = ((target - cum[j - 1]) / (cum[j] - cum[j - 1]).clamp_min(1e-300)).clamp_(0, 1)
+    by_mass = torch.searchsorted(s, x[j - 1] + frac * (x[j] - x[j - 1]), right=True)
     by_count = torch.div(torch.arange(bins + 1, device=dev) * n, bins, rounding_mode="floor")
-    lo, hi = sv.sorted[0], sv.sorted[-1]
-    grid = lo + (hi - lo) * (torch.arange(1, bins, dtype=_F64, device=dev) / bins)
-    by_width = torch.searchsorted(sv.sorted, grid, right=False)
-    edges = torch.unique(torch.cat([by_count, by_width]))  # sorted; empty bins dropped
+    return torch.unique(torch.cat([by_count, by_mass]))
+
+
+def _at_most_distinct(sv: _SortedValues, limit: int) -> bool:
+    if torch.unique_consecutive(sv.sorted[: 2 * limit + 1]).numel() > limit:  # decided on the head
+        return False
+    return sv.distinct()[0].numel() <= limit
+
+
+def _binned_from_sorted(sv: _SortedValues, k: int, bins: int | None) -> Tensor:
+    bins = _default_bins(k) if bins is None else max(bins, k)
+    if sv.n <= 4 * bins or _at_most_distinct(sv, 2 * bins):
+        return _optimal_from_sorted(sv, k)  # few values: the DP on all of them is as cheap
+    edges = _bin_edges(sv, bins)  # ascending, distinct: no empty run
     w = (edges[1:] - edges[:-1]).to(_F64)
     means = (sv.prefix[edges[1:]] - sv.prefix[edges[:-1]]) / w
+    if means.numel() <= k:
+        return _optimal_from_sorted(sv, k)
     return _segment_means(means, w, _optimal_segments(means, w, k))
 
 
-def binned_optimal_centroids(values: Tensor, k: int, *, bins: int = DEFAULT_BINS) -> Tensor:
-    """SPEC §5 (torch-only fast init): the exact k-segmentation of ≤ 2·bins equal-count and equal-width bins.
+def binned_optimal_centroids(values: Tensor, k: int, *, bins: int | None = None) -> Tensor:
+    """SPEC §5 (torch-only fast init): the exact k-segmentation of a few hundred weighted bins.
 
-    The sorted values are cut at ``B = max(bins, 4k)`` equal-count edges *and* at ``B``
-    equal-width edges over ``[min, max]`` (so heavy tails keep their resolution: equal
-    counts alone would merge the few extreme values that form the outer clusters);
-    each of the (at most ``2B``) non-empty runs becomes one point at its mean with its
-    count as weight; the exact DP
+    The sorted values are cut into runs (:func:`_bin_edges`: ``B`` equal-count runs and
+    ``B`` runs of equal ``p^{1/3}`` mass, ``B = bins`` or ``max(128, 2k)``); each run
+    becomes one point at its mean weighted by its count; the exact DP
     (:func:`kmeans_1d_optimal`'s recurrence) segments those points; the centroids are
-    the segments' means over all their values. With at most that many distinct values
-    it *is* the exact optimum (at most ``2B`` distinct values: the DP runs on them).
-    Followed by Lloyd (``kmeans_1d(init='binned')``) this reaches the exact optimum or a
-    local optimum next to it at a fraction of the DP's cost on 10^6 values
-    (docs/12-torch-qat.md: 1.0000007x the optimal SSE in 37 ms vs 11 s).
+    the segments' means over all their values. With few values (``n ≤ 4B``, or at most
+    ``2B`` distinct) the DP runs on the values themselves: the exact optimum. Followed by
+    Lloyd (``kmeans_1d(init='binned')``, the default) it reaches a local optimum at or
+    below scikit-learn's SSE (``benchmarks/bench_kmeans.py``).
     """
     v = _check_values(values)
     k = _check_int(k, "k", min_value=1)
-    bins = _check_int(bins, "bins", min_value=1)
+    if bins is not None:
+        bins = _check_int(bins, "bins", min_value=1)
     return _binned_from_sorted(_SortedValues(v.reshape(-1)), k, bins).to(v.dtype)
 
 
 def initial_centroids(values: Tensor, k: int, init: str = DEFAULT_INIT, *, seed=None,
-                      bins: int = DEFAULT_BINS) -> Tensor:
+                      bins: int | None = DEFAULT_BINS) -> Tensor:
     """SPEC §5: the ``(k,)`` sorted starting centroids of ``init`` (float64, on the values' device).
 
     ``init`` ∈ {linear, quantile, kmeans++, optimal, binned} as in the module docstring
@@ -559,14 +625,15 @@ def initial_centroids(values: Tensor, k: int, init: str = DEFAULT_INIT, *, seed=
     k = _check_int(k, "k", min_value=1)
     if not isinstance(init, str) or init not in INITS[:-1]:
         raise ValueError(f"init must be one of {INITS[:-1]}, got {init!r}")
-    bins = _check_int(bins, "bins", min_value=1)
+    if bins is not None:
+        bins = _check_int(bins, "bins", min_value=1)
     if init == "kmeans++":
         gen = _generator(seed, v.device)
     sv = _SortedValues(v.reshape(-1))
     return _initial(sv, v.reshape(-1), k, init, gen if init == "kmeans++" else None, bins)
 
 
-def _initial(sv: _SortedValues, flat: Tensor, k: int, init: str, gen, bins: int) -> Tensor:
+def _initial(sv: _SortedValues, flat: Tensor, k: int, init: str, gen, bins: int | None) -> Tensor:
     if init == "linear":
         return _linspace_numpy(sv.sorted[0], sv.sorted[-1], k)
     if init == "quantile":
@@ -593,22 +660,16 @@ def _more_than_k_distinct(flat: Tensor, k: int) -> bool:
     return torch.unique(flat).numel() > k
 
 
-#: on the CPU, run the DP recursion and the sorted Lloyd loop (many small-array calls) with NumPy —
-#: same operations, same results as their torch versions, which run elsewhere (tests flip this switch)
-_NUMPY_LOOPS_ON_CPU = True
-
 #: Lloyd implementations (``method=``); see :func:`kmeans_1d`
 METHODS = ("auto", "direct", "sorted")
 #: ``method='auto'`` on the CPU clusters at most this many values directly (bit-identical to the reference)
 _SMALL = 1 << 16
-
-
-def _assign64(flat64: Tensor, c: Tensor) -> Tensor:
-    return _assign(flat64, c)
+#: sorted Lloyd iterations run between two host synchronisations (the convergence check)
+_SYNC_EVERY = 16
 
 
 def _direct_update(flat64: Tensor, c: Tensor, labels: Tensor) -> Tensor:
-    """The reference ``_update`` literally: ``np.bincount`` sums (``torch.bincount``, serial on CPU)."""
+    """Means by ``torch.bincount`` sums (serial on the CPU: NumPy's ``bincount`` order); empty clusters keep ``c_j``."""
     k = c.numel()
     counts = torch.bincount(labels, minlength=k)
     sums = torch.bincount(labels, weights=flat64, minlength=k)
@@ -627,70 +688,48 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
     Returns ``(c, n_iter, converged, labels or None)``. Two implementations, same
     decisions (same midpoints, same labels), different summation:
 
-    * **direct** — the reference's update literally: labels by comparison with the
-      midpoints (``O(n·min(k, log k))``), sums by ``torch.bincount`` (serial on the CPU, so
-      the centroids are bit-identical to the reference's ``np.bincount``);
+    * **direct** — assign every value (``O(n·min(k, log k))``), sums by ``torch.bincount``
+      (serial on the CPU, so the centroids are bit-identical to NumPy's ``bincount`` sums);
     * **sorted** — sort once, then ``O(k log n)`` per iteration from run ends and prefix
-      sums (the module docstring). Even a warm start that converges after one update
-      needs two full assignments directly, so one sort (plus the final assignment) is
-      never slower on large inputs.
+      sums (the module docstring). Iterations run in blocks of :data:`_SYNC_EVERY` without
+      a host round trip; once the run ends repeat, an update reproduces the same centroids
+      (a fixed point), so the extra iterations of a block change nothing and ``n_iter`` is
+      the first iteration whose run ends repeated.
 
     ``method='auto'``: direct on the CPU for ``n ≤ 2^16``, sorted otherwise.
     """
     converged, n_iter = False, 0
     if _use_direct(method, flat):
         flat64 = flat.to(_F64)
-        labels = _assign64(flat64, c)
+        labels = _assign(flat64, c)
         while n_iter < max_iter:
             n_iter += 1
             c = _direct_update(flat64, c, labels)
-            new_labels = _assign64(flat64, c)
+            new_labels = _assign(flat64, c)
             if torch.equal(new_labels, labels):
                 return c, n_iter, True, new_labels
             labels = new_labels
         return c, n_iter, False, labels
     if sv is None:
         sv = _SortedValues(flat)
-    if c.device.type == "cpu" and _NUMPY_LOOPS_ON_CPU:  # k-sized work per iteration: NumPy's call overhead is lower
-        c_np, n_iter, converged = _sorted_lloyd_numpy(sv.sorted.numpy(), sv.prefix.numpy(), c.numpy(), max_iter)
-        return torch.from_numpy(c_np), n_iter, converged, None
     ends = sv.run_ends(c)
-    while n_iter < max_iter:
-        n_iter += 1
-        c = sv.update(c, ends)
-        new_ends = sv.run_ends(c)
-        if torch.equal(new_ends, ends):
-            converged = True
-            break
-        ends = new_ends
-    return c, n_iter, converged, None
+    never = torch.tensor(max_iter + 1, device=c.device)
+    done = 0
+    while done < max_iter:
+        stop_at = never
+        for t in range(done + 1, min(done + _SYNC_EVERY, max_iter) + 1):
+            c = sv.update(c, ends)
+            new_ends = sv.run_ends(c)
+            stop_at = torch.where((stop_at > max_iter) & (new_ends == ends).all(), t, stop_at)
+            ends = new_ends
+        done = min(done + _SYNC_EVERY, max_iter)
+        first = int(stop_at)  # one host round trip per block
+        if first <= max_iter:
+            return c, first, True, None
+    return c, max_iter, False, None
 
 
-def _sorted_lloyd_numpy(sorted_v: np.ndarray, prefix: np.ndarray, c: np.ndarray, max_iter: int):
-    """:meth:`_SortedValues.run_ends` / :meth:`_SortedValues.update` with the same float64 arithmetic, in NumPy."""
-    n = sorted_v.size
-
-    def run_ends(c):
-        raw = np.append(np.searchsorted(sorted_v, 0.5 * c[:-1] + 0.5 * c[1:], side="right"), n)
-        return raw[np.searchsorted(c, c, side="right") - 1]
-
-    ends = run_ends(c)
-    n_iter, converged = 0, False
-    while n_iter < max_iter:
-        n_iter += 1
-        starts = np.concatenate(([0], ends[:-1]))
-        counts = ends - starts
-        means = (prefix[ends] - prefix[starts]) / np.maximum(counts, 1).astype(np.float64)
-        c = np.sort(np.where(counts > 0, means, c))
-        new_ends = run_ends(c)
-        if np.array_equal(new_ends, ends):
-            converged = True
-            break
-        ends = new_ends
-    return c, n_iter, converged
-
-
-def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int,
+def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int | None,
             method: str = "auto"):
     """The validated core of :func:`kmeans_1d`: ``(centroids in v's dtype, labels, n_iter, converged)``."""
     flat = v.reshape(-1)
@@ -723,9 +762,10 @@ def kmeans_1d_optimal(values: Tensor, k: int) -> KMeansResult:
 
     Dynamic programming over the distinct sorted values with multiplicities: prefix
     sums ``S0, S1, S2`` (values centred) give ``cost(m, i) = S2 − S1²/S0``;
-    ``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` layer by layer with the
-    vectorized divide-and-conquer (the optimal split is monotone), ``O(k·n log n)``
-    work in ``O(k log n)`` torch calls; backtracking (ties → the smallest split) gives
+    ``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` layer by layer — a dense
+    reduction for at most ``_DENSE_MAX`` points, else the monotone-split recursion run
+    level by level over all sub-problems (``O(k·n log n)`` work, ``O(k log n)`` batched
+    kernels, no host synchronisation inside a layer); backtracking on the device gives
     the segments, whose means are the centroids; labels by :func:`assign`.
     ``k ≥`` #distinct values: the exact rule of the module docstring.
     """
@@ -737,7 +777,7 @@ def kmeans_1d_optimal(values: Tensor, k: int) -> KMeansResult:
 
 
 def kmeans_1d(values: Tensor, k: int, *, init: str | None = None, max_iter: int = 300, seed=None,
-              init_centroids: Tensor | None = None, bins: int = DEFAULT_BINS, method: str = "auto") -> KMeansResult:
+              init_centroids: Tensor | None = None, bins: int | None = DEFAULT_BINS, method: str = "auto") -> KMeansResult:
     """SPEC §5: 1-D k-means (Lloyd) with a named init — the reference :func:`~repspec.reference.kmeans.kmeans_1d`.
 
     ``values``: a floating tensor of any shape (clustered flat; ``labels`` keep the
@@ -765,7 +805,8 @@ def kmeans_1d(values: Tensor, k: int, *, init: str | None = None, max_iter: int 
     v = _check_values(values)
     k = _check_int(k, "k", min_value=1)
     max_iter = _check_int(max_iter, "max_iter", min_value=0)
-    bins = _check_int(bins, "bins", min_value=1)
+    if bins is not None:
+        bins = _check_int(bins, "bins", min_value=1)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if init is None:

@@ -224,10 +224,10 @@ class _ReplaceSTE(torch.autograd.Function):
 class KMeansWeightQuantizer(nn.Module):
     """SPEC §5 ClusterQAT: ``2^bits`` centroids per layer, refitted on a schedule (reference ``KMeansWeightQuantizer``).
 
-    ``KMeansWeightQuantizer(bits, update_every=1, init='optimal', max_iter=300, seed=None,
+    ``KMeansWeightQuantizer(bits, update_every=1, init=DEFAULT_INIT, max_iter=300, seed=None,
     cache_assignments=True)``; ``bits`` in 1..16, ``update_every ≥ 1``, ``max_iter ≥ 0``,
     ``init`` one of :data:`repspec.torch_impl.quantization.kmeans.INITS` except ``'warm'`` (``seed`` for
-    ``kmeans++``; ``'binned'`` is the fast fit for 10^6-value layers).
+    ``kmeans++``; the default ``DEFAULT_INIT = 'binned'`` is the fast fit for 10^6-value layers).
 
     Buffers: ``centroids (k,)`` ascending (the kernel's dtype) and ``step`` (int64: the
     training forwards seen). :meth:`initialize` fits the centroids on a kernel with
@@ -496,7 +496,8 @@ def _check_range(value, prefix: str) -> tuple[float, float]:
 
 def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bits: int | None,
                    act_momentum: float = 0.01, keep_first_fp32: bool = True,
-                   act_ranges: Mapping[str, tuple[float, float]] | None = None, inplace: bool = False) -> VGGNet:
+                   act_ranges: Mapping[str, tuple[float, float]] | None = None, inplace: bool = False,
+                   progress: bool | None = None) -> VGGNet:
     """SPEC §5: wrap every block of a trained model for QAT on merged weights (reference ``make_qat_network``).
 
     Returns the model (a deep copy unless ``inplace``) with every block replaced by a
@@ -510,6 +511,10 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
     seeds activation ranges from PTQ calibration (ignored for an FP32 block, as the
     reference). Everything is validated before the model is touched: wrong model or
     block types → ``TypeError``, unknown prefixes / bad ranges → ``ValueError``.
+
+    ``progress``: a tqdm bar over the blocks while k-means quantizers make their first fit
+    (the long part on a full-size model); ``None`` (default) shows it on a terminal only,
+    ``False`` never, ``True`` always. Uniform quantizers have nothing to fit: no bar.
     """
     if not isinstance(model, VGGNet):
         raise TypeError(f"model must be a VGGNet, got {type(model).__name__}")
@@ -524,6 +529,8 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
         raise ValueError(f"act_momentum must be in [0, 1], got {act_momentum}")
     keep_first_fp32 = _check_bool(keep_first_fp32, "keep_first_fp32")
     inplace = _check_bool(inplace, "inplace")
+    if progress is not None:
+        progress = _check_bool(progress, "progress")
     blocks = list(model.named_blocks())
     for prefix, block in blocks:
         _check_block(block, f"block {prefix!r}")
@@ -535,7 +542,13 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
         raise ValueError(f"act_ranges has keys that are not block prefixes: {sorted(unknown)}")
 
     out = model if inplace else copy.deepcopy(model)
-    for i, (prefix, block) in enumerate(list(out.named_blocks())):
+    from tqdm.auto import tqdm
+
+    named = list(out.named_blocks())
+    fitting = isinstance(weight_quantizer, KMeansWeightQuantizer)
+    bar = tqdm(named, desc=f"ClusterQAT first fit ({weight_quantizer.k if fitting else 0} centroids/layer)",
+               unit="layer", leave=False, disable=(not fitting) or (None if progress is None else not progress))
+    for i, (prefix, block) in enumerate(bar):
         fp32 = keep_first_fp32 and i == 0
         wq = None if (fp32 or weight_quantizer is None) else copy.deepcopy(weight_quantizer)
         aq = None if (fp32 or act_bits is None) else ActivationFakeQuant(act_bits, "moving_average",
