@@ -342,3 +342,16 @@ def test_kl_divergences_equal_the_reference_loop(device, hist, log2_nq, sparse):
 
 def npy_(t):
     return t.detach().cpu().numpy()
+
+
+def test_squeeze_excitation_models_are_refused_not_silently_dropped():
+    """RepVGG-D2se's SE blocks have no quantized form (SPEC §5): PTQ and QAT refuse the model."""
+    from repspec.torch_impl.modules.models import create_model
+    from repspec.torch_impl.quantization.ptq import build_quantized_model
+    from repspec.torch_impl.quantization.qat import make_qat_model
+
+    model = create_model("repvgg_tiny8", num_classes=3, widths=(16, 16, 16, 16), use_se=True).eval()
+    with pytest.raises(ValueError, match="squeeze-excitation"):
+        build_quantized_model(model, weight_bits=8, act_bits=None)
+    with pytest.raises(ValueError, match="squeeze-excitation"):
+        make_qat_model(model, weight_quantizer=None, act_bits=None)

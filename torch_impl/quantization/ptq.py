@@ -250,6 +250,14 @@ class QuantConvBlock(_QuantWeightMixin, nn.Module):
         return self.rbr_reparam.weight, self.rbr_reparam.bias
 
 
+def refuse_squeeze_excitation(model: nn.Module) -> None:
+    """SE blocks (RepVGG-D2se) have no quantized form in SPEC §5: refuse rather than drop them."""
+    with_se = [name for name, m in model.named_modules() if getattr(m, "se", None) is not None]
+    if with_se:
+        raise ValueError(f"model has squeeze-excitation blocks ({with_se[0]} and {len(with_se) - 1} more); "
+                         "PTQ/QAT of SE models (RepVGG-D2se) is not specified (SPEC §5), so they are refused")
+
+
 class QuantLinear(_QuantWeightMixin, nn.Module):
     """SPEC §5: the classifier with quantized weight and input (only when ``keep_last_fp32=False``)."""
 
@@ -365,6 +373,7 @@ def build_quantized_model(model: nn.Module, *, weight_bits: int | None = 8, act_
     """
     if not isinstance(model, VGGNet):
         raise TypeError(f"model must be a VGGNet (a registry model), got {type(model).__name__}")
+    refuse_squeeze_excitation(model)
     weight_bits = _check_optional_bits(weight_bits, "weight_bits", 2)
     act_bits = _check_optional_bits(act_bits, "act_bits")
     for v, n in ((per_channel, "per_channel"), (keep_first_fp32, "keep_first_fp32"),

@@ -50,6 +50,7 @@ from ..modules.blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock, iden
 from .kmeans import DEFAULT_BINS, DEFAULT_INIT, INITS, _assign, _check_values, _kmeans
 from ..modules.models import VGGNet
 from ..modules.oabn import OABN
+from .ptq import refuse_squeeze_excitation
 from .quant import ActivationFakeQuant, check_bits, fake_quantize_weight
 
 __all__ = [
@@ -518,6 +519,7 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
     """
     if not isinstance(model, VGGNet):
         raise TypeError(f"model must be a VGGNet, got {type(model).__name__}")
+    refuse_squeeze_excitation(model)
     if weight_quantizer is not None and not isinstance(weight_quantizer, WEIGHT_QUANTIZERS):
         raise TypeError(f"weight_quantizer must be a UniformWeightQuantizer, KMeansWeightQuantizer or None, got "
                         f"{type(weight_quantizer).__name__}")
