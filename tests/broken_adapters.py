@@ -324,6 +324,27 @@ class TheoremDriftAdapter(ReferenceAdapter):
         return (p if grad_mult_mask is None else p * (1.0 + 1e-12)), buf
 
 
+class SwappedScalesAdapter(ReferenceAdapter):
+    """Grad Mult fed the original code's order: the 1x1 scale where the 3x3 one belongs and back."""
+
+    name = "broken: Grad Mult scales swapped"
+
+    def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
+        return super().grad_mult_mask(scale_1x1, scale_conv, in_channels, identity=identity, exponent=exponent)
+
+
+class Float32StepAdapter(ReferenceAdapter):
+    """Third-party torch code run without ``torch.set_default_dtype(torch.float64)``: the step in float32."""
+
+    name = "broken: optimizer step computed in float32"
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, **kw):
+        f32 = (lambda a: None if a is None else np.asarray(a, dtype=np.float32))
+        p, buf = super().repopt_sgd_step(f32(param), f32(grad), f32(momentum_buffer),
+                                         grad_mult_mask=f32(grad_mult_mask), **kw)
+        return np.asarray(p, dtype=np.float32), f32(buf)
+
+
 @dataclass(frozen=True)
 class Broken:
     adapter: type
@@ -363,4 +384,7 @@ BROKEN: dict[str, Broken] = {
     "step_only_4d": _b(Only4DStepAdapter, "§3.repopt-sgd-step", "§3.theorem", "§1.train-iteration",
                        message="must accept a parameter of any shape"),
     "theorem_drift_1e-12": _b(TheoremDriftAdapter, "§3.theorem", message="round-off bound"),
+    "scales_swapped": _b(SwappedScalesAdapter, "§3.grad-mult", "§3.theorem", message="SWAPPED"),
+    "float32_step": _b(Float32StepAdapter, "§3.repopt-sgd-step", "§3.theorem",
+                       message="torch.set_default_dtype(torch.float64)"),
 }

@@ -461,3 +461,15 @@ def test_adapters_get_num_batches_tracked_like_a_state_dict():
         counters = [k for k in buffers if k.endswith("num_batches_tracked")]
         assert len(counters) == len(means) > 0, where
         assert all(buffers[k].dtype == np.int64 and buffers[k].shape == () and buffers[k] == 0 for k in counters)
+
+
+def test_an_adapter_that_chokes_on_num_batches_tracked_gets_a_hint():
+    class Strict(ReferenceAdapter):
+        def fuse_repvgg_block(self, params, buffers, **kw):
+            from repspec.reference.repvgg import fuse_repvgg_block
+
+            return fuse_repvgg_block(params, buffers, **kw)  # the reference refuses unknown keys
+
+    res = run_conformance(Strict(), clauses=["§2.fusion"], max_examples=2)["§2.fusion"]
+    assert res.status == "FAIL" and "num_batches_tracked" in res.message
+    assert "without_num_batches_tracked" in res.message

@@ -152,6 +152,10 @@ def call(adapter, method: str, *args, hint: str | None = None, **kwargs):
     except NotProvided:
         raise
     except Exception as exc:  # noqa: BLE001 - any exception of the port is reported
+        if hint is None and "num_batches_tracked" in str(exc):
+            hint = ("buffers carry PyTorch's *.num_batches_tracked counters (0-d int64); a port that does not "
+                    "model them drops them with repspec.conformance.adapter.without_num_batches_tracked(buffers) "
+                    "(docs/porting.md, 'Protocol pitfalls')")
         raise AdapterRaised(method, exc, hint) from exc
     for i, (a, c) in enumerate(zip(args, c_args)):
         if not _same_tree(c, a):
@@ -174,6 +178,22 @@ def _as_f64(name: str, value) -> np.ndarray:
 
 def _fmt_index(idx) -> str:
     return "(" + ", ".join(str(int(i)) for i in idx) + ")" if idx else "()"
+
+
+FLOAT32_HINT = (". Every value the adapter returned is a float32 number (and the expected ones are not): the port "
+                "computes in float32 — wrap third-party torch code in torch.set_default_dtype(torch.float64) "
+                "(docs/porting.md, 'Protocol pitfalls')")
+
+
+def _float32_hint(actual: np.ndarray, expected: np.ndarray, profile) -> str:
+    """A hint when a float64-profile mismatch comes from a float32 computation (pitfall 4)."""
+    if profile.get("unit_roundoff", 0.0) < 2.0**-40 and actual.size and np.all(np.isfinite(actual)):
+        with np.errstate(over="ignore"):
+            as32 = actual.astype(np.float32).astype(np.float64)
+            exp32 = expected.astype(np.float32).astype(np.float64)
+        if np.array_equal(as32, actual) and not np.array_equal(exp32, expected):
+            return FLOAT32_HINT
+    return ""
 
 
 @dataclass
@@ -248,7 +268,7 @@ class Checker:
             f"max abs err {max_abs:.3e}, max rel err {max_rel:.3e} ({tol}; {tol.reason}); worst at index "
             f"{_fmt_index(idx)}: actual {float(act[idx])!r} vs expected {float(exp[idx])!r}; "
             f"{int(bad.sum())}/{bad.size} "
-            f"elements off",
+            f"elements off" + _float32_hint(act, exp, self.profile),
             max_abs=max_abs, max_rel=max_rel, tol=tol)
 
     def within(self, name: str, actual, expected, bound: np.ndarray, reason: str) -> None:
@@ -569,7 +589,18 @@ def _check_grad_mult(adapter, case, cmp: Checker) -> None:
     args = (case["scale_conv"], case["scale_1x1"], case["in_channels"])
     kw = dict(identity=case["identity"], exponent=case["exponent"])
     m = call(adapter, "grad_mult_mask", *args, **kw)
-    cmp.close("M", m, ref_repopt.grad_mult_mask(*args, **kw))
+    try:
+        cmp.close("M", m, ref_repopt.grad_mult_mask(*args, **kw))
+    except Mismatch as exc:
+        swapped = ref_repopt.grad_mult_mask(case["scale_1x1"], case["scale_conv"], case["in_channels"], **kw)
+        try:
+            Checker(cmp.profile, ErrorStats()).close("M", m, swapped)
+        except Mismatch:
+            raise exc from None
+        raise Mismatch(exc.quantity, exc.detail + ". The adapter's mask is the one for the scales SWAPPED: "
+                       "grad_mult_mask takes (scale_conv, scale_1x1), the reverse of the original code's "
+                       "(identity, 1x1, conv) tuples (docs/porting.md, 'Protocol pitfalls')",
+                       max_abs=exc.max_abs, max_rel=exc.max_rel, tol=exc.tol) from None
 
 
 @special("trainable identity, different scale per channel")
