@@ -77,7 +77,6 @@ class Tol:
 TOLERANCES: dict[str, dict[str, Any]] = {
     "float64": {
         "continuous": Tol(1e-9, 1e-11, "SPEC §6: float64, same math in a different summation order"),
-        "theorem": Tol(1e-9, 1e-11, "two algebraically equal paths in float64 (round-off only)"),
         "quantized": Tol(1e-12, 0.0, "a discrete result: exact up to an ulp-level rounding of the scale"),
         "tie_eps": 1e-9,
         "oabn_margin": 1e-6,
@@ -86,7 +85,6 @@ TOLERANCES: dict[str, dict[str, Any]] = {
     # advisory: a float32 port (inputs are rounded to float32 by the port itself)
     "float32": {
         "continuous": Tol(1e-4, 1e-5, "float32 unit roundoff 6e-8, amplified by BN 1/sigma"),
-        "theorem": Tol(1e-4, 1e-5, "two algebraically equal paths in float32"),
         "quantized": Tol(1e-6, 1e-7, "float32 rounding of code·scale"),
         "tie_eps": 1e-5,
         "oabn_margin": 1e-3,
