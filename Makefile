@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.repspec-installed
 
-.PHONY: demo test test-thorough bench bench-smoke install clean
+.PHONY: demo test test-random test-thorough bench bench-smoke install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q
+
+# The suite under the random `dev` Hypothesis profile with a fresh seed, printed before and after
+# the run so that a failure can be replayed: `make test-random SEED=<seed>`. ARGS narrows the run
+# (e.g. ARGS="tests/test_conformance.py -x"). The seed also drives the conformance clauses.
+test-random: $(STAMP)
+	@seed=$${SEED:-$$($(PY) -c 'import secrets; print(secrets.randbelow(2**32))')}; \
+	echo "test-random: HYPOTHESIS_PROFILE=dev, seed $$seed (replay: make test-random SEED=$$seed)"; \
+	HYPOTHESIS_PROFILE=dev $(PY) -m pytest -q --hypothesis-seed=$$seed --repspec-seed=$$seed $(ARGS); \
+	rc=$$?; echo "test-random: seed $$seed, exit status $$rc (replay: make test-random SEED=$$seed)"; exit $$rc
 
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q

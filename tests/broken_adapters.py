@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repspec.conformance.adapter import OABNResult, ReferenceAdapter
+from repspec.conformance.adapter import (NotProvided, OABNResult, ReferenceAdapter, TrainIterationResult,
+                                        without_num_batches_tracked)
 from repspec.reference import kmeans as ref_kmeans
 from repspec.reference import ops as ref_ops
 from repspec.reference import quant as ref_quant
@@ -243,6 +244,7 @@ class LossSumNotMeanAdapter(ReferenceAdapter):
 
         net = network.reference_network(params)
         n = len(labels)
+        buffers = without_num_batches_tracked(buffers)  # the reference does not model the counters
         logits, new_buffers, cache = net.forward(params, buffers, x, training=True)
         loss = ref_ops.softmax_cross_entropy(logits, labels) * n
         grads = net.backward(params, cache, ref_ops.softmax_cross_entropy_backward(logits, labels) * n)
@@ -255,15 +257,106 @@ class LossSumNotMeanAdapter(ReferenceAdapter):
         return TrainIterationResult(loss, logits, grads, {**params, **stepped}, {**buffers, **new_buffers}, state)
 
 
+# ---- issue 14: declines, gradients read after step(), shapes, a tiny systematic drift
+
+
+class DeclinesDeadChannelsAdapter(ReferenceAdapter):
+    """RepVGG fusion that declines every case with a dead channel (a BN running variance of 0).
+
+    Only a minority of the generated cases has one, so "declined most" does not catch it; the
+    clause's plain-BN dead-channel special value (which needs no optional feature) does.
+    """
+
+    name = "broken: fusion declines dead channels"
+
+    def fuse_repvgg_block(self, params, buffers, **kw):
+        if any(np.any(np.asarray(v) == 0) for k, v in buffers.items() if k.endswith("running_var")):
+            raise NotProvided("a running variance of 0 (dead channel) is not supported")
+        return super().fuse_repvgg_block(params, buffers, **kw)
+
+
+class DeclinesMostAdapter(ReferenceAdapter):
+    """A probe adapter: the Grad Mult mask only for one output channel, a trainable identity and exponent 2
+    (about 1 case in 18), declined otherwise."""
+
+    name = "broken: Grad Mult declined for most cases"
+
+    def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
+        if identity != "trainable" or exponent != 2 or len(scale_conv) != 1:
+            raise NotProvided(f"only 1 channel, identity='trainable', exponent=2 (got {len(scale_conv)}, "
+                              f"{identity!r}, {exponent})")
+        return super().grad_mult_mask(scale_conv, scale_1x1, in_channels, identity=identity, exponent=exponent)
+
+
+class GradsAfterStepAdapter(ReferenceAdapter):
+    """A training iteration that reads the gradients after ``optimizer.step()``, from a ``p.grad`` into
+    which the optimizer added the weight decay in place (the original RepOptimizer does this for
+    unmasked decayed parameters): ``∂L/∂θ + λ·θ`` is returned as the gradient."""
+
+    name = "broken: gradients read after step()"
+
+    def train_iteration(self, network, params, buffers, x, labels, *, optimizer, opt_state):
+        out = super().train_iteration(network, params, buffers, x, labels, optimizer=optimizer, opt_state=opt_state)
+        masks = optimizer.grad_mult_masks or {}
+        grads = {k: g if k in masks else g + optimizer.decay_for(k) * params[k] for k, g in out.grads.items()}
+        return TrainIterationResult(out.loss, out.logits, grads, out.params, out.buffers, out.opt_state)
+
+
+class Only4DStepAdapter(ReferenceAdapter):
+    """An optimizer step written for conv kernels only (``O, I, kh, kw = p.shape``)."""
+
+    name = "broken: optimizer step only for 4-D kernels"
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, **kw):
+        out_ch, in_ch, kh, kw_ = np.shape(param)  # ValueError for 1-D/2-D/0-D parameters
+        return super().repopt_sgd_step(param, grad, momentum_buffer, **kw)
+
+
+class TheoremDriftAdapter(ReferenceAdapter):
+    """RepOpt-SGD whose masked step carries a systematic relative error of 1e-12 (say a mask kept in
+    a slightly different precision): invisible to the 1e-9 step tolerance, visible to the theorem's
+    derived round-off bound."""
+
+    name = "broken: masked step off by 1e-12 relative"
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, **kw):
+        p, buf = super().repopt_sgd_step(param, grad, momentum_buffer, grad_mult_mask=grad_mult_mask, **kw)
+        return (p if grad_mult_mask is None else p * (1.0 + 1e-12)), buf
+
+
+class SwappedScalesAdapter(ReferenceAdapter):
+    """Grad Mult fed the original code's order: the 1x1 scale where the 3x3 one belongs and back."""
+
+    name = "broken: Grad Mult scales swapped"
+
+    def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
+        return super().grad_mult_mask(scale_1x1, scale_conv, in_channels, identity=identity, exponent=exponent)
+
+
+class Float32StepAdapter(ReferenceAdapter):
+    """Third-party torch code run without ``torch.set_default_dtype(torch.float64)``: the step in float32."""
+
+    name = "broken: optimizer step computed in float32"
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, **kw):
+        f32 = (lambda a: None if a is None else np.asarray(a, dtype=np.float32))
+        p, buf = super().repopt_sgd_step(f32(param), f32(grad), f32(momentum_buffer),
+                                         grad_mult_mask=f32(grad_mult_mask), **kw)
+        return np.asarray(p, dtype=np.float32), f32(buf)
+
+
 @dataclass(frozen=True)
 class Broken:
     adapter: type
     expected: str  # the clause that must catch it
     plausible: frozenset  # clauses allowed to fail as well (contains expected)
+    message: str = "max abs err"  # what the failure message must contain
+    generated: bool = True  # the generated cases alone catch it (not only the hand-written special values)
+    counterexample: bool = True  # the failure carries a counter-example (not a coverage verdict)
 
 
-def _b(adapter, expected, *others) -> Broken:
-    return Broken(adapter, expected, frozenset((expected,) + others))
+def _b(adapter, expected, *others, **kw) -> Broken:
+    return Broken(adapter, expected, frozenset((expected,) + others), **kw)
 
 
 #: broken adapter → the clause that must catch it, and the clauses that may also fail
@@ -282,4 +375,16 @@ BROKEN: dict[str, Broken] = {
     "fusion_identity_ignores_groups": _b(FusionIgnoresGroupsIdentityAdapter, "§2.fusion", "§1.train-iteration"),
     "biased_running_var": _b(BiasedRunningVarAdapter, "§4.oabn", "§1.train-iteration"),
     "loss_summed": _b(LossSumNotMeanAdapter, "§1.train-iteration"),
+    # issue 14
+    "declines_dead_channels": _b(DeclinesDeadChannelsAdapter, "§2.fusion", message="special-value case",
+                                 generated=False),
+    "declines_most": _b(DeclinesMostAdapter, "§3.grad-mult", "§3.theorem", message="declined most of the clause",
+                        counterexample=False),
+    "grads_after_step": _b(GradsAfterStepAdapter, "§1.train-iteration", message="read p.grad AFTER optimizer.step()"),
+    "step_only_4d": _b(Only4DStepAdapter, "§3.repopt-sgd-step", "§3.theorem", "§1.train-iteration",
+                       message="must accept a parameter of any shape"),
+    "theorem_drift_1e-12": _b(TheoremDriftAdapter, "§3.theorem", message="round-off bound"),
+    "scales_swapped": _b(SwappedScalesAdapter, "§3.grad-mult", "§3.theorem", message="SWAPPED"),
+    "float32_step": _b(Float32StepAdapter, "§3.repopt-sgd-step", "§3.theorem",
+                       message="torch.set_default_dtype(torch.float64)"),
 }

@@ -1,7 +1,9 @@
 """Hypothesis profiles, the implementation-under-test switch and the pytest header.
 
 Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (default: few derandomized examples, no
-deadline), ``dev`` (more examples, random), ``thorough`` (many examples).
+deadline), ``dev`` (more examples, random), ``thorough`` (many examples). ``make
+test-random`` runs ``dev`` with ``--hypothesis-seed`` set to a fresh seed it prints (and
+this header repeats), so a failure replays with ``make test-random SEED=<seed>``.
 ``REPSPEC_IMPL`` names the implementation the equivalence tests check against the
 reference (``torch`` by default).
 """
@@ -27,6 +29,12 @@ REPSPEC_IMPL = os.environ.get("REPSPEC_IMPL", "torch")
 def pytest_report_header(config):
     lines = [f"repspec: REPSPEC_IMPL={REPSPEC_IMPL}, hypothesis profile={settings._current_profile}, "
              f"numpy {np.__version__}"]
+    seed = config.getoption("hypothesis_seed", default=None)
+    if seed is not None:  # `make test-random` prints it too
+        lines.append(f"repspec: hypothesis seed {seed} (replay: make test-random SEED={seed})")
+    elif not settings().derandomize:
+        lines.append("repspec: random Hypothesis profile without --hypothesis-seed: use `make test-random` "
+                     "to get a printed, replayable seed")
     try:
         import torch
 

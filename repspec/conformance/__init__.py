@@ -18,7 +18,8 @@ or from Python::
 
 The clauses (:data:`CLAUSES`) are listed with their SPEC section, what they check and
 their tolerance in ``docs/porting.md``. This package imports torch only for
-:mod:`repspec.conformance.torch_adapter` (the first shipped adapter).
+:mod:`repspec.conformance.torch_adapter` (the first shipped adapter), and Hypothesis (a test
+dependency) only when clauses run.
 """
 
 from .adapter import (
@@ -34,7 +35,6 @@ from .adapter import (
     SGDSpec,
     TrainIterationResult,
 )
-from .clauses import CLAUSES, TOLERANCES, Clause, clause_ids, get_clause
 from .runner import (
     ALIASES,
     DEFAULT_MAX_EXAMPLES,
@@ -49,6 +49,18 @@ from .runner import (
     run_from_args,
     verify,
 )
+
+_FROM_CLAUSES = ("CLAUSES", "TOLERANCES", "Clause", "clause_ids", "get_clause")
+
+
+def __getattr__(name):
+    # the clause registry builds on Hypothesis (a test dependency): imported on first use, so that
+    # ``repspec --help`` and ``add_arguments`` work with only the runtime dependencies
+    if name in _FROM_CLAUSES:
+        from . import clauses
+
+        return getattr(clauses, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ADAPTER_METHODS",

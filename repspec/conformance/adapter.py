@@ -51,6 +51,7 @@ __all__ = [
     "SGDSpec",
     "BLOCK_KINDS",
     "ADAPTER_METHODS",
+    "without_num_batches_tracked",
 ]
 
 Arrays = dict[str, np.ndarray]
@@ -261,7 +262,8 @@ class ConformanceAdapter(Protocol):
         ``params``/``buffers`` use the local names ``rbr_dense.conv.weight``,
         ``rbr_dense.bn.{weight,bias}``, ``rbr_1x1.conv.weight``, ``rbr_1x1.bn.{weight,bias}``,
         ``rbr_identity.{weight,bias}`` (iff ``in == out and stride == 1``) and the
-        ``running_mean``/``running_var`` buffers of each BN. ``oabn_threshold`` clips the
+        ``running_mean``/``running_var``/``num_batches_tracked`` buffers of each BN (the counter is
+        a 0-d int64 0, as in a torch ``state_dict``; it is never compared). ``oabn_threshold`` clips the
         identity factor ``t0`` to ``[−s, s]`` (``inf``: plain BN).
         """
         ...
@@ -275,7 +277,9 @@ class ConformanceAdapter(Protocol):
 
     def grad_mult_mask(self, scale_conv: np.ndarray, scale_1x1: np.ndarray, in_channels: int, *, identity: str,
                        exponent: int) -> np.ndarray:
-        """SPEC §3 Grad Mult ``M (O, I, 3, 3)``; scales ``(O,)`` indexed by the **output** channel;
+        """SPEC §3 Grad Mult ``M (O, I, 3, 3)``; scales ``(O,)`` indexed by the **output** channel, in the
+        order ``(scale_conv, scale_1x1)`` — the reverse of the original code's per-block tuple
+        ``(identity, 1x1, conv)``;
         ``identity`` ∈ {"trainable", "constant", "none"} (only "trainable" adds the ``+1``);
         ``exponent`` 2 (SGD) or 1 (AdamW)."""
         ...
@@ -283,7 +287,8 @@ class ConformanceAdapter(Protocol):
     def repopt_sgd_step(self, param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None, *,
                         grad_mult_mask: np.ndarray | None, lr: float, momentum: float, dampening: float,
                         nesterov: bool, weight_decay: float) -> tuple[np.ndarray, np.ndarray | None]:
-        """SPEC §3: one (RepOpt-)SGD step; ``grad_mult_mask=None`` is plain SGD.
+        """SPEC §3: one (RepOpt-)SGD step on a parameter of ANY shape (3x3 and 1x1 kernels, (O,) vectors,
+        (K, C) matrices, scalars); ``grad_mult_mask=None`` is plain SGD.
         ``momentum_buffer`` None means "first step". Returns ``(new_param, new_buffer)``;
         ``new_buffer`` is None iff ``momentum == 0``."""
         ...
@@ -334,6 +339,12 @@ class ConformanceAdapter(Protocol):
         ...
 
 
+def without_num_batches_tracked(buffers: Mapping[str, np.ndarray]) -> dict:
+    """``buffers`` without the ``*.num_batches_tracked`` counters the suite adds (as in a PyTorch
+    ``state_dict``, so that ``load_state_dict(strict=True)`` works); for ports that do not model them."""
+    return {k: v for k, v in buffers.items() if not k.endswith("num_batches_tracked")}
+
+
 class AdapterBase:
     """Convenience base class: every protocol method raises :class:`NotProvided` until overridden."""
 
@@ -363,13 +374,13 @@ class ReferenceAdapter(AdapterBase):
     def fuse_repvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, oabn_threshold):
         from repspec.reference.repvgg import fuse_repvgg_block
 
-        return fuse_repvgg_block(params, buffers, in_channels=in_channels, out_channels=out_channels, stride=stride,
+        return fuse_repvgg_block(params, without_num_batches_tracked(buffers), in_channels=in_channels, out_channels=out_channels, stride=stride,
                                  groups=groups, eps=eps, oabn_threshold=oabn_threshold)
 
     def fuse_qarepvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, fold_post_bn):
         from repspec.reference.repvgg import fuse_qarepvgg_block
 
-        return fuse_qarepvgg_block(params, buffers, in_channels=in_channels, out_channels=out_channels,
+        return fuse_qarepvgg_block(params, without_num_batches_tracked(buffers), in_channels=in_channels, out_channels=out_channels,
                                    stride=stride, groups=groups, eps=eps, fold_post_bn=fold_post_bn)
 
     def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
@@ -436,8 +447,8 @@ class ReferenceAdapter(AdapterBase):
                   nesterov=optimizer.nesterov, weight_decay=dict(wd) if isinstance(wd, Mapping) else wd,
                   grad_mult_masks=optimizer.grad_mult_masks)
         state = {k: dict(v) for k, v in opt_state.items()}
-        loss, logits, grads, new_params, new_buffers, new_state = train_step(net, params, buffers, opt, state, x,
-                                                                             labels)
+        loss, logits, grads, new_params, new_buffers, new_state = train_step(
+            net, params, without_num_batches_tracked(buffers), opt, state, x, labels)
         return TrainIterationResult(loss, logits, grads, new_params, new_buffers, new_state)
 
 

@@ -13,32 +13,26 @@ as a per-clause table (followed by the details of every failure) and serializes 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, Verbosity, example, given, reject, settings
-from hypothesis import seed as hypothesis_seed
-from hypothesis.errors import Flaky, Unsatisfiable
 
 from .adapter import ADAPTER_METHODS, NotProvided, describe
-from .clauses import (
-    CLAUSES,
-    TOLERANCES,
-    AdapterRaised,
-    Ambiguous,
-    Checker,
-    Clause,
-    ErrorStats,
-    Mismatch,
-    get_clause,
-)
+
+# Hypothesis (a test-extra dependency) and the clause registry that builds on it are imported
+# lazily, so ``add_arguments``/``build_parser`` (used by ``repspec --help``) work with only the
+# runtime dependencies installed; ``verify`` then says what to install (issue 9).
 
 __all__ = [
     "ClauseResult",
@@ -113,33 +107,62 @@ def _short(obj, indent: str = "    ") -> str:
             lines.append(f"{indent}{k} = {v!r}")
     return "\n".join(lines)
 
+#: tolerance profiles (the tables are ``clauses.TOLERANCES``; kept here so the parser needs no Hypothesis)
+PROFILES = ("float64", "float32")
+
+#: how many traceback frames the text report prints when an adapter raises (the JSON has all)
+TRACEBACK_FRAMES = 6
+
+
+def _count_text(counter: Mapping[str, int]) -> str:
+    return "; ".join(f"{n} × {reason}" for reason, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
 
 @dataclass
 class ClauseResult:
-    """The outcome of one clause against one adapter."""
+    """The outcome of one clause against one adapter.
+
+    Every case the clause offered the adapter is counted once (shrinking replays included) as
+    exactly one of: **checked** (``examples``: compared with the reference), **declined** (the
+    adapter raised :class:`NotProvided` for an option it does not offer; ``declined_reasons``
+    counts the messages) or **tie-discarded** (the case lies within ε of a decision boundary where
+    the adapter's answer differs, SPEC §6; ``tie_reasons``). ``special_declined`` names the
+    clause's hand-written special-value cases the adapter declined.
+    """
 
     clause_id: str
     section: str
     title: str
     status: str  # "pass" | "FAIL" | "skipped" | "ERROR"
-    examples: int = 0  # cases compared (explicit + generated + shrinking replays)
-    not_compared: int = 0  # cases within ε of a decision boundary, or an option the adapter declines
-    max_abs_err: float = 0.0  # largest error seen (over passing comparisons, or the failure's own)
-    max_rel_err: float = 0.0
+    examples: int = 0  # cases checked against the reference (explicit + generated + shrinking replays)
+    declined: int = 0  # cases the adapter declined (NotProvided for one option)
+    tie_discarded: int = 0  # cases within ε of a decision boundary, not compared (SPEC §6)
+    declined_reasons: dict = field(default_factory=dict)  # NotProvided message -> count
+    tie_reasons: dict = field(default_factory=dict)  # Ambiguous message -> count
+    special_declined: list = field(default_factory=list)  # "name (needs feature)" of declined special cases
+    max_abs_err: float | None = 0.0  # largest error seen (over passing comparisons, or the failure's own)
+    max_rel_err: float | None = 0.0
     seconds: float = 0.0
     message: str = ""  # why it failed / was skipped
     quantity: str | None = None  # the output that disagreed
     counterexample: dict | None = None  # the minimal failing case
     counterexample_kind: str | None = None  # "shrunk" | "explicit"
-    traceback: str | None = None
+    traceback: str | None = None  # the full traceback (JSON); the text report prints the last frames
+    traceback_tail: str | None = None
     tolerance: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status == PASS
 
+    @property
+    def not_compared(self) -> int:
+        """Declined plus tie-discarded cases (the old single "not cmp" column)."""
+        return self.declined + self.tie_discarded
+
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "counterexample"}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("counterexample", "traceback_tail")}
+        d["not_compared"] = self.not_compared
         d["counterexample"] = _jsonable(self.counterexample) if self.counterexample is not None else None
         d["max_abs_err"], d["max_rel_err"] = _jsonable(self.max_abs_err), _jsonable(self.max_rel_err)
         return d
@@ -155,15 +178,21 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """No clause failed or errored (skipped clauses are allowed; see :attr:`complete`)."""
+        """Every clause the adapter provides passed (skipped clauses allowed; see :attr:`complete`).
+
+        A clause whose adapter declined most of its cases, or declined one of its special values
+        that every port offering the clause can run, has failed (status ``FAIL``).
+        """
         return all(r.status in (PASS, SKIP) for r in self.results)
 
     @property
     def complete(self) -> bool:
-        """Every clause ran and passed (nothing skipped)."""
-        return all(r.status == PASS for r in self.results)
+        """Every clause ran and passed: nothing skipped and no special-value case declined (``--strict``)."""
+        return all(r.status == PASS and not r.special_declined for r in self.results)
 
     def __getitem__(self, clause_id: str) -> ClauseResult:
+        from .clauses import get_clause
+
         key = get_clause(clause_id).id
         for r in self.results:
             if r.clause_id == key:
@@ -184,23 +213,52 @@ class Report:
         return (f"{len(self.passed())}/{n} clauses pass, {len(self.failed())} fail, "
                 f"{len(self.skipped())} skipped")
 
+    def coverage(self) -> str:
+        """One plain line: how many clauses the adapter provides, and what that means for the verdict."""
+        n, provided = len(self.results), len(self.results) - len(self.skipped())
+        line = f"coverage: {provided} of {n} clauses provided by this adapter"
+        if self.skipped():
+            line += f"; not checked (not provided): {', '.join(self.skipped())}"
+        declined = [r for r in self.results if r.special_declined]
+        if declined:
+            line += "; special values declined in " + ", ".join(r.clause_id for r in declined)
+        verdict = ("every provided clause passed" if self.ok else
+                   f"{len(self.failed())} provided clause(s) failed: {', '.join(self.failed())}")
+        return line + f"\nverdict: {verdict}" + ("" if self.complete else " (not complete: see --strict)")
+
     def table(self) -> str:
-        head = f"{'clause':<22} {'status':<8} {'cases':>5} {'not cmp':>7} {'max abs err':>11} {'max rel err':>11} " \
-               f"{'time':>7}  title"
+        head = (f"{'clause':<22} {'status':<6} {'checked':>7} {'declined':>8} {'ties':>5} {'max abs err':>11} "
+                f"{'max rel err':>11} {'time':>7}  title")
         rows = [head, "-" * len(head)]
         for r in self.results:
             status = r.status if r.status != SKIP else "skip"
             err_a = f"{r.max_abs_err:.1e}" if r.status in (PASS, FAIL) and r.max_abs_err is not None else "-"
             err_r = f"{r.max_rel_err:.1e}" if r.status in (PASS, FAIL) and r.max_rel_err is not None else "-"
-            rows.append(f"{r.clause_id:<22} {status:<8} {r.examples:>5} {r.not_compared:>7} {err_a:>11} {err_r:>11} "
-                        f"{r.seconds:>6.2f}s  {r.title}")
+            rows.append(f"{r.clause_id:<22} {status:<6} {r.examples:>7} {r.declined:>8} {r.tie_discarded:>5} "
+                        f"{err_a:>11} {err_r:>11} {r.seconds:>6.2f}s  {r.title}")
         return "\n".join(rows)
+
+    def not_compared_details(self) -> str:
+        """Why cases were declined or tie-discarded, per clause, with counts."""
+        out = []
+        for r in self.results:
+            if r.declined:
+                out.append(f"declined {r.clause_id}: {r.declined} case(s): {_count_text(r.declined_reasons)}")
+            if r.special_declined:
+                out.append(f"  special values declined: {', '.join(r.special_declined)}")
+            if r.tie_discarded:
+                out.append(f"tie-discarded {r.clause_id}: {r.tie_discarded} case(s) within ε of a decision "
+                           f"boundary (SPEC §6): {_count_text(r.tie_reasons)}")
+        return "\n".join(out)
 
     def details(self) -> str:
         out = []
         for r in self.results:
             if r.status == SKIP:
                 out.append(f"skipped {r.clause_id}: {r.message}")
+        nc = self.not_compared_details()
+        if nc:
+            out.append(nc)
         for r in self.results:
             if r.status not in (FAIL, ERROR):
                 continue
@@ -213,8 +271,10 @@ class Report:
             if r.counterexample is not None:
                 block.append(f"  counter-example ({r.counterexample_kind}):")
                 block.append(_short(r.counterexample))
-            if r.traceback and r.status == ERROR:
-                block.append("  traceback:\n" + "\n".join("    " + ln for ln in r.traceback.rstrip().splitlines()))
+            if r.traceback_tail or r.traceback:
+                tail = r.traceback_tail or r.traceback
+                block.append(f"  traceback (last {TRACEBACK_FRAMES} frames; all in the JSON report):\n"
+                             + "\n".join("    " + ln for ln in tail.rstrip().splitlines()))
             impl = self.settings.get("impl")
             if impl:
                 block.append(f"  reproduce: python -m repspec.conformance --impl {impl} --clauses {r.clause_id} "
@@ -231,7 +291,7 @@ class Report:
         s = self.settings
         head = (f"repspec conformance: {self.adapter}  (seed {s.get('seed')}, max_examples {s.get('max_examples')}, "
                 f"tolerance profile {s.get('profile')})")
-        parts = [head, self.table(), self.summary()]
+        parts = [head, self.table(), self.summary(), self.coverage()]
         det = self.details()
         if det:
             parts.append(det)
@@ -239,7 +299,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"adapter": self.adapter, "settings": _jsonable(self.settings), "ok": self.ok,
-                "complete": self.complete, "summary": self.summary(),
+                "complete": self.complete, "summary": self.summary(), "coverage": self.coverage(),
                 "clauses": [r.to_dict() for r in self.results]}
 
     def to_json(self, **kw) -> str:
@@ -248,10 +308,6 @@ class Report:
 
 
 # ----------------------------------------------------------------------- running
-
-
-class _ClauseSkipped(Exception):
-    pass
 
 
 def _provided(adapter, method: str) -> bool:
@@ -268,29 +324,57 @@ def _base_missing():
     return AdapterBase._missing
 
 
-def _run_clause(clause: Clause, adapter, *, max_examples: int, seed: int, profile: Mapping[str, Any],
+def _special_label(make) -> str:
+    label = getattr(make, "label", None) or getattr(make, "__name__", "special case")
+    needs = getattr(make, "needs", None)
+    return f"{label} (needs {needs})" if needs else label
+
+
+def _run_clause(clause, adapter, *, max_examples: int, seed: int, profile: Mapping[str, Any],
                 explicit: bool) -> ClauseResult:
+    from hypothesis import HealthCheck, Phase, Verbosity, example, given, reject, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis.errors import Flaky, Unsatisfiable
+
+    from .clauses import AdapterRaised, Ambiguous, Checker, ErrorStats, Mismatch
+
     res = ClauseResult(clause.id, clause.section, clause.title, PASS, tolerance=clause.tolerance)
     missing = [m for m in clause.methods if not _provided(adapter, m)]
     if missing:
         res.status, res.message = SKIP, f"not provided: {', '.join(missing)}"
+        res.max_abs_err = res.max_rel_err = None
         return res
     stats = ErrorStats()
     last: dict[str, Any] = {}
-    explicit_cases = [make() for make in clause.examples] if explicit else []
-    explicit_ids = {id(c) for c in explicit_cases}
-    counts = {"run": 0, "not_compared": 0, "declined": 0, "declined_msg": ""}
+    makers = list(clause.examples) if explicit else []
+    explicit_cases = [make() for make in makers]
+    special = {id(c): make for c, make in zip(explicit_cases, makers)}
+    declined, ties = Counter(), Counter()
+    special_declined: list = []
+    declined_cases: dict = {}
+    counts = {"run": 0, "declined_generated": 0, "ties_generated": 0, "generated": 0}
 
     def test(case):
         counts["run"] += 1
+        if id(case) not in special:
+            counts["generated"] += 1
         try:
             clause.check(adapter, case, Checker(profile, stats))
         except NotProvided as exc:
-            counts["declined"] += 1
-            counts["declined_msg"] = str(exc)
-            reject()
-        except Ambiguous:
-            counts["not_compared"] += 1
+            declined[str(exc) or "NotProvided"] += 1
+            if id(case) not in special:
+                counts["declined_generated"] += 1
+            if id(case) in special and special[id(case)] not in special_declined:
+                special_declined.append(special[id(case)])
+                declined_cases[id(special[id(case)])] = case
+            # not rejected: a declined case is one of the clause's cases, so Hypothesis keeps drawing from
+            # the strategy's own distribution (rejecting makes it search near the declined region, which
+            # inflated declines ~2x in a measurement) and the budget stays max_examples
+            return
+        except Ambiguous as exc:
+            ties[str(exc) or "near a decision boundary"] += 1
+            if id(case) not in special:
+                counts["ties_generated"] += 1
             reject()
         except (Mismatch, AdapterRaised) as exc:
             last.update(case=case, exc=exc)
@@ -303,10 +387,11 @@ def _run_clause(clause: Clause, adapter, *, max_examples: int, seed: int, profil
     common = dict(derandomize=False, database=None, deadline=None, print_blob=False,
                   suppress_health_check=list(HealthCheck), report_multiple_bugs=False, verbosity=Verbosity.quiet)
     # generated cases first (a failure is shrunk to a minimal counter-example), then the clause's
-    # hand-written edge cases as a backstop
+    # hand-written special values as a backstop
     attempts = [(settings(max_examples=n, phases=(Phase.generate, Phase.shrink), **common), [])]
     if explicit_cases:
         attempts.append((settings(max_examples=1, phases=(Phase.explicit,), **common), explicit_cases))
+    unsatisfiable = False
     t0 = time.perf_counter()
     for cfg, cases in attempts:
         runner = given(case=clause.strategy())(test)
@@ -316,30 +401,74 @@ def _run_clause(clause: Clause, adapter, *, max_examples: int, seed: int, profil
         try:
             runner()
         except Unsatisfiable:
-            if counts["declined"] and counts["run"] == counts["declined"]:
-                res.status, res.message = SKIP, f"not provided for any case ({counts['declined_msg']})"
-            else:
-                res.status, res.message = ERROR, "could not generate enough comparable cases (too many filtered)"
+            unsatisfiable = True  # judged below from the counts
         except Flaky as exc:
             res.status = FAIL
             res.message = f"the adapter gave different results for the same input (nondeterministic): {exc}"
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            _record_failure(res, last, exc, explicit_ids)
+            _record_failure(res, last, exc, set(special))
         if res.status != PASS:
             break
     res.seconds = time.perf_counter() - t0
-    res.examples = counts["run"] - counts["not_compared"] - counts["declined"]
-    res.not_compared = counts["not_compared"] + counts["declined"]
-    if res.status == PASS:
-        res.max_abs_err, res.max_rel_err = stats.max_abs, stats.max_rel
-        if counts["declined"]:
-            res.message = f"{counts['declined']} case(s) declined by the adapter ({counts['declined_msg']})"
+    res.declined, res.tie_discarded = sum(declined.values()), sum(ties.values())
+    res.declined_reasons, res.tie_reasons = dict(declined), dict(ties)
+    res.examples = counts["run"] - res.declined - res.tie_discarded
+    res.special_declined = [_special_label(m) for m in special_declined]
+    if res.status != PASS:
+        return res
+    res.max_abs_err, res.max_rel_err = stats.max_abs, stats.max_rel
+    core_makers = [m for m in special_declined if not getattr(m, "needs", None)]
+    core = [_special_label(m) for m in core_makers]
+    offered = res.examples + res.declined
+    if res.declined and res.examples == 0:
+        res.status = SKIP
+        res.message = f"not provided for any case: declined all {res.declined} ({_count_text(declined)})"
+    elif _declines_most(counts["declined_generated"], counts["generated"] - counts["ties_generated"]):
+        res.status, res.quantity = FAIL, "coverage (declined cases)"
+        res.message = (f"the adapter declined most of the clause: {counts['declined_generated']} of "
+                       f"{counts['generated'] - counts['ties_generated']} generated cases, {res.declined} of {offered} "
+                       f"in all ({_count_text(declined)}); a clause fails when its declines show (binomial test, "
+                       f"p < {DECLINE_SIGNIFICANCE}) that the adapter declines more than half of it "
+                       f"(docs/porting.md, 'Declining an option').")
+    elif core:
+        res.status, res.quantity = FAIL, "special values declined"
+        res.counterexample, res.counterexample_kind = declined_cases[id(core_makers[0])], "explicit, declined"
+        res.message = (f"the adapter declined the clause's special-value case(s) {', '.join(core)}, which need no "
+                       f"optional feature: every port offering this clause must run them "
+                       f"({_count_text(declined)}).")
+    elif unsatisfiable:
+        res.status, res.message = ERROR, "could not generate enough comparable cases (too many filtered)"
+    elif res.declined:
+        res.message = f"{res.declined} case(s) declined by the adapter ({_count_text(declined)})"
+    if res.status != PASS:
+        res.max_abs_err = res.max_rel_err = None
     return res
 
 
-def _record_failure(res: ClauseResult, last: Mapping[str, Any], exc: BaseException, explicit_ids: set) -> None:
+#: a clause fails as "declined most" when a one-sided binomial test rejects "the adapter declines at
+#: most half of the clause's generated cases" at this level: the declined share is a sample, and at
+#: small budgets a port that declines a third of a clause can decline half of a handful of cases
+DECLINE_SIGNIFICANCE = 0.01
+
+
+def _declines_most(declined: int, offered: int) -> bool:
+    if offered <= 0 or declined <= offered / 2:
+        return False
+    from scipy.stats import binomtest
+
+    return bool(binomtest(declined, offered, 0.5, alternative="greater").pvalue < DECLINE_SIGNIFICANCE)
+
+
+def _tail(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES,
+                                              chain=False))
+
+
+def _record_failure(res: ClauseResult, last: Mapping[str, Any], exc: BaseException, explicit_ids) -> None:
+    from .clauses import AdapterRaised, Mismatch
+
     err = last.get("exc", exc)
     res.counterexample = last.get("case")
     if res.counterexample is not None:
@@ -348,10 +477,13 @@ def _record_failure(res: ClauseResult, last: Mapping[str, Any], exc: BaseExcepti
         res.status = ERROR
         res.message = f"the clause itself raised {type(err).__name__}: {err} (a bug in the suite, please report)"
         res.traceback = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        res.traceback_tail = _tail(err)
+        res.max_abs_err = res.max_rel_err = None
     elif isinstance(err, AdapterRaised):
         res.status, res.quantity = FAIL, err.method
         res.message = f"the adapter raised on a valid input: {err}"
         res.traceback = "".join(traceback.format_exception(type(err.exc), err.exc, err.exc.__traceback__))
+        res.traceback_tail = _tail(err.exc)
         res.max_abs_err = res.max_rel_err = None
     else:
         res.status, res.quantity, res.message = FAIL, err.quantity, err.detail
@@ -367,6 +499,8 @@ def run_conformance(adapter, *, clauses: Iterable[str] | None = None, max_exampl
     after the clause's explicit edge cases. ``seed``: Hypothesis seed (the same seed gives the same
     cases). ``profile``: the tolerance table, ``"float64"`` (the contract) or ``"float32"`` (advisory).
     """
+    from .clauses import CLAUSES, TOLERANCES, get_clause
+
     if profile not in TOLERANCES:
         raise ValueError(f"profile must be one of {tuple(TOLERANCES)}, got {profile!r}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
@@ -388,11 +522,43 @@ class AdapterLoadError(ValueError):
     """A bad ``--impl`` spec: the message says what was wrong and what was expected."""
 
 
+def _import_adapter_module(module_name: str, impl_spec: str):
+    """Import ``module_name``; a module in the current directory is found even from the console script.
+
+    ``python -m`` puts the current directory on ``sys.path`` but the ``repspec`` console script
+    does not, so a first failure for a top-level module retries with the current directory
+    prepended (and keeps it there: the adapter module may import its siblings).
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        cwd = os.getcwd()
+        on_path = any(os.path.abspath(p or ".") == cwd for p in sys.path)
+        if exc.name == top and not on_path:
+            sys.path.insert(0, cwd)
+            try:
+                return importlib.import_module(module_name)
+            except ModuleNotFoundError as exc2:
+                sys.path.remove(cwd)
+                exc = exc2
+            except ImportError as exc2:
+                raise AdapterLoadError(f"cannot import module {module_name!r} from --impl {impl_spec!r}: "
+                                       f"{exc2}") from exc2
+        raise AdapterLoadError(
+            f"cannot import module {module_name!r} from --impl {impl_spec!r}: {exc}. Searched the current "
+            f"directory ({cwd}) and sys.path: run from the folder that holds {top!r} (or its package), add that "
+            f"folder to PYTHONPATH, or install the port") from exc
+    except ImportError as exc:
+        raise AdapterLoadError(f"cannot import module {module_name!r} from --impl {impl_spec!r}: {exc}") from exc
+
+
 def load_adapter(impl_spec: str):
     """Import ``package.module:Attr`` (or an alias: ``torch``, ``reference``) and return an adapter instance.
 
     ``Attr`` may be a class (instantiated with no arguments), a zero-argument factory, or an
-    instance. Raises :class:`AdapterLoadError` with a clear message on a bad spec.
+    instance. A module in the current directory is found (see :func:`_import_adapter_module`).
+    Raises :class:`AdapterLoadError` with a clear message on a bad spec.
     """
     if not isinstance(impl_spec, str) or not impl_spec.strip():
         raise AdapterLoadError("--impl must be 'package.module:Adapter' (or 'torch' / 'reference'), got "
@@ -404,10 +570,7 @@ def load_adapter(impl_spec: str):
     module_name, attr = spec.split(":")
     if not module_name or not attr:
         raise AdapterLoadError(f"--impl must be 'package.module:Adapter', got {impl_spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AdapterLoadError(f"cannot import module {module_name!r} from --impl {impl_spec!r}: {exc}") from exc
+    module = _import_adapter_module(module_name, impl_spec)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -428,6 +591,28 @@ def load_adapter(impl_spec: str):
 # ------------------------------------------------------------------ command line
 
 
+@contextlib.contextmanager
+def hypothesis_storage():
+    """Keep Hypothesis's files (its constants cache) out of the current directory during a run.
+
+    Unless ``HYPOTHESIS_STORAGE_DIRECTORY`` is set (then it is used, as Hypothesis documents), a
+    temporary directory is used and removed afterwards; no example database is written either way
+    (the runner sets ``database=None``).
+    """
+    from hypothesis import configuration
+
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        yield None
+        return
+    previous = configuration.__dict__.get("__hypothesis_home_directory")
+    with tempfile.TemporaryDirectory(prefix="repspec-verify-hypothesis-") as tmp:
+        configuration.set_hypothesis_home_dir(tmp)
+        try:
+            yield tmp
+        finally:
+            configuration.set_hypothesis_home_dir(previous)
+
+
 def build_parser(prog: str = "python -m repspec.conformance") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Check an implementation (a port) against the repspec SPEC, "
                                                        "clause by clause (docs/porting.md).")
@@ -436,24 +621,47 @@ def build_parser(prog: str = "python -m repspec.conformance") -> argparse.Argume
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``verify`` options (for ``repspec verify``)."""
+    """The ``verify`` options (for ``repspec verify``); needs only the runtime dependencies."""
     p.add_argument("--impl", metavar="PKG.MODULE:ADAPTER",
-                   help="the adapter to check: 'package.module:Adapter' or an alias (" + ", ".join(ALIASES) + ")")
+                   help="the adapter to check: 'package.module:Adapter' (a module in the current directory is "
+                        "found) or an alias (" + ", ".join(ALIASES) + ")")
     p.add_argument("--clauses", metavar="IDS", action="append",
                    help="comma-separated clause ids to run (default: all), e.g. '§3.grad-mult,5.ste'")
     p.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES,
                    help=f"generated cases per clause (default {DEFAULT_MAX_EXAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0: the same cases every run)")
-    p.add_argument("--profile", choices=tuple(TOLERANCES), default="float64",
-                   help="tolerance table (float64 is the contract; float32 is advisory)")
+    p.add_argument("--profile", choices=PROFILES, default="float64",
+                   help="tolerance table (default float64, the contract; float32 is advisory)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH ('-' for stdout only)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a clause is skipped (not provided)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 unless every clause ran and passed: none skipped (not provided) and no "
+                        "special-value case declined")
     p.add_argument("--list", action="store_true", help="list the clauses and exit")
 
 
+def _missing_hypothesis() -> str | None:
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        return ("error: the conformance suite needs Hypothesis, a test dependency: "
+                "pip install 'repspec[test]' (or: pip install hypothesis)")
+    return None
+
+
 def run_from_args(args: argparse.Namespace, out=None) -> int:
-    """Execute parsed ``verify`` arguments; returns the exit status (0 ok, 1 failures, 2 usage)."""
+    """Execute parsed ``verify`` arguments; returns the exit status.
+
+    0: every clause the adapter provides passed (with ``--strict``: every clause, nothing skipped
+    or declined as a special value); 1: otherwise; 2: usage errors (bad ``--impl``, clause ids,
+    options, an unwritable ``--json`` path).
+    """
     out = sys.stdout if out is None else out
+    missing = _missing_hypothesis()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    from .clauses import CLAUSES
+
     if args.list:
         for c in CLAUSES.values():
             print(f"{c.id:<22} {c.title}  [needs: {', '.join(c.methods)}]", file=out)
@@ -461,32 +669,50 @@ def run_from_args(args: argparse.Namespace, out=None) -> int:
     if not args.impl:
         print("error: --impl is required (e.g. --impl repspec.conformance.torch_adapter:TorchAdapter)", file=sys.stderr)
         return 2
+    if args.json and args.json != "-":
+        target = os.path.abspath(args.json)
+        if os.path.isdir(target) or not os.path.isdir(os.path.dirname(target)) \
+                or not os.access(os.path.dirname(target), os.W_OK) \
+                or (os.path.exists(target) and not os.access(target, os.W_OK)):
+            print(f"error: --json {args.json!r} must be a writable file path in an existing directory",
+                  file=sys.stderr)
+            return 2
     clauses = None
     if args.clauses:
         clauses = [c for chunk in args.clauses for c in chunk.split(",") if c.strip()]
     try:
         adapter = load_adapter(args.impl)
-        report = run_conformance(adapter, clauses=clauses, max_examples=args.max_examples, seed=args.seed,
-                                 profile=args.profile)
+        with hypothesis_storage():
+            report = run_conformance(adapter, clauses=clauses, max_examples=args.max_examples, seed=args.seed,
+                                     profile=args.profile)
     except (AdapterLoadError, KeyError, ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
     report.adapter = f"{report.adapter} ({args.impl})" if report.adapter != args.impl else args.impl
     report.settings["impl"] = args.impl
+    report.settings["strict"] = bool(args.strict)
+    status = 1 if not report.ok or (args.strict and not report.complete) else 0
     if args.json == "-":
         print(report.to_json(), file=out)
     else:
         print(report, file=out)
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as fh:
-                fh.write(report.to_json())
-            print(f"JSON report written to {args.json}", file=out)
-    if not report.ok:
-        return 1
-    if args.strict and not report.complete:
-        return 1
-    return 0
+    if args.json and args.json != "-":
+        from repspec.torch_impl.training.io import atomic_write_text
+
+        try:
+            atomic_write_text(args.json, report.to_json())
+        except OSError as exc:
+            print(f"error: could not write --json {args.json!r}: {exc}", file=sys.stderr)
+            return 2
+        print(f"JSON report written to {args.json}", file=out)
+    if args.json != "-":
+        why = ("every clause this adapter provides passed" if status == 0 and not args.strict else
+               "every clause ran and passed (--strict)" if status == 0 else
+               "a provided clause failed" if not report.ok else
+               "--strict: " + ("clauses not provided" if report.skipped() else "special values declined"))
+        print(f"exit status {status}: {why}", file=out)
+    return status
 
 
 def verify(impl_spec: str, *, clauses: Sequence[str] | None = None, max_examples: int = DEFAULT_MAX_EXAMPLES,

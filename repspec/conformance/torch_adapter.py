@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import AdapterBase, NetworkSpec, NotProvided, OABNResult, SGDSpec, TrainIterationResult
+from .adapter import (AdapterBase, NetworkSpec, NotProvided, OABNResult, SGDSpec, TrainIterationResult,
+                      without_num_batches_tracked)
 
 __all__ = ["TorchAdapter", "cuda", "float32"]
 
@@ -79,7 +80,9 @@ class TorchAdapter(AdapterBase):
         from repspec.torch_impl.modules.interop import load_reference_arrays
 
         module = module.to(device=self.device, dtype=self.dtype)
-        load_reference_arrays(module, params, buffers)
+        # the suite hands in PyTorch-style buffers (num_batches_tracked included); the interop loader
+        # matches the reference's names, which leave the counter out
+        load_reference_arrays(module, params, None if buffers is None else without_num_batches_tracked(buffers))
         return module
 
     # -------------------------------------------------------------- §2 fusion
