@@ -333,3 +333,35 @@ def test_checks_before_torch_and_verify_onnx_without_hypothesis(official, tmp_pa
     assert not res["torch_before"], "torch was imported before the arguments were refused"
     assert not res["hypothesis"], "verify --onnx imported Hypothesis"
     assert proc.stderr.count("\n") == len(bad), proc.stderr
+
+
+def test_clusterqat_onnx_is_an_index_gather_graph_that_verifies(official, tmp_path, capsys):
+    out = tmp_path / "cq"
+    code, _, err = _run(capsys, ["quantize", "clusterqat", "--checkpoint", official / "RepVGG-tiny8-train.pth",
+                                 "--model", "repvgg_tiny8", *DIGITS, "--bits", "3", "--epochs", "1",
+                                 "--calib-batches", "1", "--onnx", "--out", out, *FAST])
+    assert code == 0, err
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"Gather", "QuantizeLinear"} <= ops, ops  # k-means weights: uint8 indices -> Gather(codebook)
+    assert "Gather" in json.loads((out / "metrics.json").read_text())["onnx"]["weights"]
+    code, stdout, err = _run(capsys, ["verify", "--onnx", out / "model.onnx", "--reference", out])
+    assert code == 0 and stdout.startswith("OK: qdq ONNX of repvgg_tiny8"), (stdout, err)
+
+
+def test_train_takes_a_published_style_scale_pth(tmp_path, capsys):
+    """`train --scales X.pth` reads a RepOpt-VGG scale file (the published layout: the HyperSearch
+    model's scale entries) with load_official_scales, checked against --model."""
+    from repspec.torch_impl.modules.models import expected_scale_keys
+
+    g = torch.Generator().manual_seed(0)
+    scales = {k: torch.rand(s, generator=g) + 0.5 for k, s in expected_scale_keys("repopt_vgg_tiny8").items()}
+    torch.save(scales, tmp_path / "scales.pth")
+    code, _, err = _run(capsys, ["train", "--model", "repopt_vgg_tiny8", "--scales", tmp_path / "scales.pth",
+                                 "--epochs", "1", "--out", tmp_path / "run", *DIGITS[2:], "--batch-size", "256", *FAST])
+    assert code == 0, err
+    other = {k: torch.rand(s, generator=g) + 0.5 for k, s in expected_scale_keys("repopt_vgg_tiny32").items()}
+    torch.save(other, tmp_path / "short.pth")  # another architecture's scale file
+    code, _, err = _run(capsys, ["train", "--model", "repopt_vgg_tiny8", "--scales", tmp_path / "short.pth",
+                                 "--epochs", "1", "--out", tmp_path / "run2", *DIGITS[2:], *FAST])
+    assert "not a scale file for repopt_vgg_tiny8" in _one_error_line(code, err, "train"), err
+    assert not (tmp_path / "run2").exists()
