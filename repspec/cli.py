@@ -10,10 +10,14 @@ Sub-commands (``repspec <command> --help`` for each):
 - ``quantize``    ``ptq`` | ``qat`` | ``clusterqat`` a trained checkpoint (SPEC §5).
 - ``analyze``     the merged-weight outlier report of a checkpoint (SPEC §2/§5).
 - ``convert``     the deploy form (plain conv network) of a checkpoint, with the metadata
-                  needed to rebuild it.
+                  needed to rebuild it (``--onnx FILE``: also as FP32 ONNX).
 - ``evaluate``    accuracy of a checkpoint, a deploy file or a quantized export on the
                   checkpoint's own dataset.
-- ``verify``      the conformance suite against an implementation (per-clause report).
+- ``verify``      the conformance suite against an implementation (per-clause report);
+                  ``verify --onnx FILE``: does an ONNX file implement the fused network it claims?
+
+``quantize``, ``analyze``, ``convert`` and ``evaluate`` also take a checkpoint of the original
+code: ``--checkpoint X.pth --model NAME`` (read with ``weights_only=True``, loaded strictly).
 
 Every argument and every output path is checked before torch is imported or data is
 loaded (:mod:`repspec.outputs` states the output rule: repspec replaces only what it
@@ -689,7 +693,11 @@ def _check_onnx_export(args, inputs: list) -> None:
         if not args.overwrite:
             raise CLIError(f"--onnx {args.onnx!r} exists; pass --overwrite to replace this repspec output")
         # an ONNX file repspec wrote: the rule's remaining checks are those of a new file in its directory
-        check_output(p.with_name(f".{p.name}.repspec-check"), option="--onnx", kind="file", inputs=inputs)
+        stand_in = p.with_name(f".{p.name}.repspec-check")
+        try:
+            check_output(stand_in, option="--onnx", kind="file", inputs=inputs)
+        except OutputError as exc:
+            raise CLIError(str(exc).replace(str(stand_in), str(args.onnx))) from None
     else:
         check_output(p, option="--onnx", kind="file", inputs=inputs, overwrite=args.overwrite)
 
@@ -1115,7 +1123,8 @@ def cmd_quantize(args) -> int:
             metrics["onnx"] = {
                 "file": "model.onnx", "format": "qdq", "activations": "uint8 QuantizeLinear/DequantizeLinear",
                 "weights": "uint8 indices -> Cast -> Gather(float codebook) (a codebook is not an affine grid)"
-                if kmeans else f"int8 codes -> DequantizeLinear ({'per channel' if args.per_channel else 'per tensor'})",
+                if kmeans else "int8 codes -> DequantizeLinear (" + ("per channel)" if args.per_channel else
+                                                                     "per tensor)"),
                 "bias": "float (no weight scale for an int32 grid)" if kmeans else "int32 codes at s_x*s_w"}
         metrics["reproducibility"] = reproducibility_info(device)
         atomic_save_json(_json_clean(metrics), tmp / "metrics.json", indent=2, allow_nan=False)

@@ -201,7 +201,8 @@ def test_a_pth_with_pickled_objects_is_never_unpickled(tmp_path, capsys, writer,
     else:
         with open(path, "wb") as fh:
             pickle.dump(state, fh, protocol=2)
-    argv = {"convert": ["convert", "--checkpoint", path, "--model", "repvgg_tiny8", "--out", tmp_path / "d.safetensors"],
+    argv = {"convert": ["convert", "--checkpoint", path, "--model", "repvgg_tiny8", "--out",
+                        tmp_path / "d.safetensors"],
             "evaluate": ["evaluate", path, "--model", "repvgg_tiny8", *DIGITS],
             "quantize": ["quantize", "ptq", "--checkpoint", path, "--model", "repvgg_tiny8", *DIGITS, "--out",
                          tmp_path / "q"]}[command]
@@ -231,7 +232,8 @@ def _residual_onnx(path: Path) -> Path:
              h.make_node("Add", ["c3", "c1"], ["s"], name="add"), h.make_node("Relu", ["s"], ["r"], name="relu"),
              h.make_node("GlobalAveragePool", ["r"], ["p"]), h.make_node("Flatten", ["p"], ["f"]),
              h.make_node("Gemm", ["f", "lw", "lb"], ["logits"], transB=1)]
-    graph = h.make_graph(nodes, "resnetish", [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+    graph = h.make_graph(nodes, "resnetish",
+                         [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
                          [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 2])], inits)
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
     return path
