@@ -367,3 +367,27 @@ def test_train_takes_a_published_style_scale_pth(tmp_path, capsys):
                                  "--epochs", "1", "--out", tmp_path / "run2", *DIGITS[2:], *FAST])
     assert "not a scale file for repopt_vgg_tiny8" in _one_error_line(code, err, "train"), err
     assert not (tmp_path / "run2").exists()
+
+
+def test_an_original_repvgg_a0_layout_converts_and_a_class_mismatch_is_one_line(tmp_path, capsys):
+    """RepVGG-A0 as the original code lays it out (the ports tests' independent transcription,
+    1000 ImageNet classes): convert loads it strictly; evaluating it on the 10-class digits is refused."""
+    from .test_official_registry import ORIGINAL_REPVGG, original_layout
+
+    num_blocks, wm, groups, use_se = ORIGINAL_REPVGG["a0"]
+    g = torch.Generator().manual_seed(0)
+    sd = OrderedDict()
+    for k, shape in original_layout("repvgg", num_blocks, wm, groups, use_se).items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(0)
+        elif k.endswith("running_var"):
+            sd[k] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[k] = torch.randn(shape, generator=g) * 0.05
+    pth = tmp_path / "RepVGG-A0-train.pth"
+    torch.save({"state_dict": OrderedDict((f"module.{k}", v) for k, v in sd.items())}, pth)  # a DDP save
+    code, out, err = _run(capsys, ["convert", "--checkpoint", pth, "--model", "repvgg_a0", "--out",
+                                   tmp_path / "a0.safetensors", *FAST])
+    assert code == 0 and "deploy form of repvgg_a0" in out, err
+    code, _, err = _run(capsys, ["evaluate", tmp_path / "a0.safetensors", *DIGITS, *FAST])
+    assert "1000-class classifier" in _one_error_line(code, err, "evaluate"), err
