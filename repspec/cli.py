@@ -628,8 +628,11 @@ def _check_args(args) -> None:
     if cmd == "verify" and getattr(args, "_verify_loaded", False) and args.json not in (None, "-"):
         check_output(args.json, option="--json", kind="file", overwrite=args.overwrite)
     target = getattr(args, "out", None) if cmd in _CMD_OUTPUT else getattr(args, "json", None)
-    if target not in (None, "-"):
-        for note in sweep_leftovers(target):
+    targets = [target] + ([args.onnx] if cmd == "convert" and args.onnx else [])
+    for t in targets:
+        if t in (None, "-"):
+            continue
+        for note in sweep_leftovers(t):
             print(f"repspec {cmd}: {note}", file=sys.stderr)
 
 
