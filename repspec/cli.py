@@ -10,10 +10,14 @@ Sub-commands (``repspec <command> --help`` for each):
 - ``quantize``    ``ptq`` | ``qat`` | ``clusterqat`` a trained checkpoint (SPEC §5).
 - ``analyze``     the merged-weight outlier report of a checkpoint (SPEC §2/§5).
 - ``convert``     the deploy form (plain conv network) of a checkpoint, with the metadata
-                  needed to rebuild it.
+                  needed to rebuild it (``--onnx FILE``: also as FP32 ONNX).
 - ``evaluate``    accuracy of a checkpoint, a deploy file or a quantized export on the
                   checkpoint's own dataset.
-- ``verify``      the conformance suite against an implementation (per-clause report).
+- ``verify``      the conformance suite against an implementation (per-clause report);
+                  ``verify --onnx FILE``: does an ONNX file implement the fused network it claims?
+
+``quantize``, ``analyze``, ``convert`` and ``evaluate`` also take a checkpoint of the original
+code: ``--checkpoint X.pth --model NAME`` (read with ``weights_only=True``, loaded strictly).
 
 Every argument and every output path is checked before torch is imported or data is
 loaded (:mod:`repspec.outputs` states the output rule: repspec replaces only what it
@@ -187,9 +191,15 @@ def _threshold(text: str) -> float:
 DATASETS = ("digits", "cifar10", "cifar100", "folder")
 
 
+_CHECKPOINT_HELP = ("checkpoint directory written by `repspec train`, or a .pth/.pt checkpoint of the original "
+                    "RepVGG/RepOptimizers/YOLOv6 code with --model (read with weights_only=True)")
+_MODEL_HELP = ("the registry architecture of a .pth/.pt --checkpoint, e.g. repvgg_a0 (`repspec list-models`); "
+               "a repspec checkpoint records its own")
+
+
 def _add_data_args(p, *, from_checkpoint: bool = False) -> None:
-    g = p.add_argument_group("data" + (" (taken from the checkpoint; a flag that contradicts it is refused)"
-                                       if from_checkpoint else ""))
+    g = p.add_argument_group("data" + (" (taken from the checkpoint; a flag that contradicts it is refused. A "
+                                       ".pth/.pt records none: give --dataset)" if from_checkpoint else ""))
     g.add_argument("--dataset", default=None if from_checkpoint else "digits", choices=DATASETS,
                    help="digits: scikit-learn's bundled handwritten digits (no download); "
                         "cifar10/cifar100: the *binary* distribution in --data-dir; folder: class sub-folders")
@@ -240,9 +250,24 @@ def _demo_parser(sub) -> None:
     _add_runtime_args(demo)
 
 
+def _wants_onnx(argv) -> bool:
+    return any(a == "--onnx" or a.startswith("--onnx=") for a in argv)
+
+
 def _verify_parser(sub, load: bool) -> None:
-    vf = sub.add_parser("verify", help="run the conformance suite and print a per-clause report (docs/porting.md)")
+    vf = sub.add_parser("verify", help="run the conformance suite and print a per-clause report (docs/porting.md); "
+                                       "or, with --onnx, check an exported ONNX file")
     vf.set_defaults(_verify_loaded=False)
+    g = vf.add_argument_group("ONNX (instead of the conformance suite; needs onnx and onnxruntime, not Hypothesis)")
+    g.add_argument("--onnx", default=None, metavar="FILE",
+                   help="check that FILE is a fused RepVGG-family network and implements the architecture it claims "
+                        "(--model, or the file's repspec.model metadata), running it in onnxruntime; exit 0 if it "
+                        "does, 1 if not")
+    g.add_argument("--model", default=None, help="the registry architecture FILE claims to be (`repspec list-models`)")
+    g.add_argument("--reference", default=None, metavar="SOURCE",
+                   help="also require FILE's weights and logits to be those of SOURCE: a checkpoint directory, a "
+                        "`repspec convert` file, a `repspec quantize` output, or a .pth/.pt with --model (without "
+                        "it, only the architecture is checked: any weights pass)")
     if not load:
         return
     from repspec.conformance.runner import add_arguments  # needs Hypothesis: main() checks it first
@@ -306,7 +331,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     qz = sub.add_parser("quantize", help="quantize a trained checkpoint: ptq | qat | clusterqat (SPEC §5)")
     qz.add_argument("method", choices=["ptq", "qat", "clusterqat"], help="the quantization method")
-    qz.add_argument("--checkpoint", required=True, help="checkpoint directory written by `repspec train`")
+    qz.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    qz.add_argument("--model", default=None, help=_MODEL_HELP)
     qz.add_argument("--bits", type=_bits, default=8, help="weight bits (1..16; uniform weights need >= 2)")
     qz.add_argument("--act-bits", type=_bits, default=8, help="activation bits (1..16)")
     qz.add_argument("--calibrator", default="minmax",
@@ -318,6 +344,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     qz.add_argument("--update-every", type=_positive_int, default=None,
                     help="ClusterQAT centroid refit period in steps (clusterqat only; default 10)")
     qz.add_argument("--out", required=True, help="output directory (metrics.json, export.safetensors)")
+    qz.add_argument("--onnx", action="store_true",
+                    help="also write OUT/model.onnx: the quantized deploy network as a standard QDQ graph "
+                         "(int8 weights per tensor/channel, int32 bias; clusterqat: uint8 indices -> Gather from "
+                         "the codebook); needs --act-bits 8, --bits <= 8 and the onnx package")
     _add_overwrite_arg(qz)
     _add_data_args(qz, from_checkpoint=True)
     _add_batch_arg(qz)
@@ -328,28 +358,42 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_runtime_args(qz)
 
     an = sub.add_parser("analyze", help="merged-weight outlier report (table, JSON, PNG histograms)")
-    an.add_argument("--checkpoint", required=True, help="checkpoint directory written by `repspec train`")
+    an.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    an.add_argument("--model", default=None, help=_MODEL_HELP)
     an.add_argument("--out", required=True, help="output directory")
     _add_overwrite_arg(an)
     _add_runtime_args(an)
 
     cv = sub.add_parser("convert", help="the deploy form (plain conv + ReLU) of a checkpoint, as .safetensors "
                                         "with the metadata to rebuild it (quantized exports: `repspec quantize`)")
-    cv.add_argument("--checkpoint", required=True, help="checkpoint directory written by `repspec train`")
+    cv.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    cv.add_argument("--model", default=None, help=_MODEL_HELP)
     cv.add_argument("--out", required=True, help="deploy weights (.safetensors)")
+    cv.add_argument("--onnx", default=None, metavar="FILE",
+                    help="also write the deploy network as FP32 ONNX to FILE (.onnx; needs the onnx package)")
     _add_overwrite_arg(cv)
     _add_runtime_args(cv)
 
     ev = sub.add_parser("evaluate", help="test accuracy of a checkpoint, a deploy .safetensors or a quantized "
                                          "export, on the dataset the checkpoint was trained on")
-    ev.add_argument("source", help="a checkpoint directory, a `repspec convert` file, or a `repspec quantize` "
-                                   "output directory or its export.safetensors")
-    ev.add_argument("--data-dir", default=None,
-                    help="where the recorded cifar10/cifar100/folder data now is (it must be the same data)")
+    ev.add_argument("source", nargs="?", default=None,
+                    help="a checkpoint directory, a `repspec convert` file, a `repspec quantize` output directory or "
+                         "its export.safetensors, or an original-code .pth/.pt with --model")
+    ev.add_argument("--checkpoint", default=None, help="the same as SOURCE (give one of them)")
+    ev.add_argument("--model", default=None, help=_MODEL_HELP)
+    g = ev.add_argument_group("data (taken from the source where it records them; a flag that contradicts it is "
+                              "refused. A .pth/.pt or a file converted from one records none: give --dataset)")
+    g.add_argument("--dataset", default=None, choices=DATASETS, help="the dataset to evaluate on")
+    g.add_argument("--data-dir", default=None,
+                   help="directory of cifar10/cifar100/folder data (for a recorded dataset: where it now is; it "
+                        "must be the same data)")
+    g.add_argument("--image-size", type=_image_size, default=None,
+                   help=f"input resolution, 1..{MAX_IMAGE_SIZE} (default: digits 16, cifar 32, folder 32)")
+    g.add_argument("--seed", type=_seed, default=None, help="seed of the train/test split (default 0)")
     _add_batch_arg(ev)
     _add_runtime_args(ev)
 
-    want_verify = next((a for a in argv if not a.startswith("-")), None) == "verify"
+    want_verify = next((a for a in argv if not a.startswith("-")), None) == "verify" and not _wants_onnx(argv)
     _verify_parser(sub, want_verify)
 
     sub.add_parser("list-models", help="the registry's model names")
@@ -443,26 +487,41 @@ def _data_dir_of(args, data: dict):
 
 
 class Source:
-    """A model argument resolved without torch: ``kind`` is ``checkpoint``, ``deploy`` or
-    ``quantized``; ``data`` the data settings to evaluate it on; ``meta`` what rebuilds it.
-    (Further kinds, e.g. an original-authors ``.pth`` with ``--model``, slot in here.)"""
+    """A model argument resolved without torch: ``kind`` is ``checkpoint``, ``deploy``,
+    ``quantized`` or ``official`` (a ``.pth``/``.pt`` of the original code, with ``--model``);
+    ``data`` the data settings to evaluate it on (None where the source records none);
+    ``meta`` what rebuilds it; ``model_name`` the registry name (None if unknown)."""
 
-    def __init__(self, kind: str, path: Path, data: dict | None, meta: dict, describe: str):
+    def __init__(self, kind: str, path: Path, data: dict | None, meta: dict, describe: str,
+                 model_name: str | None = None):
         self.kind, self.path, self.data, self.meta, self.describe = kind, path, data, meta, describe
+        self.model_name = model_name
 
 
-def _resolve_source(path, option: str = "--checkpoint", kinds=("checkpoint",)) -> Source:
+#: file suffixes of original-code checkpoints (read with torch.load(weights_only=True), never unpickled)
+OFFICIAL_SUFFIXES = (".pth", ".pt")
+
+
+def _resolve_source(path, option: str = "--checkpoint", kinds=("checkpoint",), model: str | None = None) -> Source:
     """Turn "a checkpoint argument" into a :class:`Source` (JSON and headers only, no torch)."""
     p = Path(path)
     if not p.exists():
         raise CLIError(f"{option} {str(path)!r} does not exist")
+    if p.is_file() and p.suffix.lower() in OFFICIAL_SUFFIXES and "official" in kinds:
+        if model is None:
+            raise CLIError(f"{option} {str(path)!r} is a {p.suffix} checkpoint of the original code; name its "
+                           f"architecture with --model NAME (`repspec list-models`)")
+        return Source("official", p, None, {"model": model}, f"original-code checkpoint {str(p)!r} ({model})", model)
+    if model is not None:
+        raise CLIError(f"--model applies to original-code .pth/.pt checkpoints; {option} {str(path)!r} is not one "
+                       f"(a repspec checkpoint or file records its own model)")
     if p.is_dir() and (p / OUTPUT_MANIFEST).is_file() and "quantized" in kinds:
         p = p / "export.safetensors"
     if p.is_dir() or "checkpoint" in kinds and not p.suffix == ".safetensors":
         manifest = _read_checkpoint(p, option)
         extra = manifest["extra"]
         return Source("checkpoint", p, _data_settings(extra), {"manifest": manifest},
-                      f"checkpoint {str(p)!r} ({extra['model']})")
+                      f"checkpoint {str(p)!r} ({extra['model']})", extra["model"])
     if p.suffix != ".safetensors" or not p.is_file():
         raise CLIError(f"{option} {str(path)!r} is not a checkpoint directory or a repspec .safetensors file")
     meta = safetensors_metadata(p)
@@ -470,7 +529,8 @@ def _resolve_source(path, option: str = "--checkpoint", kinds=("checkpoint",)) -
         raise CLIError(f"{option} {str(path)!r} is not a valid safetensors file")
     if meta.get("format") == "repspec-deploy" and "deploy" in kinds:
         info = json.loads(meta.get("repspec", "{}"))
-        return Source("deploy", p, info.get("data"), info, f"deploy file {str(p)!r} ({info.get('model')})")
+        return Source("deploy", p, info.get("data"), info, f"deploy file {str(p)!r} ({info.get('model')})",
+                      info.get("model"))
     if "repspec" in meta and "quantized" in kinds:
         try:
             info = json.loads(meta["repspec"])
@@ -484,7 +544,7 @@ def _resolve_source(path, option: str = "--checkpoint", kinds=("checkpoint",)) -
             if data is None:
                 raise CLIError(f"{option} {str(path)!r}: the quantized export has no {OUTPUT_MANIFEST} next to it "
                                f"recording its dataset (keep the `repspec quantize` output directory together)")
-            return Source("quantized", p, data, info, f"quantized export {str(p)!r}")
+            return Source("quantized", p, data, info, f"quantized export {str(p)!r}", info.get("model"))
     raise CLIError(f"{option} {str(path)!r} is a safetensors file without repspec metadata "
                    f"(old `repspec convert` files lack it: convert the checkpoint again)")
 
@@ -531,14 +591,35 @@ def _check_args(args) -> None:
     if cmd in ("quantize", "analyze", "convert"):
         if cmd == "quantize":
             _check_quantize_options(args)
-        args.source = _resolve_source(args.checkpoint)
+        args.source = _resolve_source(args.checkpoint, kinds=("checkpoint", "official"), model=args.model)
         inputs.append(args.checkpoint)
         if cmd == "quantize":
-            _check_data_flags_match(args, args.source.data, f"checkpoint {args.checkpoint!r}")
+            if args.source.data is None:
+                args.source.data = _explicit_data(args, args.source.describe)
+            else:
+                _check_data_flags_match(args, args.source.data, f"checkpoint {args.checkpoint!r}")
             inputs.append(args.data_dir)
     if cmd == "evaluate":
-        args.source = _resolve_source(args.source, "SOURCE", kinds=("checkpoint", "deploy", "quantized"))
-        _check_data_flags_match(args, args.source.data or {}, args.source.describe)
+        if (args.source is None) == (args.checkpoint is None):
+            raise CLIError("give the model to evaluate once: as SOURCE or as --checkpoint")
+        option = "SOURCE" if args.checkpoint is None else "--checkpoint"
+        args.source = _resolve_source(args.source or args.checkpoint, option,
+                                      kinds=("checkpoint", "deploy", "quantized", "official"), model=args.model)
+        if args.source.data is None:
+            args.source.data = _explicit_data(args, args.source.describe)
+        else:
+            _check_data_flags_match(args, args.source.data, args.source.describe)
+    if cmd in ("convert", "quantize") and args.onnx:
+        _check_onnx_export(args, inputs)
+    if cmd == "verify" and args.onnx is not None:
+        _check_onnx_input(args.onnx)
+        if args.reference is not None:
+            official = Path(args.reference).suffix.lower() in OFFICIAL_SUFFIXES
+            args.reference = _resolve_source(args.reference, "--reference",
+                                             kinds=("checkpoint", "deploy", "quantized", "official"),
+                                             model=args.model if official else None)
+    elif cmd == "verify" and getattr(args, "reference", None) is not None:
+        raise CLIError("--reference applies with --onnx")
     if cmd in _CMD_OUTPUT:
         resume = cmd == "train" and args.resume
         check_output(args.out, kind=_CMD_OUTPUT[cmd], inputs=inputs, overwrite=args.overwrite, resume=resume)
@@ -547,9 +628,90 @@ def _check_args(args) -> None:
     if cmd == "verify" and getattr(args, "_verify_loaded", False) and args.json not in (None, "-"):
         check_output(args.json, option="--json", kind="file", overwrite=args.overwrite)
     target = getattr(args, "out", None) if cmd in _CMD_OUTPUT else getattr(args, "json", None)
-    if target not in (None, "-"):
-        for note in sweep_leftovers(target):
+    targets = [target] + ([args.onnx] if cmd == "convert" and args.onnx else [])
+    for t in targets:
+        if t in (None, "-"):
+            continue
+        for note in sweep_leftovers(t):
             print(f"repspec {cmd}: {note}", file=sys.stderr)
+
+
+#: --image-size defaults when the source records no data (the loaders' own defaults)
+_DEFAULT_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 32}
+
+
+def _explicit_data(args, describe: str) -> dict:
+    """Data settings from the flags, for a source that records none (an original-code .pth, or a
+    file converted from one): --dataset is required; the classes are checked against the model later."""
+    if args.dataset is None:
+        raise CLIError(f"{describe} records no dataset: give --dataset (and --data-dir, --image-size as it needs)")
+    _check_data_args(args)
+    size = args.image_size if args.image_size is not None else _DEFAULT_IMAGE_SIZE[args.dataset]
+    return {"dataset": args.dataset, "data_dir": None if args.data_dir is None else os.path.abspath(args.data_dir),
+            "image_size": int(size), "seed": 0 if args.seed is None else int(args.seed)}
+
+
+def _module_available(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require_modules(what: str, *names: str) -> None:
+    missing = [n for n in names if not _module_available(n)]
+    if missing:
+        raise CLIError(f"{what} needs {', '.join(missing)}, which is not installed: pip install 'repspec[onnx]'")
+
+
+def _repspec_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file that repspec's export_onnx wrote (its ``repspec.format`` metadata)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable as ONNX: not ours
+        return False
+    return any(e.key == "repspec.format" for e in proto.metadata_props)
+
+
+def _check_onnx_export(args, inputs: list) -> None:
+    """``convert --onnx FILE`` / ``quantize --onnx``: the onnx package, the output rule, the model's exportability."""
+    _require_modules(f"repspec {args.command} --onnx", "onnx")
+    if args.command == "quantize":
+        if args.act_bits != 8:
+            raise CLIError(f"--onnx: --act-bits {args.act_bits} has no standard QDQ form (ONNX uint8 activations); "
+                           f"use --act-bits 8")
+        if args.bits > 8:
+            raise CLIError(f"--onnx: --bits {args.bits} do not fit ONNX int8/uint8 weight codes; use --bits <= 8")
+        return  # OUT/model.onnx is inside the output directory, which the output rule checks
+    p = Path(args.onnx)
+    if p.suffix != ".onnx":
+        raise CLIError(f"--onnx must end in .onnx, got {args.onnx!r}")
+    if os.path.realpath(os.path.abspath(p)) == os.path.realpath(os.path.abspath(args.out)):
+        raise CLIError(f"--onnx {args.onnx!r} is the same path as --out")
+    if p.is_file() and not p.is_symlink() and _repspec_onnx(p):
+        if not args.overwrite:
+            raise CLIError(f"--onnx {args.onnx!r} exists; pass --overwrite to replace this repspec output")
+        # an ONNX file repspec wrote: the rule's remaining checks are those of a new file in its directory
+        stand_in = p.with_name(f".{p.name}.repspec-check")
+        try:
+            check_output(stand_in, option="--onnx", kind="file", inputs=inputs)
+        except OutputError as exc:
+            raise CLIError(str(exc).replace(str(stand_in), str(args.onnx))) from None
+    else:
+        check_output(p, option="--onnx", kind="file", inputs=inputs, overwrite=args.overwrite)
+
+
+def _check_onnx_input(path) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"--onnx {str(path)!r} does not exist")
+    if not p.is_file():
+        raise CLIError(f"--onnx {str(path)!r} is not a file")
+    _require_modules("repspec verify --onnx", "onnx", "onnxruntime")
 
 
 def _check_quantize_options(args) -> None:
@@ -648,14 +810,18 @@ def _sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def _load_any_scales(path):
-    """Our own scale files (.safetensors/.json), or a published RepOpt-VGG .pth (weights_only);
-    every value must be > 0 (SPEC §3)."""
+def _load_any_scales(path, model_name: str):
+    """Our own scale files (.safetensors/.json), or a published RepOpt-VGG .pth/.pt (weights_only,
+    checked key by key against ``model_name``); every value must be > 0 (SPEC §3)."""
     import torch
 
-    from repspec.torch_impl.optimizers.scales import load_published_scales, load_scales
+    from repspec.torch_impl.optimizers.scales import load_scales
+    from repspec.torch_impl.training.official import load_official_scales
 
-    scales = load_published_scales(path) if Path(path).suffix == ".pth" else load_scales(path)
+    if Path(path).suffix.lower() in OFFICIAL_SUFFIXES:
+        scales = load_official_scales(path, model_name)
+    else:
+        scales = load_scales(path)
     for k, v in scales.items():
         if not bool(torch.all(v > 0)):
             bad = float(v[v <= 0][0])
@@ -692,6 +858,14 @@ def _load_data_from_settings(data: dict, data_dir=None):
 def _build_model(source: Source):
     """The torch model of a resolved :class:`Source` (weights loaded and verified)."""
     from repspec.torch_impl.modules.models import create_model
+
+    if source.kind == "official":
+        import torch
+
+        from repspec.torch_impl.training.official import load_official_checkpoint
+
+        # strict: keys and shapes checked before any weight is copied; float32 like every other source
+        return load_official_checkpoint(source.path, source.model_name, dtype=torch.float32)
 
     if source.kind == "checkpoint":
         from repspec.torch_impl.training.checkpoint import load_checkpoint, load_checkpoint_extra
@@ -793,7 +967,7 @@ def cmd_train(args) -> int:
             extensions.append({"from_epochs": args.extend_from, "to_epochs": args.epochs})
     scales_record = None
     if is_repopt:
-        scales = _load_any_scales(args.scales)
+        scales = _load_any_scales(args.scales, args.model)
         scales_record = {"path": os.path.abspath(args.scales), "sha256": _sha256_file(args.scales)}
         if args.resume and (args.saved_extra.get("scales") or {}).get("sha256") not in (None, scales_record["sha256"]):
             raise CLIError(f"--resume: --scales {args.scales!r} is not the scales file the run was started with "
@@ -892,23 +1066,29 @@ def cmd_quantize(args) -> int:
 
     device = _setup_torch(args)
     model = _build_model(args.source).to(device)
+    name = args.source.model_name
+    _refuse_se(model, name)
     data = args.source.data
     train_set, test_set, info = _load_data_from_settings(data, args.data_dir)
+    _check_classes(model, info, args.source)
+    if args.source.kind == "official":  # record what the data was, so the output can be evaluated again
+        data = {**data, **{k: v for k, v in info.to_dict().items() if k in (
+            "num_classes", "mean", "std", "train_size", "test_size", "classes")}}
     seed = int(data["seed"])
     train_loader, test_loader = make_loaders(train_set, test_set, batch_size=args.batch_size, seed=seed)
     calib_loader = make_loader(train_set, args.batch_size, seed=seed, shuffle=False)
     fp32_acc = evaluate(model, test_loader, device=device)
     if data.get("data_dir") is not None and args.data_dir is not None:
         data = {**data, "data_dir": os.path.abspath(args.data_dir)}
-    extra = args.source.meta["manifest"]["extra"]
     out = Path(args.out)
-    metrics = {"method": args.method, "model": extra["model"], "checkpoint": os.path.abspath(args.checkpoint),
+    metrics = {"method": args.method, "model": name, "checkpoint": os.path.abspath(args.checkpoint),
+               "checkpoint_kind": "original-code .pth" if args.source.kind == "official" else "repspec",
                "bits": args.bits, "act_bits": args.act_bits, "calibrator": args.calibrator,
                "calib_batches": args.calib_batches, "per_channel": args.per_channel,
                "update_every": args.update_every, "epochs": args.epochs, "lr": args.lr, "momentum": args.momentum,
                "weight_decay": args.weight_decay, "batch_size": args.batch_size, "data": data,
                "fp32_accuracy": fp32_acc}
-    with atomic_directory(out, kind="quantize", data=data, model=extra["model"], method=args.method) as tmp:
+    with atomic_directory(out, kind="quantize", data=data, model=name, method=args.method) as tmp:
         if args.method == "ptq":
             qmodel = ptq_quantize(model, calib_loader, weight_bits=args.bits, act_bits=args.act_bits,
                                   calibrator=args.calibrator, per_channel=args.per_channel,
@@ -934,11 +1114,47 @@ def cmd_quantize(args) -> int:
             acc = result["accuracy"]
             metrics.update(quantized_accuracy=acc, state_size=result["state_size"], qat_history=result["history"],
                            initial_act_ranges={k: list(v) for k, v in ranges.items()})
+        metrics["onnx"] = None
+        if args.onnx:
+            from repspec.torch_impl.quantization.export import load_exported
+            from repspec.torch_impl.quantization.onnx_export import export_onnx
+
+            if args.method != "ptq":  # the QAT result as exported (its QuantizedModel)
+                qmodel = load_exported(tmp / "export.safetensors")
+            export_onnx(qmodel, tmp / "model.onnx", model_name=name, bias="int32")
+            kmeans = args.method == "clusterqat"
+            metrics["onnx"] = {
+                "file": "model.onnx", "format": "qdq", "activations": "uint8 QuantizeLinear/DequantizeLinear",
+                "weights": "uint8 indices -> Cast -> Gather(float codebook) (a codebook is not an affine grid)"
+                if kmeans else "int8 codes -> DequantizeLinear (" + ("per channel)" if args.per_channel else
+                                                                     "per tensor)"),
+                "bias": "float (no weight scale for an int32 grid)" if kmeans else "int32 codes at s_x*s_w"}
         metrics["reproducibility"] = reproducibility_info(device)
         atomic_save_json(_json_clean(metrics), tmp / "metrics.json", indent=2, allow_nan=False)
     print(f"{args.method}: FP32 accuracy {fp32_acc:.4f} -> quantized {acc:.4f} "
-          f"(W{args.bits}A{args.act_bits}); written to {out}")
+          f"(W{args.bits}A{args.act_bits}); written to {out}" + (" (with model.onnx)" if args.onnx else ""))
     return 0
+
+
+def _refuse_se(model, name) -> None:
+    """repspec's PTQ/QAT do not quantize SE blocks (RepVGG-D2se): refuse rather than drop them."""
+    if any(getattr(b, "se", None) is not None for _, b in model.named_blocks()):
+        raise CLIError(f"{name} has SE blocks (RepVGG-D2se), which repspec's quantization does not handle: "
+                       f"quantizing it would drop them; refused")
+
+
+def _num_classes(model) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        n = getattr(getattr(model, "net", None), "num_classes", None)
+    return None if n is None else int(n)
+
+
+def _check_classes(model, info, source: Source) -> None:
+    n = _num_classes(model)
+    if n is not None and n != int(info.num_classes):
+        raise CLIError(f"{source.describe} has a {n}-class classifier, but the {info.name} data has "
+                       f"{info.num_classes} classes; give the --dataset it was trained on")
 
 
 def cmd_analyze(args) -> int:
@@ -961,19 +1177,34 @@ def cmd_convert(args) -> int:
     from repspec.torch_impl.training.io import atomic_save_safetensors
 
     _setup_torch(args)
-    model = _build_model(args.source)
-    extra = args.source.meta["manifest"]["extra"]
+    source = args.source
+    model = _build_model(source)
+    name = source.model_name
+    if source.kind == "official":
+        from repspec.torch_impl.training.official import official_layout
+
+        # the file's form (deploy, YOLOv6 post-BN): the model's keys are the file's, loaded strictly
+        overrides = {k: v for k, v in official_layout(name, model.state_dict()).items() if k != "num_classes"}
+        origin = {"checkpoint_manifest_sha256": None,
+                  "official_checkpoint": {"path": os.path.abspath(source.path), "sha256": _sha256_file(source.path)}}
+    else:
+        extra = source.meta["manifest"]["extra"]
+        overrides = extra.get("model_overrides") or {}
+        origin = {"checkpoint_manifest_sha256": source.meta["manifest"].get("manifest_sha256")}
     deploy = convert_to_deploy(model)
     info = {"format": "repspec-deploy", "format_version": 1, "repspec_version": __version__,
-            "model": extra["model"], "num_classes": int(extra["num_classes"]),
-            "model_overrides": extra.get("model_overrides") or {},
+            "model": name, "num_classes": int(model.num_classes), "model_overrides": overrides,
             "num_blocks": list(model.num_blocks), "widths": list(model.widths), "strides": list(model.strides),
-            "in_channels": int(model.in_channels), "data": args.source.data,
-            "checkpoint_manifest_sha256": args.source.meta["manifest"].get("manifest_sha256")}
+            "in_channels": int(model.in_channels), "data": source.data, **origin}
+    if args.onnx:  # first: the ONNX export is what may refuse the network
+        from repspec.torch_impl.quantization.onnx_export import export_onnx
+
+        export_onnx(deploy, args.onnx, model_name=name)
     atomic_save_safetensors(deploy.state_dict(), args.out,
                             metadata={"format": "repspec-deploy", "repspec": json.dumps(_json_clean(info))})
     n_params = sum(p.numel() for p in deploy.parameters())
-    print(f"deploy form of {extra['model']} ({n_params} parameters, conv + ReLU only) written to {args.out}")
+    print(f"deploy form of {name} ({n_params} parameters, conv + ReLU only) written to {args.out}"
+          + (f"; FP32 ONNX written to {args.onnx}" if args.onnx else ""))
     return 0
 
 
@@ -983,10 +1214,9 @@ def cmd_evaluate(args) -> int:
 
     device = _setup_torch(args)
     source = args.source
-    if source.data is None:
-        raise CLIError(f"{source.describe} records no dataset; it cannot be evaluated")
     model = _build_model(source).to(device)
     _, test_set, info = _load_data_from_settings(source.data, args.data_dir)
+    _check_classes(model, info, source)
     loader = make_loader(test_set, args.batch_size, seed=int(source.data["seed"]), shuffle=False)
     m = evaluate_metrics(model, loader, device, progress=not args.no_progress)
     print(f"{source.describe}: test accuracy {m['accuracy']:.4f} on {m['count']} {info.name} test images "
@@ -995,11 +1225,35 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    if args.onnx is not None:
+        return _verify_onnx_file(args)
+    if args.model is not None:
+        raise CLIError("--model applies with --onnx (the architecture an ONNX file claims to be)")
     from repspec.conformance.runner import run_from_args
 
     if args.impl is None and not args.list:
         args.impl = "torch"  # the shipped adapter: repspec.conformance.torch_adapter:TorchAdapter
     return run_from_args(args)
+
+
+def _verify_onnx_file(args) -> int:
+    """``repspec verify --onnx FILE [--model NAME]``: 0 if FILE implements the fused network it claims,
+    1 if it does not; a file that is not a fused RepVGG-family network at all is an error (2)."""
+    import torch
+
+    from repspec.torch_impl.quantization.onnx_export import verify_onnx
+
+    torch.set_num_threads(DEFAULT_THREADS)
+    reference = None if args.reference is None else _build_model(args.reference)
+    r = verify_onnx(args.onnx, args.model, reference=reference)
+    if "matching_architectures" not in r.details:  # not valid ONNX, or not a fused RepVGG-family graph
+        raise CLIError(f"--onnx {args.onnx!r} is not a fused RepVGG-family network: {'; '.join(r.reasons)}")
+    print(r.summary() + ("" if reference is None else f" (reference: {args.reference.describe})"))
+    matches = r.details["matching_architectures"]
+    if r.model_name is None:
+        print("it claims no architecture (no --model, no repspec.model metadata); its layout matches: "
+              + (", ".join(matches) if matches else "no registered architecture"))
+    return 0 if r.ok else 1
 
 
 def cmd_demo(args) -> int:
@@ -1013,7 +1267,7 @@ def cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if next((a for a in argv if not a.startswith("-")), None) == "verify" and "-h" not in argv \
-            and "--help" not in argv:
+            and "--help" not in argv and not _wants_onnx(argv):
         missing = _verify_unavailable()
         if missing:
             print(f"repspec verify: error: {missing}", file=sys.stderr)
@@ -1032,6 +1286,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         if _CMD_OUTPUT.get(cmd) == "file":  # a new file's missing parent directories are made now, not after the work
             Path(args.out).absolute().parent.mkdir(parents=True, exist_ok=True)
+        if cmd == "convert" and args.onnx:
+            Path(args.onnx).absolute().parent.mkdir(parents=True, exist_ok=True)
         handler = {"demo": cmd_demo, "train": cmd_train, "hypersearch": cmd_hypersearch,
                    "quantize": cmd_quantize, "analyze": cmd_analyze, "convert": cmd_convert,
                    "evaluate": cmd_evaluate, "verify": cmd_verify}[cmd]
