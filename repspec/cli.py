@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller run (< 2 minutes on 2 CPU cores)")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seeds", type=_positive_int, default=None,
+                      help="number of seeds (seed, seed+1, ...; default 5, --quick 3); cells are mean ± sd")
+    demo.add_argument("--dataset", default="digits", choices=["digits", "digits_variations", "cifar10"],
+                      help="digits (default), digits_variations (harder, offline) or cifar10 (binary files "
+                           "in --data-dir)")
+    demo.add_argument("--data-dir", default=None, help="directory holding cifar-10-batches-bin/ (cifar10)")
+    demo.add_argument("--render", default=None, metavar="RESULTS_JSON",
+                      help="only re-render table.md/claims.md/readme_section.md from an existing results.json")
     _add_runtime_args(demo)
 
     th = sub.add_parser("theorem", help="float64 reference demonstration of the RepOpt theorem (SPEC §3)")
@@ -495,15 +503,18 @@ def cmd_verify(args) -> int:
 def cmd_demo(args) -> int:
     import torch
 
-    from repspec.experiments import run_demo
+    from repspec.experiments import render_results, run_demo
 
+    if args.render is not None:
+        print(f"rendered table.md, claims.md, readme_section.md into {render_results(args.render)}")
+        return 0
     if args.threads is None and args.device == "cpu":
         # the demo's models are tiny: one thread was measured 4x faster than torch's default of 2
         # on a 2-core machine (35 s vs 137 s for --quick); --threads overrides
         torch.set_num_threads(1)
     device = _setup_torch(args)
     return run_demo(out_dir=Path(args.out), quick=args.quick, seed=args.seed, device=device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, seeds=args.seeds, dataset=args.dataset, data_dir=args.data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
