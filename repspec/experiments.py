@@ -428,7 +428,9 @@ def _aggregate_node(nodes: list):
 
     first = nodes[0]
     if isinstance(first, dict):
-        keys = [k for k in first if all(isinstance(n, dict) and k in n for n in nodes)]
+        if all(n == first for n in nodes) and not any(_is_number(v) for v in first.values()):
+            return first  # e.g. a model's overrides
+        keys = [k for k in first if all(isinstance(n, dict) and k in n for n in nodes) and k != "model_seed"]
         return {k: _aggregate_node([n[k] for n in nodes]) for k in keys}
     if all(_is_number(n) and math.isfinite(float(n)) for n in nodes):
         return {**summarize([float(n) for n in nodes]), "values": [n for n in nodes]}
@@ -739,8 +741,8 @@ def format_claims(results: dict) -> str:
                  "test is *reproduced* when the interval lies entirely on the claimed side of the bound (0 unless "
                  "stated), *contradicted* when it lies entirely on the other side, *inconclusive* otherwise. A "
                  "claim is *reproduced* when all its primary tests are, *partly reproduced* when some are. The "
-                 "sign test (`scipy.stats.binomtest`, one-sided, ties dropped) is reported beside it; with 5 seeds "
-                 "its smallest p is 1/32 ≈ 0.031. No correction for multiple tests is applied. PTQ uses the "
+                 "sign test (`scipy.stats.binomtest`, one-sided, ties dropped) is reported beside it; with "
+                 f"{n} seeds its smallest p is 1/2^{n} ≈ {0.5 ** n:.3f}. No correction for multiple tests is applied. PTQ uses the "
                  "min/max calibrator in the claims; accuracy effects are percentage points (pp).")
     return "\n".join(lines)
 
