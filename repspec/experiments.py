@@ -463,8 +463,9 @@ _SCALE_NOTES = {
     1: "The papers' INT8 gap is measured on ImageNet with RepVGG-A/B networks whose merged kernels have "
        "hundreds of channels and long training; here tiny networks on a small task leave INT8 with a "
        "resolution fine enough for every model, and the gap shows at lower weight bits (supplementary rows).",
-    2: "OABN bounds the identity factor t0 by s, but max|A|/max|C| also depends on the 3x3 and 1x1 branches, "
-       "which a few epochs on a small task may not grow; neighbouring thresholds can then give the same ratio.",
+    2: "OABN bounds the identity factor |t0| by s, so a threshold above the |t0| that plain training reaches "
+       "(the max|t0| column: RepVGG's value against s) clamps nothing and cannot shrink the outliers; "
+       "max|A|/max|C| also depends on the 3x3 and 1x1 branches, which short training on a small task may not grow.",
     3: "On ImageNet a too-small threshold removes useful identity signal from deep networks; the demo's "
        "5-block networks trained for minutes may not need it, and a small test set cannot resolve FP32 "
        "differences much below a point. The seeds' 'about 1-3 is best' refers to ImageNet and is not tested here.",
