@@ -421,6 +421,12 @@ def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _has_number(node) -> bool:
+    if isinstance(node, dict):
+        return any(_has_number(v) for v in node.values())
+    return _is_number(node)
+
+
 def _aggregate_node(nodes: list):
     """Per-seed nodes of the same shape -> one node whose numbers are :func:`repspec.stats.summarize`
     dicts (plus the per-seed ``values``); strings that agree are kept; None where a seed lacks a value."""
@@ -428,8 +434,8 @@ def _aggregate_node(nodes: list):
 
     first = nodes[0]
     if isinstance(first, dict):
-        if all(n == first for n in nodes) and not any(_is_number(v) for v in first.values()):
-            return first  # e.g. a model's overrides
+        if all(n == first for n in nodes) and not _has_number(first):
+            return first  # e.g. an empty overrides dict
         keys = [k for k in first if all(isinstance(n, dict) and k in n for n in nodes) and k != "model_seed"]
         return {k: _aggregate_node([n[k] for n in nodes]) for k in keys}
     if all(_is_number(n) and math.isfinite(float(n)) for n in nodes):
@@ -740,11 +746,11 @@ def format_claims(results: dict) -> str:
     lines.append("How the verdicts are computed (`repspec/stats.py`): each test's effect is taken per seed, paired "
                  "by seed; the interval is the two-sided 95% Student-t interval of its mean (`scipy.stats.t`); a "
                  "test is *reproduced* when the interval lies entirely on the claimed side of the bound (0 unless "
-                 "stated), *contradicted* when it lies entirely on the other side, *inconclusive* otherwise. A "
-                 "claim is *reproduced* when all its primary tests are, *partly reproduced* when some are. The "
-                 "sign test (`scipy.stats.binomtest`, one-sided, ties dropped) is reported beside it; with "
-                 f"{n} seeds its smallest p is 1/2^{n} ≈ {0.5 ** n:.3f}. No correction for multiple tests is applied. PTQ uses the "
-                 "min/max calibrator in the claims; accuracy effects are percentage points (pp).")
+                 "stated) **and** the exact one-sided sign test towards that side (`scipy.stats.binomtest`, ties "
+                 f"dropped) has p < 0.05 (with {n} seeds its smallest p is 1/2^{n} ≈ {0.5 ** n:.3f}), "
+                 "*contradicted* when both point to the other side, *inconclusive* otherwise. A claim is "
+                 "*reproduced* when all its primary tests are, *partly reproduced* when some are. No correction "
+                 "for multiple tests is applied. PTQ uses the min/max calibrator in the claims; accuracy effects are percentage points (pp).")
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ Small, pure functions on plain sequences of floats (NumPy/SciPy do the arithmeti
   claimed side" (``scipy.stats.binomtest``; zero differences are dropped, as usual).
 - :func:`compare` — one claim row: the per-seed effects ``d_i`` (a paired difference
   ``x_i − y_i`` of two methods run with the same seed, or one method's value), their mean
-  with its interval, the sign test, and a **computed** verdict (:func:`verdict`).
+  with its interval, the sign test, and a **computed** verdict (:func:`verdict`: the interval
+  excludes the bound on one side *and* the sign test towards that side has p < 0.05).
 
 Degenerate inputs give explicit results instead of NaN: ``n = 1`` has no interval
 (``ci = None``, verdict ``"inconclusive"``, with the reason); equal differences give a
@@ -25,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["summarize", "mean_ci", "sign_test", "verdict", "compare", "VERDICTS"]
+__all__ = ["summarize", "mean_ci", "sign_test", "verdict", "compare", "VERDICTS", "SIGN_ALPHA"]
 
 #: the verdicts :func:`verdict` computes
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
@@ -97,17 +98,31 @@ def sign_test(effects: Sequence[float], bound: float = 0.0, direction: str = "gr
     return {"n_nonzero": nonzero, "n_claimed_side": k, "p": p}
 
 
-def verdict(ci: tuple[float, float] | None, bound: float = 0.0, direction: str = "greater") -> str:
+#: one-sided level of the sign test that a verdict other than "inconclusive" also needs
+SIGN_ALPHA = 0.05
+
+
+def verdict(ci: tuple[float, float] | None, bound: float = 0.0, direction: str = "greater", *,
+            sign_p: float | None = None, opposite_sign_p: float | None = None, alpha: float = SIGN_ALPHA) -> str:
     """``"reproduced"`` if the interval excludes ``bound`` on the claimed side, ``"contradicted"``
-    if it excludes it on the other side, ``"inconclusive"`` otherwise (also for no interval)."""
+    if it excludes it on the other side, ``"inconclusive"`` otherwise (also for no interval).
+
+    With ``sign_p`` (``opposite_sign_p``) given, "reproduced" ("contradicted") also needs the
+    one-sided sign test towards that side to reach ``p < alpha``: the interval rests on the
+    mean and the t distribution, the sign test only on how many seeds agree, and a conclusion
+    needs both (with 5 seeds: all 5 on that side).
+    """
     if direction not in ("greater", "less"):
         raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
     if ci is None:
         return "inconclusive"
     low, high = ci
-    if direction == "greater":
-        return "reproduced" if low > bound else "contradicted" if high < bound else "inconclusive"
-    return "reproduced" if high < bound else "contradicted" if low > bound else "inconclusive"
+    claimed, other = (low > bound, high < bound) if direction == "greater" else (high < bound, low > bound)
+    if claimed and (sign_p is None or sign_p < alpha):
+        return "reproduced"
+    if other and (opposite_sign_p is None or opposite_sign_p < alpha):
+        return "contradicted"
+    return "inconclusive"
 
 
 def compare(x: Sequence[float], y: Sequence[float] | None = None, *, bound: float = 0.0,
@@ -133,8 +148,10 @@ def compare(x: Sequence[float], y: Sequence[float] | None = None, *, bound: floa
         raise ValueError(f"bound must be a finite number, got {bound!r}")
     ci = mean_ci(effects, confidence)
     s = summarize(effects)
+    sign = sign_test(effects, bound, direction)
+    opposite = sign_test(effects, bound, "less" if direction == "greater" else "greater")
     return {"n": s["n"], "effects": effects.tolist(), "mean": s["mean"], "sd": s["sd"],
             "ci": None if ci is None else [ci[0], ci[1]], "confidence": _confidence(confidence),
-            "bound": float(bound), "direction": direction, "sign_test": sign_test(effects, bound, direction),
-            "verdict": verdict(ci, bound, direction),
+            "bound": float(bound), "direction": direction, "sign_test": sign,
+            "verdict": verdict(ci, bound, direction, sign_p=sign["p"], opposite_sign_p=opposite["p"]),
             "reason": "n = 1: no interval without a second seed" if ci is None else None}

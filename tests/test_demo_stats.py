@@ -66,6 +66,14 @@ def test_compare_detects_a_planted_effect_and_its_opposite():
     assert stats.compare(better, base, direction="less")["verdict"] == "contradicted"
 
 
+def test_interval_alone_is_not_enough():
+    """A mean pulled by one large seed: the interval excludes 0 but only 4 of 5 seeds agree."""
+    r = stats.compare([0.6, 0.5, 0.7, 0.55, -0.05])
+    assert r["ci"][0] > 0 and r["sign_test"]["n_claimed_side"] == 4
+    assert r["verdict"] == "inconclusive"
+    assert stats.verdict(tuple(r["ci"])) == "reproduced"  # the interval on its own would say so
+
+
 def test_compare_without_effect_is_inconclusive():
     x = [0.91, 0.93, 0.90, 0.92, 0.94]
     y = [0.92, 0.92, 0.91, 0.91, 0.94]  # differences -0.01, +0.01, -0.01, +0.01, 0
@@ -80,8 +88,10 @@ def test_degenerate_cases_give_clear_results():
     assert one["n"] == 1 and one["ci"] is None and one["sd"] is None
     assert one["verdict"] == "inconclusive" and "n = 1" in one["reason"]
     json.dumps(one, allow_nan=False)  # no NaN anywhere
-    equal = stats.compare([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])  # every difference 0.1 (to rounding)
+    equal = stats.compare([0.9, 0.8, 0.7, 0.6, 0.5], [0.8, 0.7, 0.6, 0.5, 0.4])  # every difference 0.1 (to rounding)
     assert equal["ci"][1] - equal["ci"][0] < 1e-12 and equal["verdict"] == "reproduced"
+    # three seeds cannot pass the sign test (smallest p 1/8): inconclusive however tight the interval
+    assert stats.compare([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])["verdict"] == "inconclusive"
     zero = stats.compare([0.9, 0.9, 0.9], [0.9, 0.9, 0.9])
     assert zero["ci"] == [0.0, 0.0] and zero["verdict"] == "inconclusive"
     assert zero["sign_test"] == {"n_nonzero": 0, "n_claimed_side": 0, "p": 1.0}
@@ -91,7 +101,7 @@ def test_degenerate_cases_give_clear_results():
 def test_margin_claims():
     drops = [0.2, 0.4, 0.3, 0.1, 0.2]
     assert stats.compare(drops, bound=1.0, direction="less")["verdict"] == "reproduced"
-    assert stats.compare([2.0, 2.5, 2.2], bound=1.0, direction="less")["verdict"] == "contradicted"
+    assert stats.compare([2.0, 2.5, 2.2, 1.8, 2.1], bound=1.0, direction="less")["verdict"] == "contradicted"
 
 
 @pytest.mark.parametrize("call, match", [
@@ -118,8 +128,14 @@ def test_verdict_follows_the_interval(xs, ys, direction):
     assert r["ci"] == d["ci"] and r["verdict"] == d["verdict"]  # paired = one-sample on the differences
     lo, hi = r["ci"]
     assert lo <= r["mean"] <= hi or math.isclose(lo, hi, rel_tol=1e-12, abs_tol=1e-9)
-    claimed_side = lo > 0 if direction == "greater" else hi < 0
-    other_side = hi < 0 if direction == "greater" else lo > 0
+    diffs = np.subtract(x, y)
+    up, down = int(np.sum(diffs > 0)), int(np.sum(diffs < 0))
+    p_up = sst.binomtest(up, up + down, 0.5, alternative="greater").pvalue if up + down else 1.0
+    p_down = sst.binomtest(down, up + down, 0.5, alternative="greater").pvalue if up + down else 1.0
+    if direction == "greater":
+        claimed_side, other_side = lo > 0 and p_up < 0.05, hi < 0 and p_down < 0.05
+    else:
+        claimed_side, other_side = hi < 0 and p_down < 0.05, lo > 0 and p_up < 0.05
     expected = "reproduced" if claimed_side else "contradicted" if other_side else "inconclusive"
     assert r["verdict"] == expected, (r, expected)
 
@@ -194,6 +210,8 @@ def test_claims_verdicts_are_computed_from_planted_effects():
 
 def test_claims_with_one_seed_are_inconclusive_not_nan():
     res = _fake_results(seeds=(0,))
+    assert res["models"]["repvgg"]["qat"]["qat_w4"]["state_size"]["mean"] == 55  # one seed: still summaries
+    assert " (55)" in next(ln for ln in format_table(res).splitlines() if ln.startswith("| repvgg |"))
     for c in res["claims"]:
         for r in c["rows"]:
             assert r["verdict"] in ("inconclusive", "not run"), r
