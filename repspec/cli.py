@@ -245,8 +245,17 @@ def _demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="the main job on the embedded digits data (table + JSON + PNG plots)")
     demo.add_argument("--quick", action="store_true", help="a smaller run (< 2 minutes on 2 CPU cores)")
     demo.add_argument("--out", default="runs/demo", help="output directory")
-    demo.add_argument("--seed", type=_seed, default=0, help="seed of the split, the shuffling and the initialization")
+    demo.add_argument("--seed", type=_seed, default=0,
+                      help="first seed: seed of the split, the shuffling and the initialization")
     _add_overwrite_arg(demo)
+    demo.add_argument("--seeds", type=_positive_int, default=None,
+                      help="number of seeds (seed, seed+1, ...; default 5, --quick 3); cells are mean ± sd")
+    demo.add_argument("--dataset", default="digits", choices=["digits", "digits_variations", "cifar10"],
+                      help="digits (default), digits_variations (harder, offline) or cifar10 (binary files "
+                           "in --data-dir)")
+    demo.add_argument("--data-dir", default=None, help="directory holding cifar-10-batches-bin/ (cifar10)")
+    demo.add_argument("--render", default=None, metavar="RESULTS_JSON",
+                      help="only re-render table.md/claims.md/readme_section.md from an existing results.json")
     _add_runtime_args(demo)
 
 
@@ -620,7 +629,12 @@ def _check_args(args) -> None:
                                              model=args.model if official else None)
     elif cmd == "verify" and getattr(args, "reference", None) is not None:
         raise CLIError("--reference applies with --onnx")
-    if cmd in _CMD_OUTPUT:
+    rendering = cmd == "demo" and args.render is not None
+    if rendering and not Path(args.render).is_file():
+        raise CLIError(f"--render {args.render!r} is not a file (give a demo's results.json)")
+    if cmd == "demo" and not rendering and args.dataset == "cifar10" and args.data_dir is None:
+        raise CLIError("--dataset cifar10 needs --data-dir (the folder holding cifar-10-batches-bin/)")
+    if cmd in _CMD_OUTPUT and not rendering:
         resume = cmd == "train" and args.resume
         check_output(args.out, kind=_CMD_OUTPUT[cmd], inputs=inputs, overwrite=args.overwrite, resume=resume)
         if resume:
@@ -1257,11 +1271,14 @@ def _verify_onnx_file(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from repspec.experiments import run_demo
+    from repspec.experiments import render_results, run_demo
 
+    if args.render is not None:
+        print(f"rendered table.md, claims.md, readme_section.md into {render_results(args.render)}")
+        return 0
     device = _setup_torch(args)  # --threads default: runtime.DEFAULT_THREADS, like every command
     return run_demo(out_dir=Path(args.out), quick=args.quick, seed=args.seed, device=device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, seeds=args.seeds, dataset=args.dataset, data_dir=args.data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ _CIFAR_PIXELS = 3 * 32 * 32
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
 #: names accepted by :func:`load_dataset`
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "folder")
+DATASET_NAMES = ("digits", "digits_variations", "cifar10", "cifar100", "folder")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -604,6 +604,8 @@ def load_dataset(name: str, *, root=None, image_size=None, seed: int = 0, test_f
     """Load a dataset by name (the command line's ``--dataset``): ``(train, test, info)``.
 
     - ``digits``: :func:`load_digits_dataset` (``image_size`` default 16; ``root`` unused).
+    - ``digits_variations``: :func:`repspec.torch_impl.training.synthetic.load_digits_variations`
+      (rotated digits on a random background; ``difficulty=`` knob; ``root`` unused).
     - ``cifar10`` / ``cifar100``: :func:`load_cifar10` / :func:`load_cifar100` from ``root``
       (default ``./data``); ``image_size`` must be None or 32; ``cifar100`` accepts
       ``label='fine'|'coarse'``.
@@ -616,6 +618,13 @@ def load_dataset(name: str, *, root=None, image_size=None, seed: int = 0, test_f
             raise ValueError("the digits dataset is bundled with scikit-learn; do not pass root")
         return load_digits_dataset(16 if image_size is None else image_size, seed=seed, test_fraction=test_fraction,
                                    dtype=dtype, **kwargs)
+    if name == "digits_variations":  # harder digits with a difficulty knob (synthetic.py)
+        if root is not None:
+            raise ValueError("the digits_variations dataset is built from scikit-learn's digits; do not pass root")
+        from .synthetic import load_digits_variations
+
+        return load_digits_variations(16 if image_size is None else image_size, seed=seed, test_fraction=test_fraction,
+                                      dtype=dtype, **kwargs)
     if name in ("cifar10", "cifar100"):
         if image_size is not None and _size_pair(image_size) != (32, 32):
             raise ValueError(f"{name} images are 32x32; image_size must be None or 32, got {image_size!r}")
