@@ -682,6 +682,35 @@ def _use_direct(method: str, flat: Tensor) -> bool:
     return flat.device.type == "cpu" and flat.numel() <= _SMALL
 
 
+def _lloyd_sorted_cpu(sv: _SortedValues, c: Tensor, max_iter: int):
+    """The sorted Lloyd loop on the CPU in NumPy — :meth:`_SortedValues.run_ends` / :meth:`~_SortedValues.update`
+    step for step with the same float64 operations (so the same centroids, bit for bit), without torch's
+    per-call overhead (a k = 16 iteration is a dozen calls on ``k``-element arrays plus one binary search of
+    ``k − 1`` midpoints in the sorted values: microseconds instead of ~0.3 ms). Returns ``_lloyd``'s tuple."""
+    s, prefix, n = sv.sorted.numpy(), sv.prefix.numpy(), sv.n
+    c = c.numpy().copy()
+
+    def run_ends(c):
+        raw = np.empty(c.size, dtype=np.int64)
+        raw[:-1] = np.searchsorted(s, 0.5 * c[:-1] + 0.5 * c[1:], side="right")  # #{v <= m_j}
+        raw[-1] = n
+        return raw[np.searchsorted(c, c, side="right") - 1]  # a duplicate group's ends: its last member's
+
+    ends = run_ends(c)
+    starts = np.empty_like(ends)
+    for t in range(1, max_iter + 1):
+        starts[0] = 0
+        starts[1:] = ends[:-1]
+        counts = ends - starts
+        means = (prefix[ends] - prefix[starts]) / np.maximum(counts, 1).astype(np.float64)
+        c = np.sort(np.where(counts > 0, means, c))
+        new_ends = run_ends(c)
+        if np.array_equal(new_ends, ends):
+            return torch.from_numpy(c), t, True, None
+        ends = new_ends
+    return torch.from_numpy(c), max_iter, False, None
+
+
 def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, method: str = "auto"):
     """Lloyd from sorted float64 ``c`` until no label changes or ``max_iter`` updates.
 
@@ -691,8 +720,10 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
     * **direct** — assign every value (``O(n·min(k, log k))``), sums by ``torch.bincount``
       (serial on the CPU, so the centroids are bit-identical to NumPy's ``bincount`` sums);
     * **sorted** — sort once, then ``O(k log n)`` per iteration from run ends and prefix
-      sums (the module docstring). Iterations run in blocks of :data:`_SYNC_EVERY` without
-      a host round trip; once the run ends repeat, an update reproduces the same centroids
+      sums (the module docstring). On the CPU the loop runs in NumPy on ``k``-element arrays
+      (:func:`_lloyd_sorted_cpu`: the same float64 operations, so the same centroids, ~10x
+      less per-call overhead); elsewhere (:func:`_lloyd_sorted_torch`) iterations run in
+      blocks of :data:`_SYNC_EVERY` without a host round trip; once the run ends repeat, an update reproduces the same centroids
       (a fixed point), so the extra iterations of a block change nothing and ``n_iter`` is
       the first iteration whose run ends repeated.
 
@@ -712,6 +743,14 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
         return c, n_iter, False, labels
     if sv is None:
         sv = _SortedValues(flat)
+    if sv.sorted.device.type == "cpu":
+        return _lloyd_sorted_cpu(sv, c, max_iter)
+    return _lloyd_sorted_torch(sv, c, max_iter)
+
+
+def _lloyd_sorted_torch(sv: _SortedValues, c: Tensor, max_iter: int):
+    """The sorted Lloyd loop in torch on the values' device, in blocks of :data:`_SYNC_EVERY` iterations
+    without a host round trip (see :func:`_lloyd`). Returns ``_lloyd``'s tuple."""
     ends = sv.run_ends(c)
     never = torch.tensor(max_iter + 1, device=c.device)
     done = 0
