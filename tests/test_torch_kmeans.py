@@ -480,3 +480,17 @@ def test_lookup_table_assignment_is_the_comparison_rule(device, dtype, seed, k, 
     got = T._lut_labels(x, m)
     if got is not None:
         assert torch.equal(got, torch.searchsorted(m, x, right=False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@given(v=S.cluster_values(), c=st.lists(st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 7.5]),
+                                      min_size=1, max_size=8))
+def test_sse_from_sorted_runs_equals_the_sse_of_the_labels(dtype, v, c):
+    """kmeans_1d's SSE on the CPU sorted path sums run by run over the sorted values (no labels): it is
+    the SSE of :func:`assign`'s labels — midpoint ties, duplicate centroids, values in any dtype — up to
+    the summation order (float64: 1e-12 relative, plus 1e-300 for an exact 0)."""
+    x = tt(v).to(dtype)
+    cc = torch.sort(tt(c).to(dtype)).values
+    want = T._sse(x, cc, T._assign(x, cc))
+    got = T._sse_sorted(T._SortedValues(x.reshape(-1)), cc)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-300), f"sorted-run SSE {got!r} vs labels' SSE {want!r}"

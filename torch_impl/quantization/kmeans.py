@@ -207,8 +207,11 @@ def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
         return None
     amb = torch.cat([m, m.new_full((1,), math.inf)]).index_select(0, torch.where(upto > base, base, m.numel()))
     scale = (g / (hi - lo)).to(flat.dtype)
-    cell = ((flat - lo) * scale).floor_().clamp_(0, g - 1).to(torch.int32)
-    return base.index_select(0, cell).add_(amb.index_select(0, cell) < flat)
+    cell = torch.sub(flat, lo).mul_(scale).clamp_(0, g - 1).to(torch.int32)  # ≥ 0: truncation is floor
+    above = (amb.index_select(0, cell) < flat).view(torch.uint8)
+    if m.numel() < 256:  # labels ≤ k − 1 ≤ 255: gather and add in uint8 (~2x less memory traffic), widen once
+        return torch.add(base.to(torch.uint8).index_select(0, cell), above).long()
+    return base.index_select(0, cell).add_(above)
 
 
 def _raw_labels(flat: Tensor, m: Tensor) -> Tensor:
@@ -768,14 +771,39 @@ def _lloyd_sorted_torch(sv: _SortedValues, c: Tensor, max_iter: int):
     return c, max_iter, False, None
 
 
+def _sse_sorted(sv: _SortedValues, c: Tensor) -> float:
+    """``Σ (v − c_label)²`` over the sorted values for sorted ``c`` in the values' dtype — :func:`_sse` of
+    :func:`_assign`'s labels without touching the labels: value ``v`` gets ``c_j`` with ``j = #{m_i < v}``
+    (midpoints in the values' dtype, compared exactly in float64; equal centroids are equal, so the
+    duplicate rule does not change a term), i.e. the runs ``(E_{j−1}, E_j]`` with ``E_j = #{v ≤ m_j}``.
+    Each run's squared distances are summed in one reused float64 buffer (no ``n``-sized temporaries)."""
+    ends = torch.searchsorted(sv.sorted, _midpoints(c).to(_F64), right=True).tolist() + [sv.n]
+    c64 = c.to(_F64).tolist()
+    buf = torch.empty(max(b - a for a, b in zip([0] + ends[:-1], ends)), dtype=_F64)
+    total, start = 0.0, 0
+    for cj, end in zip(c64, ends):
+        if end > start:
+            d = torch.sub(sv.sorted[start:end], cj, out=buf[: end - start])
+            total += float(torch.dot(d, d))
+        start = end
+    return total
+
+
 def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int | None,
             method: str = "auto"):
     """The validated core of :func:`kmeans_1d`: ``(centroids in v's dtype, labels, n_iter, converged)``."""
+    return _kmeans_sse(v, k, init, max_iter, gen, c_warm, bins, method)[:4]
+
+
+def _kmeans_sse(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int | None,
+                method: str = "auto"):
+    """:func:`_kmeans` plus the SSE: ``(centroids, labels, n_iter, converged, sse)`` (float64)."""
     flat = v.reshape(-1)
     if not _more_than_k_distinct(flat, k):
         sv = _SortedValues(flat)
         c = _exact_centroids(sv, k).to(v.dtype)
-        return c, _assign(v, c), 0, True
+        labels = _assign(v, c)
+        return c, labels, 0, True, _sse(v, c, labels)
     sv = None
     if init == "warm":
         c = c_warm
@@ -787,13 +815,17 @@ def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | N
     else:
         sv = _SortedValues(flat)
         c = _initial(sv, flat, k, init, gen, bins)
+    if sv is None and not _use_direct(method, flat):
+        sv = _SortedValues(flat)
     c, n_iter, converged, labels = _lloyd(flat, c, max_iter, sv, method)
     c_out = c.to(v.dtype)
     if labels is None or v.dtype != _F64:
         labels = _assign(v, c_out)
     else:
         labels = labels.reshape(v.shape)
-    return c_out, labels, n_iter, converged
+    if sv is not None and sv.sorted.device.type == "cpu":
+        return c_out, labels, n_iter, converged, _sse_sorted(sv, c_out)
+    return c_out, labels, n_iter, converged, _sse(v, c_out, labels)
 
 
 def kmeans_1d_optimal(values: Tensor, k: int) -> KMeansResult:
@@ -861,8 +893,8 @@ def kmeans_1d(values: Tensor, k: int, *, init: str | None = None, max_iter: int 
     elif init_centroids is not None:
         raise ValueError(f"init_centroids is only used with init='warm' (or init=None), got init={init!r}")
     gen = _generator(seed, v.device) if init == "kmeans++" else None  # refuse a missing seed up front
-    centroids, labels, n_iter, converged = _kmeans(v, k, init, max_iter, gen, c, bins, method)
-    return KMeansResult(centroids, labels, _sse(v, centroids, labels), n_iter, converged)
+    centroids, labels, n_iter, converged, total = _kmeans_sse(v, k, init, max_iter, gen, c, bins, method)
+    return KMeansResult(centroids, labels, total, n_iter, converged)
 
 
 # ------------------------------------------------------------- fake quantization
