@@ -391,13 +391,15 @@ def test_binned_init_is_exact_with_few_distinct_values_and_near_optimal_otherwis
 
 
 @given(seed=S.seeds, k=st.sampled_from([4, 16, 64]), df=st.sampled_from([2, 3, 30]))
+@example(seed=1024, k=4, df=30)
 def test_default_init_is_binned_and_within_5_percent_of_the_optimum(seed, k, df):
     """The default (``binned`` + Lloyd) on heavy- and light-tailed data: converged, ≤ 1.05 × the exact SSE.
     (The ≥ 50x-at-≤-SSE comparison with scikit-learn is a benchmark: benchmarks/bench_kmeans.py.)"""
     assert T.DEFAULT_INIT == "binned"
-    v = S.rng_from(seed).standard_t(df, 20_000)
-    got = T.kmeans_1d(tt(v).float(), k)
-    opt = T.kmeans_1d_optimal(tt(v), k)
+    x = tt(S.rng_from(seed).standard_t(df, 20_000)).float()
+    got = T.kmeans_1d(x, k)
+    opt = T.kmeans_1d_optimal(x.double(), k)  # the optimum of the values clustered (float32-rounded: seed 1024,
+    # k 4, df 30 beats the optimum of the unrounded float64 values by 1.1e-9 relative)
     assert got.converged
     assert opt.sse * (1 - 1e-9) <= got.sse <= opt.sse * 1.05, (got.sse / opt.sse)
 

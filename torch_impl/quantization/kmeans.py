@@ -89,8 +89,8 @@ __all__ = [
 ]
 
 #: the default init of kmeans_1d, KMeansWeightQuantizer and ``repspec quantize clusterqat``: the exact DP
-#: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at >= 50x its speed on 10^6 values
-#: (benchmarks/bench_kmeans.py); ``'optimal'`` is the exact optimum at a higher cost
+#: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at ~25-90x its speed on 10^6-2.4M
+#: values (benchmarks/bench_kmeans.py; README "Performance"); ``'optimal'`` is the exact optimum at a higher cost
 DEFAULT_INIT = "binned"
 #: every init of :func:`kmeans_1d`; ``binned`` is torch-only (the 1M-value fast path)
 INITS = ("linear", "quantile", "kmeans++", "optimal", "binned", "warm")
