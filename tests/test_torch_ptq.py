@@ -123,17 +123,35 @@ def test_calibrators_differ_on_heavy_tailed_activations():
     assert mse["mse"] == min(mse.values())  # clipping the tails pays off at 4 bits
 
 
-def test_two_pass_observers_check_the_passes():
+def test_mse_observer_is_one_pass_over_cached_batches():
+    """mse sees each batch once (ptq_quantize runs one forward pass); its cache is a copy, and
+    a batch observed after compute_range counts in the next result."""
     o = obs.MSEObserver(4)
-    with pytest.raises(RuntimeError, match="needs 3 complete pass"):
-        o(torch.ones(3))
+    assert o.passes == 1
+    with pytest.raises(RuntimeError, match="needs 1 complete pass"):
         o.compute_range()
-    o.next_pass()
-    o(torch.ones(3))
-    o.next_pass()
-    o(torch.ones(2))
+    rng = rng_from(3)
+    batches = [torch.tensor(rng.standard_t(2, 500)) for _ in range(3)]
+    for b in batches[:2]:
+        x = b.clone()
+        o(x)
+        x.zero_()  # an in-place edit after observing must not reach the cache
+    assert o.compute_range() == rc.calibrate("mse", [b.numpy() for b in batches[:2]], 4)
+    with pytest.raises(RuntimeError, match="makes 1 pass"):
+        o.next_pass()
+    o(batches[2])
+    assert o.compute_range() == rc.calibrate("mse", [b.numpy() for b in batches], 4)
+
+
+def test_two_pass_observers_check_the_passes():
+    e = obs.EntropyObserver(2, num_bins=8)
+    with pytest.raises(RuntimeError, match="needs 2 complete pass"):
+        e(torch.ones(3))
+        e.compute_range()
+    e.next_pass()
+    e(torch.ones(2))
     with pytest.raises(RuntimeError, match="same batches"):
-        o.compute_range()
+        e.compute_range()
     e = obs.EntropyObserver(2, num_bins=8)
     e(torch.tensor([0.0, 1.0]))
     e.next_pass()

@@ -89,8 +89,8 @@ __all__ = [
 ]
 
 #: the default init of kmeans_1d, KMeansWeightQuantizer and ``repspec quantize clusterqat``: the exact DP
-#: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at >= 50x its speed on 10^6 values
-#: (benchmarks/bench_kmeans.py); ``'optimal'`` is the exact optimum at a higher cost
+#: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at ~25-90x its speed on 10^6-2.4M
+#: values (benchmarks/bench_kmeans.py; README "Performance"); ``'optimal'`` is the exact optimum at a higher cost
 DEFAULT_INIT = "binned"
 #: every init of :func:`kmeans_1d`; ``binned`` is torch-only (the 1M-value fast path)
 INITS = ("linear", "quantile", "kmeans++", "optimal", "binned", "warm")
@@ -207,8 +207,11 @@ def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
         return None
     amb = torch.cat([m, m.new_full((1,), math.inf)]).index_select(0, torch.where(upto > base, base, m.numel()))
     scale = (g / (hi - lo)).to(flat.dtype)
-    cell = ((flat - lo) * scale).floor_().clamp_(0, g - 1).to(torch.int32)
-    return base.index_select(0, cell).add_(amb.index_select(0, cell) < flat)
+    cell = torch.sub(flat, lo).mul_(scale).clamp_(0, g - 1).to(torch.int32)  # ≥ 0: truncation is floor
+    above = (amb.index_select(0, cell) < flat).view(torch.uint8)
+    if m.numel() < 256:  # labels ≤ k − 1 ≤ 255: gather and add in uint8 (~2x less memory traffic), widen once
+        return torch.add(base.to(torch.uint8).index_select(0, cell), above).long()
+    return base.index_select(0, cell).add_(above)
 
 
 def _raw_labels(flat: Tensor, m: Tensor) -> Tensor:
@@ -682,6 +685,35 @@ def _use_direct(method: str, flat: Tensor) -> bool:
     return flat.device.type == "cpu" and flat.numel() <= _SMALL
 
 
+def _lloyd_sorted_cpu(sv: _SortedValues, c: Tensor, max_iter: int):
+    """The sorted Lloyd loop on the CPU in NumPy — :meth:`_SortedValues.run_ends` / :meth:`~_SortedValues.update`
+    step for step with the same float64 operations (so the same centroids, bit for bit), without torch's
+    per-call overhead (a k = 16 iteration is a dozen calls on ``k``-element arrays plus one binary search of
+    ``k − 1`` midpoints in the sorted values: microseconds instead of ~0.3 ms). Returns ``_lloyd``'s tuple."""
+    s, prefix, n = sv.sorted.numpy(), sv.prefix.numpy(), sv.n
+    c = c.numpy().copy()
+
+    def run_ends(c):
+        raw = np.empty(c.size, dtype=np.int64)
+        raw[:-1] = np.searchsorted(s, 0.5 * c[:-1] + 0.5 * c[1:], side="right")  # #{v <= m_j}
+        raw[-1] = n
+        return raw[np.searchsorted(c, c, side="right") - 1]  # a duplicate group's ends: its last member's
+
+    ends = run_ends(c)
+    starts = np.empty_like(ends)
+    for t in range(1, max_iter + 1):
+        starts[0] = 0
+        starts[1:] = ends[:-1]
+        counts = ends - starts
+        means = (prefix[ends] - prefix[starts]) / np.maximum(counts, 1).astype(np.float64)
+        c = np.sort(np.where(counts > 0, means, c))
+        new_ends = run_ends(c)
+        if np.array_equal(new_ends, ends):
+            return torch.from_numpy(c), t, True, None
+        ends = new_ends
+    return torch.from_numpy(c), max_iter, False, None
+
+
 def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, method: str = "auto"):
     """Lloyd from sorted float64 ``c`` until no label changes or ``max_iter`` updates.
 
@@ -691,8 +723,10 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
     * **direct** — assign every value (``O(n·min(k, log k))``), sums by ``torch.bincount``
       (serial on the CPU, so the centroids are bit-identical to NumPy's ``bincount`` sums);
     * **sorted** — sort once, then ``O(k log n)`` per iteration from run ends and prefix
-      sums (the module docstring). Iterations run in blocks of :data:`_SYNC_EVERY` without
-      a host round trip; once the run ends repeat, an update reproduces the same centroids
+      sums (the module docstring). On the CPU the loop runs in NumPy on ``k``-element arrays
+      (:func:`_lloyd_sorted_cpu`: the same float64 operations, so the same centroids, ~10x
+      less per-call overhead); elsewhere (:func:`_lloyd_sorted_torch`) iterations run in
+      blocks of :data:`_SYNC_EVERY` without a host round trip; once the run ends repeat, an update reproduces the same centroids
       (a fixed point), so the extra iterations of a block change nothing and ``n_iter`` is
       the first iteration whose run ends repeated.
 
@@ -712,6 +746,14 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
         return c, n_iter, False, labels
     if sv is None:
         sv = _SortedValues(flat)
+    if sv.sorted.device.type == "cpu":
+        return _lloyd_sorted_cpu(sv, c, max_iter)
+    return _lloyd_sorted_torch(sv, c, max_iter)
+
+
+def _lloyd_sorted_torch(sv: _SortedValues, c: Tensor, max_iter: int):
+    """The sorted Lloyd loop in torch on the values' device, in blocks of :data:`_SYNC_EVERY` iterations
+    without a host round trip (see :func:`_lloyd`). Returns ``_lloyd``'s tuple."""
     ends = sv.run_ends(c)
     never = torch.tensor(max_iter + 1, device=c.device)
     done = 0
@@ -729,14 +771,39 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
     return c, max_iter, False, None
 
 
+def _sse_sorted(sv: _SortedValues, c: Tensor) -> float:
+    """``Σ (v − c_label)²`` over the sorted values for sorted ``c`` in the values' dtype — :func:`_sse` of
+    :func:`_assign`'s labels without touching the labels: value ``v`` gets ``c_j`` with ``j = #{m_i < v}``
+    (midpoints in the values' dtype, compared exactly in float64; equal centroids are equal, so the
+    duplicate rule does not change a term), i.e. the runs ``(E_{j−1}, E_j]`` with ``E_j = #{v ≤ m_j}``.
+    Each run's squared distances are summed in one reused float64 buffer (no ``n``-sized temporaries)."""
+    ends = torch.searchsorted(sv.sorted, _midpoints(c).to(_F64), right=True).tolist() + [sv.n]
+    c64 = c.to(_F64).tolist()
+    buf = torch.empty(max(b - a for a, b in zip([0] + ends[:-1], ends)), dtype=_F64)
+    total, start = 0.0, 0
+    for cj, end in zip(c64, ends):
+        if end > start:
+            d = torch.sub(sv.sorted[start:end], cj, out=buf[: end - start])
+            total += float(torch.dot(d, d))
+        start = end
+    return total
+
+
 def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int | None,
             method: str = "auto"):
     """The validated core of :func:`kmeans_1d`: ``(centroids in v's dtype, labels, n_iter, converged)``."""
+    return _kmeans_sse(v, k, init, max_iter, gen, c_warm, bins, method)[:4]
+
+
+def _kmeans_sse(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int | None,
+                method: str = "auto"):
+    """:func:`_kmeans` plus the SSE: ``(centroids, labels, n_iter, converged, sse)`` (float64)."""
     flat = v.reshape(-1)
     if not _more_than_k_distinct(flat, k):
         sv = _SortedValues(flat)
         c = _exact_centroids(sv, k).to(v.dtype)
-        return c, _assign(v, c), 0, True
+        labels = _assign(v, c)
+        return c, labels, 0, True, _sse(v, c, labels)
     sv = None
     if init == "warm":
         c = c_warm
@@ -748,13 +815,17 @@ def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | N
     else:
         sv = _SortedValues(flat)
         c = _initial(sv, flat, k, init, gen, bins)
+    if sv is None and not _use_direct(method, flat):
+        sv = _SortedValues(flat)
     c, n_iter, converged, labels = _lloyd(flat, c, max_iter, sv, method)
     c_out = c.to(v.dtype)
     if labels is None or v.dtype != _F64:
         labels = _assign(v, c_out)
     else:
         labels = labels.reshape(v.shape)
-    return c_out, labels, n_iter, converged
+    if sv is not None and sv.sorted.device.type == "cpu":
+        return c_out, labels, n_iter, converged, _sse_sorted(sv, c_out)
+    return c_out, labels, n_iter, converged, _sse(v, c_out, labels)
 
 
 def kmeans_1d_optimal(values: Tensor, k: int) -> KMeansResult:
@@ -822,8 +893,8 @@ def kmeans_1d(values: Tensor, k: int, *, init: str | None = None, max_iter: int 
     elif init_centroids is not None:
         raise ValueError(f"init_centroids is only used with init='warm' (or init=None), got init={init!r}")
     gen = _generator(seed, v.device) if init == "kmeans++" else None  # refuse a missing seed up front
-    centroids, labels, n_iter, converged = _kmeans(v, k, init, max_iter, gen, c, bins, method)
-    return KMeansResult(centroids, labels, _sse(v, centroids, labels), n_iter, converged)
+    centroids, labels, n_iter, converged, total = _kmeans_sse(v, k, init, max_iter, gen, c, bins, method)
+    return KMeansResult(centroids, labels, total, n_iter, converged)
 
 
 # ------------------------------------------------------------- fake quantization

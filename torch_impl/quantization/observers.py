@@ -10,7 +10,7 @@ method                      observer                                    passes  
 ``minmax``                  :class:`MinMaxObserver`                     1        two scalars
 ``moving_average_minmax``   :class:`MovingAverageMinMaxObserver`        1        two scalars
 ``percentile``              :class:`PercentileObserver`                 1        ≤ 2·``capacity`` float64 (tails)
-``mse``                     :class:`MSEObserver`                        3        ``candidates`` float64 sums
+``mse``                     :class:`MSEObserver`                        1        every value (sorted, its dtype)
 ``entropy``                 :class:`EntropyObserver`                    2        ``num_bins`` int64 counts
 ==========================  ==========================================  =======  ==================================
 
@@ -27,10 +27,11 @@ Exactness (float64 data, tested in ``tests/test_torch_ptq.py``):
   exact for ``p = 99.99`` up to 10^10 values.
 - ``mse``: the candidate grid ``α ∈ {N/N, …, 1/N}`` on ``α·[lo0, hi0]`` (or explicit
   ratios) and the tie rule (smallest MSE, ties → largest ``α``) are the reference's.
-  ``lo0, hi0`` are global, so the observer makes **three passes**: min/max first, then
-  a cheap screen of every candidate (sorted values and prefix sums), then the exact
-  squared error of the short-listed candidates (:class:`MSEObserver`). The exact MSE
-  is summed in a different order than NumPy's pairwise ``np.mean``, so two candidates
+  ``lo0, hi0`` are global, so the observer keeps every observed batch (sorted) and,
+  after the single pass, screens every candidate cheaply (sorted values and prefix
+  sums), then computes the exact squared error of the short-listed candidates
+  (:class:`MSEObserver`). The exact MSE is summed in a different order than NumPy's
+  pairwise ``np.mean`` (over the sorted values), so two candidates
   whose MSEs differ by a few ulps (not exact ties) may be ordered differently; exact
   ties (identical error vectors) resolve identically.
 - ``entropy``: two passes (``max|x|`` first, then the histogram of ``|x|`` with NumPy's
@@ -334,21 +335,29 @@ def _sorted_1d(x: Tensor) -> Tensor:
 class MSEObserver(_MinMaxTracker):
     """SPEC §5 ``mse``: the clipping ratio ``α`` of ``α·[lo0, hi0]`` minimizing the fake-quant MSE.
 
-    Three passes. Pass 0 finds ``lo0 = min(min x, 0)``, ``hi0 = max(max x, 0)`` and so the
-    candidate grids. Pass 1 **screens** every candidate cheaply: each batch is sorted once;
-    a candidate's levels are contiguous runs of the sorted values (run ends by binary search
-    at the rounding boundaries ``(q + ½ − zp)·s``), and a run's squared error follows from
-    prefix sums of ``y = x − mean`` and ``y²`` — ``O(2^b · log n)`` per candidate instead of
-    ``O(n)``. Pass 2 evaluates **exactly** (per value, float64, the reference's arithmetic)
-    only the candidates whose screened SSE is within ``MSE_SCREEN_RTOL`` (relative) +
-    ``MSE_SCREEN_ATOL·Σx²`` of the smallest; the winner is the smallest exact MSE among
-    them, ties → the largest ``α`` (= ``calibrate.mse_optimal``). The screen's rounding
-    error is orders of magnitude below that margin (prefix sums of centred values), so the
-    true minimum is always short-listed unless the data cancel catastrophically
-    (``|mean| ≫`` spread by ~10^4 and more).
+    **One pass** over the data (like ``minmax``): each batch is sorted once (in its own
+    dtype) and **kept** — the candidate grids depend on the global ``lo0 = min(min x, 0)``,
+    ``hi0 = max(max x, 0)``, known only after the last batch, so the observer caches the
+    calibration values instead of asking for the batches again (memory: one copy of every
+    observed value in its dtype, e.g. ~0.3 GB of float32 for ``repvgg_b1`` with 2 batches
+    of 8 at 224x224). :meth:`compute_range` (and :meth:`mse`) then work on that cache:
+
+    1. **screen** every candidate cheaply: a candidate's levels are contiguous runs of the
+       sorted values (run ends by binary search at the rounding boundaries
+       ``(q + ½ − zp)·s``), and a run's squared error follows from prefix sums of
+       ``y = x − mean`` and ``y²`` — ``O(2^b · log n)`` per candidate instead of ``O(n)``;
+    2. evaluate **exactly** (per value, float64, the reference's arithmetic) only the
+       candidates whose screened SSE is within ``MSE_SCREEN_RTOL`` (relative) +
+       ``MSE_SCREEN_ATOL·Σx²`` of the smallest; the winner is the smallest exact MSE among
+       them, ties → the largest ``α`` (= ``calibrate.mse_optimal``).
+
+    The screen's rounding error is orders of magnitude below that margin (prefix sums of
+    centred values), so the true minimum is always short-listed unless the data cancel
+    catastrophically (``|mean| ≫`` spread by ~10^4 and more). Observing another batch
+    after :meth:`compute_range` is allowed: the next call recomputes over all batches.
     """
 
-    passes = 3
+    passes = 1
 
     def __init__(self, bits: int, candidates=DEFAULT_MSE_CANDIDATES, *, chunk: int = 2**22):
         self.bits = check_bits(bits)
@@ -358,79 +367,89 @@ class MSEObserver(_MinMaxTracker):
 
     def _reset_state(self) -> None:
         super()._reset_state()
+        self._cache: list[Tensor] = []  # every observed batch, sorted, in its dtype
         self.sse: Tensor | None = None
         self.screen: Tensor | None = None
         self._sum_sq = 0.0
         self._qparams = None
         self.shortlist: list[int] | None = None
 
-    def _end_pass(self, index: int) -> None:
-        if index == 0:
-            lo0 = min(float(self.min_val), 0.0)
-            hi0 = max(float(self.max_val), 0.0)
-            self.lo0, self.hi0 = lo0, hi0
-            params = [activation_qparams(a * lo0, a * hi0, self.bits) for a in self.ratios]
-            self._qparams = (torch.stack([s for s, _ in params]),
-                             torch.stack([z for _, z in params]).to(torch.float64))
+    def _observe(self, x: Tensor) -> None:
+        self._track(x)
+        self._cache.append(_sorted_1d(x))  # a sorted copy: later in-place edits of x do not reach it
+        self.shortlist = None  # a result computed before this batch is stale
+
+    def _finish(self) -> None:
+        """Screen, short-list and evaluate exactly over the cached batches (once per set of batches)."""
+        self._require()
+        if self.shortlist is not None:
             return
+        lo0 = min(float(self.min_val), 0.0)
+        hi0 = max(float(self.max_val), 0.0)
+        self.lo0, self.hi0 = lo0, hi0
+        params = [activation_qparams(a * lo0, a * hi0, self.bits) for a in self.ratios]
+        self._qparams = (torch.stack([s for s, _ in params]), torch.stack([z for _, z in params]).to(torch.float64))
+        self.screen, self._sum_sq = None, 0.0
+        for v in self._cache:
+            self._screen(v)
         screen = self.screen.cpu().tolist()
         best = min(screen)
         limit = best + MSE_SCREEN_RTOL * abs(best) + MSE_SCREEN_ATOL * self._sum_sq
-        self.shortlist = [i for i, v in enumerate(screen) if v <= limit]
+        shortlist = [i for i, v in enumerate(screen) if v <= limit]
+        self.sse = None
+        for v in self._cache:
+            self._exact(v, shortlist)
+        self.shortlist = shortlist
 
-    def _observe(self, x: Tensor) -> None:
-        if self.pass_index == 0:
-            self._track(x)
-            return
-        x = x.detach().reshape(-1)
-        if self.pass_index == 1:
-            self._screen(x)
-        else:
-            self._exact(x.to(torch.float64))
-
-    def _screen(self, x: Tensor) -> None:
-        scale, zp = (t.to(x.device) for t in self._qparams)
+    def _screen(self, v: Tensor) -> None:
+        """Add every candidate's screened SSE over the sorted batch ``v``."""
+        scale, zp = (t.to(v.device) for t in self._qparams)
         qmax = activation_qmax(self.bits)
-        v = _sorted_1d(x).to(torch.float64)  # sorted in the input's dtype (float32: ~2x faster), exact in float64
-        x = x.to(torch.float64)
-        y = v - v.mean()
-        zero = y.new_zeros(1)
-        p1 = torch.cat([zero, torch.cumsum(y, 0)])
-        p2 = torch.cat([zero, torch.cumsum(y * y, 0)])
-        q = torch.arange(qmax + 1, dtype=torch.float64, device=x.device)
+        n = v.numel()
+        y = v.to(torch.float64, copy=True)  # exact in float64; a copy: v stays cached unchanged
+        q = torch.arange(qmax + 1, dtype=torch.float64, device=v.device)
         bounds = (q[None, :-1] + 0.5 - zp[:, None]) * scale[:, None]  # (R, qmax): level q | q + 1
-        ends = torch.searchsorted(v, bounds.contiguous())
-        n = v.new_full((scale.numel(), 1), v.numel(), dtype=torch.int64)
-        ends = torch.cat([ends, n], dim=1)
-        starts = torch.cat([torch.zeros_like(n), ends[:, :-1]], dim=1)
-        d = (q[None, :] - zp[:, None]) * scale[:, None] - v.mean()  # level value, centred
+        ends = torch.searchsorted(y, bounds.contiguous())
+        mean = y.mean()
+        y.sub_(mean)
+        p1 = y.new_empty(n + 1)
+        p2 = y.new_empty(n + 1)
+        p1[0] = p2[0] = 0.0
+        torch.cumsum(y, 0, out=p1[1:])
+        torch.cumsum(y.mul_(y), 0, out=p2[1:])
+        del y
+        nn_ = v.new_full((scale.numel(), 1), n, dtype=torch.int64)
+        ends = torch.cat([ends, nn_], dim=1)
+        starts = torch.cat([torch.zeros_like(nn_), ends[:, :-1]], dim=1)
+        d = (q[None, :] - zp[:, None]) * scale[:, None] - mean  # level value, centred
         s1, s2 = p1[ends] - p1[starts], p2[ends] - p2[starts]
         cnt = (ends - starts).to(torch.float64)
         sse = (s2 - 2 * d * s1 + cnt * d * d).clamp_min(0).sum(dim=1)
-        total = float(torch.dot(x, x))
+        total = float(p2[-1] + mean * (2 * p1[-1] + n * mean))  # Σx² = Σy² + 2·mean·Σy + n·mean²
         sse = torch.where(scale > 0, sse, torch.full_like(sse, total))  # zero scale: x̂ = 0
         self.screen = sse if self.screen is None else self.screen + sse
         self._sum_sq += total
 
-    def _exact(self, x: Tensor) -> None:
-        idx = torch.tensor(self.shortlist, device=x.device)
-        scale, zp = (t.to(x.device).index_select(0, idx) for t in self._qparams)
+    def _exact(self, v: Tensor, shortlist: list[int]) -> None:
+        """Add the exact SSE of the short-listed candidates over the batch ``v`` (per value, float64)."""
+        idx = torch.tensor(shortlist, device=v.device)
+        scale, zp = (t.to(v.device).index_select(0, idx) for t in self._qparams)
         if self.sse is None:
-            self.sse = torch.zeros(idx.numel(), dtype=torch.float64, device=x.device)
+            self.sse = torch.zeros(idx.numel(), dtype=torch.float64, device=v.device)
         qmax = float(activation_qmax(self.bits))
         # a zero scale (all-zero range) divides by 1 instead: (q − zp)·0 = 0 either way, error −x
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
         zp, scale = zp[:, None], scale[:, None]
         # blocks of ~2^16 elements (candidates × values) stay in cache; every step is in place
         step = max(1, min(self.chunk, 1 << 16) // idx.numel())
-        for start in range(0, x.numel(), step):
-            xs = x[start:start + step]
+        for start in range(0, v.numel(), step):
+            xs = v[start:start + step].to(torch.float64)
             err = torch.div(xs, safe).round_().add_(zp).clamp_(0.0, qmax).sub_(zp).mul_(scale).sub_(xs)
             self.sse += torch.einsum("rn,rn->r", err, err)
 
     def mse(self) -> dict[float, float]:
         """``{α: exact MSE}`` of the short-listed candidates (the others screened out as worse)."""
-        self._require()
+        self._finish()
         return {self.ratios[i]: float(v) / self.count for i, v in zip(self.shortlist, self.sse.cpu().tolist())}
 
     def compute_range(self) -> tuple[float, float]:
