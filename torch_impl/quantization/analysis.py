@@ -34,15 +34,15 @@ from ..modules.models import VGGNet
 from ..modules.oabn import bn_factor
 
 __all__ = [
-    "CategoryStats",
     "CategoryStatistics",
-    "merged_weight_categories",
-    "excess_kurtosis",
+    "CategoryStats",
     "category_statistics",
-    "identity_ratio",
+    "excess_kurtosis",
     "fused_kernels",
-    "state_size",
+    "identity_ratio",
     "layer_statistics",
+    "merged_weight_categories",
+    "state_size",
     "write_report",
 ]
 
@@ -133,13 +133,10 @@ def category_statistics(kernel: Tensor, groups: int = 1) -> CategoryStatistics:
     ``max|C| = 0 < max|A|`` and ``nan`` when both are 0.
     """
     kernel, groups = _check_kernel(kernel, groups)
-    masks = merged_weight_categories(kernel, groups)
-    a, b, c = (_stats(kernel[m]) for m in masks)
-    if c.max_abs > 0:
-        ratio = a.max_abs / c.max_abs
-    else:
-        ratio = float("inf") if a.max_abs > 0 else float("nan")
-    return CategoryStatistics(a, b, c, float(ratio))
+    per_category = [_stats(kernel[mask]) for mask in merged_weight_categories(kernel, groups)]
+    top_a, top_c = per_category[0].max_abs, per_category[2].max_abs
+    ratio = top_a / top_c if top_c > 0 else (math.inf if top_a > 0 else math.nan)
+    return CategoryStatistics(*per_category, float(ratio))
 
 
 @torch.no_grad()
@@ -194,12 +191,10 @@ def state_size(kernels: Sequence[Tensor] | Mapping[str, Tensor]) -> int:
     Compared with ``==`` (``-0.0`` and ``0.0`` count once); NaN/Inf are refused
     (= :func:`repspec.reference.analysis.state_size`).
     """
-    if isinstance(kernels, Mapping):
-        items = [(f"kernels[{k!r}]", v) for k, v in kernels.items()]
-    elif isinstance(kernels, (list, tuple)):
-        items = [(f"kernels[{i}]", v) for i, v in enumerate(kernels)]
-    else:
+    if not isinstance(kernels, (Mapping, list, tuple)):
         raise TypeError(f"kernels must be a list/tuple or mapping of tensors, got {type(kernels).__name__}")
+    keyed = kernels.items() if isinstance(kernels, Mapping) else enumerate(kernels)
+    items = [(f"kernels[{k!r}]" if isinstance(kernels, Mapping) else f"kernels[{k}]", v) for k, v in keyed]
     if not items:
         raise ValueError("kernels must contain at least one tensor")
     total = 0

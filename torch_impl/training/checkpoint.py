@@ -330,11 +330,8 @@ def _check_model_state(model: nn.Module, tensors: Mapping[str, Tensor], source: 
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
     if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing key(s) {missing[:8]}{' …' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected key(s) {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+        parts = [f"{label} key(s) {keys[:8]}{' …' if len(keys) > 8 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
         raise CheckpointError(f"{source} does not match the model ({type(model).__name__}): {'; '.join(parts)}")
     for k, v in own.items():
         if k in tensors and tuple(tensors[k].shape) != tuple(v.shape):
