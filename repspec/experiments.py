@@ -92,7 +92,7 @@ QUICK = DemoConfig(image_size=16, epochs=4, hs_epochs=2, qat_epochs=1, oabn_thre
                    calibrators=("minmax", "percentile", "entropy"),
                    ptq_bits=(8, 6, 4), qat_bits=(4,), qat_models=("repvgg", "repvgg_oabn_s1"), calib_batches=2,
                    seeds=3)
-#: 5 seeds; the run README's table and claims come from (11.4 min CPU time; measured: README)
+#: 5 seeds; the run README's table and claims come from (381 s wall on 2 cores, one torch thread; README)
 FULL = DemoConfig(image_size=16, epochs=12, hs_epochs=4, qat_epochs=3, oabn_thresholds=(3.0, 1.0, 0.5),
                   calibrators=_CALIBRATORS, ptq_bits=(8, 6, 5, 4, 3), qat_bits=(4, 3),
                   qat_models=("repvgg", "repvgg_oabn_s1", "qarepvgg", "repopt_vgg"), seeds=5)
