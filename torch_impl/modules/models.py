@@ -76,6 +76,7 @@ from .blocks import (
     RepOptTargetBlock,
     RepVGGBlock,
     _LinearAddBlock,
+    _scale_vector,
 )
 from .oabn import check_oabn_gradient, check_oabn_threshold
 
@@ -336,18 +337,10 @@ def _scale_tensors(scales, layout, default: str = "unit") -> dict[str, torch.Ten
     out = {}
     for k, c in expected.items():
         v = scales[k]
-        try:
-            t = torch.as_tensor(v, device="cpu").detach()
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"scales[{k!r}] must be a tensor or array: {exc}") from None
-        if t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"scales[{k!r}] must be real-valued, got dtype {t.dtype}")
-        t = t.to(torch.float64)
-        if t.shape != (c,):
-            raise ValueError(f"scales[{k!r}] must have shape ({c},), got {tuple(t.shape)}")
-        if not torch.all(torch.isfinite(t)):
-            raise ValueError(f"scales[{k!r}] must be finite")
-        out[k] = t.clone()
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
+            # a scale state dict holds one (c,) vector per key; a bare number is not broadcast here
+            raise ValueError(f"scales[{k!r}] must have shape ({c},), got a scalar")
+        out[k] = _scale_vector(v, f"scales[{k!r}]", c).clone()
     return out
 
 
