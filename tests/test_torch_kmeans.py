@@ -27,13 +27,16 @@ import pytest
 import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from repspec.reference import kmeans as R
 from repspec.torch_impl.quantization import kmeans as T
 from tests import strategies as S
 
 CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
+#: "cpu-torch": CPU tensors sent down the device-generic torch path that CUDA tensors take
+#: (``T._COMPILED_CPU = False``, set by the autouse fixture below), so its logic runs without a GPU
+DEVICES = ["cpu", "cpu-torch", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
 EPS = 1e-9  # relative distance to a midpoint below which a decision may differ (SPEC §6)
 CENTROID_RTOL = 1e-12  # prefix-sum vs bincount sums, relative to max|v|
 SSE_RTOL = 1e-12
@@ -51,8 +54,21 @@ DP_SSE_RTOL = 1e-9
 
 
 
+@pytest.fixture(autouse=True)
+def _torch_path_on_cpu(request, monkeypatch):
+    """A test parametrized with ``device="cpu-torch"`` runs with the compiled CPU loops switched off."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("device") == "cpu-torch":
+        monkeypatch.setattr(T, "_COMPILED_CPU", False)
+
+
+def dev_type(device: str) -> str:
+    """The torch device type of a DEVICES entry."""
+    return "cpu" if device == "cpu-torch" else device
+
+
 def tt(a, device="cpu"):
-    return torch.as_tensor(np.asarray(a, dtype=np.float64)).to(device)
+    return torch.as_tensor(np.asarray(a, dtype=np.float64)).to(dev_type(device))
 
 
 def npy(t):
@@ -114,20 +130,22 @@ def test_matches_reference_bit_for_bit_on_cpu(init, method, v, k, seed, max_iter
     assert got.labels.dtype == torch.int64 and got.labels.shape == v.shape
 
 
-class dense_max:
-    """Force the DP's layer solver: ``dense_max(10**9)`` = dense, ``dense_max(0)`` = level recursion."""
+class dp_solver:
+    """Force the exact DP's solver (``T._FORCE_SOLVER``): ``'compiled'`` (the CPU default: Numba,
+    depth first), ``'dense'`` (one table; the small-n default elsewhere) or ``'levels'`` (the
+    breadth-first torch recursion; the large-n default elsewhere)."""
 
-    def __init__(self, value: int):
-        self.value = value
+    def __init__(self, name: str):
+        self.name = name
 
     def __enter__(self):
-        self.old, T._DENSE_MAX = T._DENSE_MAX, self.value
+        self.old, T._FORCE_SOLVER = T._FORCE_SOLVER, self.name
 
     def __exit__(self, *exc):
-        T._DENSE_MAX = self.old
+        T._FORCE_SOLVER = self.old
 
 
-SOLVERS = {"dense": 10**9, "levels": 0}
+SOLVERS = ["compiled", "dense", "levels"]
 
 
 def assert_same_optimum(got, ref, v, what=""):
@@ -138,7 +156,7 @@ def assert_same_optimum(got, ref, v, what=""):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", SOLVERS)
 @given(v=S.cluster_values(), k=ks)
 @example(v=np.array([0.0, 1.0, 2.0]), k=2)  # an exact tie: {0}{1,2} vs {0,1}{2}
 @example(v=np.array([-1.0, 0.0, 0.0, 1.0, 5.0, 6.0, 7.0]), k=3)  # duplicates
@@ -147,22 +165,41 @@ def assert_same_optimum(got, ref, v, what=""):
 @example(v=np.array([0.0, 0.0, 1.0, 1.0, 2.0]), k=5)  # k > #distinct: empty clusters at the max
 @example(v=np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0]), k=3)  # equally spaced: many tied splits
 def test_optimal_dp_equals_the_reference_quadratic_dp(device, solver, v, k):
+    if device != "cpu" and solver == "compiled":
+        pytest.skip("the compiled solver runs only with the CPU loops on (kmeans.py never picks it otherwise)")
     ref = R.kmeans_1d_optimal(v, k, method="quadratic")
-    with dense_max(SOLVERS[solver]):
+    with dp_solver(solver):
         got = T.kmeans_1d_optimal(tt(v, device), k)
     assert_same_optimum(got, ref, v, f"{solver} on {device}")
     if np.unique(v).size <= k:  # the exact rule: bit for bit
         assert np.array_equal(npy(got.centroids), ref.centroids)
-    assert got.n_iter == 0 and got.converged and got.centroids.device.type == device
+    assert got.n_iter == 0 and got.converged and got.centroids.device.type == dev_type(device)
 
 
+@pytest.mark.parametrize("solver", ["compiled", "levels"])
 @given(seed=S.seeds, n=st.integers(700, 3000), k=st.integers(2, 12), decimals=st.sampled_from([1, 2, 6]))
-def test_level_recursion_is_exact_on_larger_inputs(seed, n, k, decimals):
-    """Above ``_DENSE_MAX`` points the level recursion runs: exact against the reference's quadratic DP."""
+def test_recursions_are_exact_on_larger_inputs(solver, seed, n, k, decimals):
+    """The two monotone-split recursions (compiled depth first; torch level by level, which runs above
+    ``_DENSE_MAX`` points off the CPU) on hundreds to thousands of distinct values, duplicates and tied
+    splits included: exact against the reference's quadratic DP."""
     v = np.round(S.rng_from(seed).standard_t(3, n), decimals)
     assume(np.unique(v).size > T._DENSE_MAX)
     ref = R.kmeans_1d_optimal(v, k, method="quadratic")
-    assert_same_optimum(T.kmeans_1d_optimal(tt(v), k), ref, v)
+    with dp_solver(solver):
+        got = T.kmeans_1d_optimal(tt(v), k)
+    assert_same_optimum(got, ref, v, solver)
+
+
+def test_compiled_and_level_recursions_pick_the_same_splits_on_a_large_input():
+    """50,000 distinct t(3) values, k = 9: the compiled (CPU default) and the torch level recursion make the
+    same first-minimum decisions (the same float64 operations per candidate), so the same segmentation."""
+    v = tt(S.rng_from(7).standard_t(3, 50_000))
+    with dp_solver("compiled"):
+        a = T.kmeans_1d_optimal(v, 9)
+    with dp_solver("levels"):
+        b = T.kmeans_1d_optimal(v, 9)
+    assert torch.equal(a.centroids, b.centroids), (a.centroids, b.centroids)
+    assert a.sse == b.sse
 
 
 @given(v=S.cluster_values(), k=ks)
@@ -188,6 +225,77 @@ def test_cuda_dp_and_lloyd_stay_on_the_device_and_match_the_cpu(seed, n, k):
         assert gpu.sse == pytest.approx(cpu.sse, rel=1e-9), init
     opt = T.kmeans_1d_optimal(tt(v, "cuda"), k)
     assert opt.sse == pytest.approx(R.kmeans_1d_optimal(v, k).sse, rel=DP_SSE_RTOL)
+
+
+class HostRoundTrips(TorchDispatchMode):
+    """Counts host round trips: ``aten._local_scalar_dense`` (what ``.item()``, ``bool()``, ``int()`` and
+    ``float()`` of a tensor dispatch to) and any op that takes a CUDA tensor and returns a CPU one
+    (``.cpu()``, ``.tolist()``). On CPU tensors the first still counts, so the device-generic
+    path's round trips are counted without a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        outs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+        if func is torch.ops.aten._local_scalar_dense.default or (
+                any(t.device.type == "cuda" for t in ins) and any(t.device.type == "cpu" for t in outs)):
+            self.count += 1
+        return out
+
+
+def round_trips(fn):
+    with HostRoundTrips() as counter:
+        result = fn()
+    return counter.count, result
+
+
+@pytest.mark.parametrize("device", ["cpu-torch", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA,
+                                                                                                reason="no CUDA device"))])
+def test_device_path_makes_no_host_round_trip_per_iteration(device):
+    """Issue 11: on a GPU tensor the k-means loops stay on the device. kmeans++ makes none at all (its
+    random numbers are drawn up front); the exact DP's count does not grow with k; the sorted Lloyd
+    loop makes one per block of ``_SYNC_EVERY`` iterations (its convergence check); the whole default
+    ``kmeans_1d`` adds a fixed number (init, labels, SSE), whatever k and the iteration count."""
+    x = tt(S.rng_from(3).standard_t(3, 20_000), device)
+    for k in (4, 40):
+        count, c = round_trips(lambda: T._kmeans_pp(x, k, torch.Generator().manual_seed(0)))
+        assert count == 0, f"kmeans++ with k={k}: {count} host round trips"
+        assert c.device == x.device and torch.unique(c).numel() == k
+    dp = {}
+    for k in (3, 12):
+        with dp_solver("levels"):
+            dp[k], _ = round_trips(lambda: T.kmeans_1d_optimal(x, k))
+    assert dp[3] == dp[12], f"exact DP: {dp} host round trips for k = 3 / 12"
+    sv = T._SortedValues(x)
+    c0 = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64, device=x.device)  # far from the optimum
+    count, (c, n_iter, converged, _) = round_trips(lambda: T._lloyd_sorted_torch(sv, c0, 300))
+    assert n_iter > 2 * T._SYNC_EVERY, "the example should iterate over several blocks"
+    assert count == -(-n_iter // T._SYNC_EVERY), f"{count} round trips for {n_iter} Lloyd iterations"
+    whole = {}
+    for k, max_iter in ((4, 1), (40, 300)):
+        whole[k], r = round_trips(lambda: T.kmeans_1d(x, k, max_iter=max_iter, method="sorted"))
+        whole[k] -= -(-r.n_iter // T._SYNC_EVERY)
+    assert whole[4] == whole[40], f"kmeans_1d outside Lloyd: {whole} round trips for k = 4 / 40"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [3, 16, 100])
+def test_compiled_cpu_loops_equal_the_device_generic_torch_path(seed, k, monkeypatch):
+    """The compiled CPU loops (sort + prefix, binned DP, Lloyd, labels) and the torch path that CUDA
+    tensors take do the same float64 operations in the same order: on 2·10^5 continuous float32 values
+    the default ``kmeans_1d`` gives the same centroids, labels, iteration count and SSE, bit for bit."""
+    x = torch.from_numpy(S.rng_from(seed).standard_t(3, 200_000).astype(np.float32))
+    compiled = T.kmeans_1d(x, k)
+    monkeypatch.setattr(T, "_COMPILED_CPU", False)
+    generic = T.kmeans_1d(x, k)
+    assert torch.equal(compiled.centroids, generic.centroids), (compiled.centroids, generic.centroids)
+    assert torch.equal(compiled.labels, generic.labels)
+    assert (compiled.n_iter, compiled.converged) == (generic.n_iter, generic.converged)
+    assert compiled.sse == pytest.approx(generic.sse, rel=1e-12)  # run-by-run vs per-label summation
 
 
 # --------------------------------------------------------- prefix-sum path, any device
@@ -217,7 +325,7 @@ def test_sorted_path_matches_reference_except_near_midpoints(device, init, v, k,
     assert np.array_equal(npy(got.labels), ref.labels)
     assert (got.n_iter, got.converged) == (ref.n_iter, ref.converged)
     assert got.sse == pytest.approx(ref.sse, rel=1e-9, abs=1e-12 * scale**2)
-    assert got.centroids.device.type == device
+    assert got.centroids.device.type == dev_type(device)
 
 
 @given(v=S.cluster_values(), c=st.lists(st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 7.5]),
@@ -425,7 +533,7 @@ def test_default_init_is_binned_and_near_the_optimum(seed, k, df):
 def test_float32_values_give_float32_centroids_and_consistent_labels(device, v, k):
     x = tt(v, device).float()
     got = T.kmeans_1d(x, k)
-    assert got.centroids.dtype == torch.float32 and got.centroids.device.type == device
+    assert got.centroids.dtype == torch.float32 and got.centroids.device.type == dev_type(device)
     assert torch.equal(got.labels, T.assign(x, got.centroids))
     ref = R.kmeans_1d_optimal(npy(x).astype(np.float64), k)
     assert got.sse == pytest.approx(ref.sse, rel=1e-5, abs=1e-6 * float(np.abs(v).max()) ** 2)
@@ -491,8 +599,8 @@ def test_lookup_table_assignment_is_the_comparison_rule(device, dtype, seed, k, 
     """The large-input assignment (a table over 2^16 cells, one comparison per value) equals
     ``#{j : m_j < v}`` exactly — values placed exactly on midpoints included — or declines (``None``)."""
     rng = S.rng_from(seed)
-    v = torch.from_numpy(rng.standard_t(3, 3000)).to(device=device, dtype=dtype)
-    c = torch.sort(v[torch.from_numpy(rng.choice(3000, k, replace=False)).to(device)]).values
+    v = torch.from_numpy(rng.standard_t(3, 3000)).to(device=dev_type(device), dtype=dtype)
+    c = torch.sort(v[torch.from_numpy(rng.choice(3000, k, replace=False)).to(dev_type(device))]).values
     m = T._midpoints(c)
     x = torch.cat([v, m]) if on_midpoints else v
     got = T._lut_labels(x, m)

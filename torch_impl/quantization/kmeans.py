@@ -100,6 +100,23 @@ DEFAULT_BINS = None
 _F64 = torch.float64
 
 
+#: run the compiled CPU loops (:mod:`._cpu_kernels`) for CPU tensors; ``False`` sends CPU tensors down the
+#: device-generic torch path that CUDA tensors take (tests use it to run that path without a GPU)
+_COMPILED_CPU = True
+
+
+def _compiled(t: Tensor) -> bool:
+    """Whether ``t``'s work runs in the compiled CPU loops."""
+    return _COMPILED_CPU and t.device.type == "cpu"
+
+
+def _kernels():
+    """The compiled CPU loops (:mod:`._cpu_kernels`), imported on first use (Numba's import and first
+    compile stay out of ``import repspec``)."""
+    from . import _cpu_kernels
+    return _cpu_kernels
+
+
 class KMeansResult(NamedTuple):
     """SPEC §5: the result of :func:`kmeans_1d` / :func:`kmeans_1d_optimal`.
 
@@ -207,6 +224,12 @@ def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
         return None
     amb = torch.cat([m, m.new_full((1,), math.inf)]).index_select(0, torch.where(upto > base, base, m.numel()))
     scale = (g / (hi - lo)).to(flat.dtype)
+    if _compiled(flat):  # the same float operations and table, one compiled pass per value
+        out = torch.empty(flat.shape, dtype=torch.int64)
+        npdt = np.float32 if flat.dtype == torch.float32 else np.float64
+        _kernels().lut_labels(flat.detach().contiguous().numpy(), npdt(lo.item()), npdt(scale.item()), g,
+                              base.numpy(), amb.contiguous().numpy(), out.numpy())
+        return out
     cell = torch.sub(flat, lo).mul_(scale).clamp_(0, g - 1).to(torch.int32)  # ≥ 0: truncation is floor
     above = (amb.index_select(0, cell) < flat).view(torch.uint8)
     if m.numel() < 256:  # labels ≤ k − 1 ≤ 255: gather and add in uint8 (~2x less memory traffic), widen once
@@ -298,10 +321,15 @@ class _SortedValues:
 
     def __init__(self, flat: Tensor):
         self.n = flat.numel()
-        self.sorted = _sort(flat).to(_F64)
+        s = _sort(flat)
         self.prefix = torch.empty(self.n + 1, dtype=_F64, device=flat.device)
-        self.prefix[0] = 0.0
-        torch.cumsum(self.sorted, 0, out=self.prefix[1:])
+        if _compiled(s) and s.dtype in (torch.float32, _F64):  # widen and sum in one compiled pass
+            self.sorted = torch.empty(self.n, dtype=_F64)
+            _kernels().sorted_prefix(s.numpy(), self.sorted.numpy(), self.prefix.numpy())
+        else:
+            self.sorted = s.to(_F64)
+            self.prefix[0] = 0.0
+            torch.cumsum(self.sorted, 0, out=self.prefix[1:])
         self._distinct: Tensor | None = None
         self._counts: Tensor | None = None
 
@@ -375,22 +403,28 @@ def _quantile_numpy(sorted_v: Tensor, q: Tensor) -> Tensor:
 
 
 def _kmeans_pp(v: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """D² sampling, the reference's algorithm with torch's random stream (float64 ``v``, flat)."""
+    """D² sampling, the reference's algorithm with torch's random stream (float64 ``v``, flat).
+
+    Every random number is drawn up front (one index, then ``k − 1`` uniforms, from ``gen`` on its
+    device, moved once), and each pick stays a device tensor: no host round trip per centroid.
+    Pick ``t``: the first ``i`` with ``cumsum(D²)[i] > r_t·Σ D²`` — a point of positive weight; if
+    ``r_t·Σ D²`` rounds up to the total, the point where the running total last rises.
+    """
     n = v.numel()
-    gdev = gen.device
-    idx = int(torch.randint(n, (), generator=gen, device=gdev))
-    chosen = [v[idx]]
-    d2 = (v - v[idx]) ** 2
-    for _ in range(1, k):
+    first = torch.randint(n, (1,), generator=gen, device=gen.device).to(v.device)
+    draws = torch.rand(k - 1, generator=gen, device=gen.device, dtype=_F64).to(v.device)
+    chosen = torch.empty(k, dtype=_F64, device=v.device)
+    pick = v.index_select(0, first)
+    chosen[0:1] = pick
+    d2 = (v - pick) ** 2
+    for t in range(1, k):
         cum = torch.cumsum(d2, 0)
-        r = float(torch.rand((), generator=gen, device=gdev, dtype=_F64))
-        target = torch.tensor([r], dtype=_F64, device=v.device) * cum[-1]
-        idx = int(torch.searchsorted(cum, target, right=True))
-        if idx >= n or float(d2[idx]) == 0.0:  # r rounded up to the total: take the last positive weight
-            idx = int(torch.nonzero(d2).reshape(-1)[-1])
-        chosen.append(v[idx])
-        d2 = torch.minimum(d2, (v - v[idx]) ** 2)
-    return torch.sort(torch.stack(chosen)).values
+        idx = torch.searchsorted(cum, draws[t - 1:t] * cum[-1:], right=True)
+        last_rise = torch.searchsorted(cum, cum[-1:], right=False)
+        pick = v.index_select(0, torch.where(idx >= n, last_rise, idx))
+        chosen[t:t + 1] = pick
+        d2 = torch.minimum(d2, (v - pick) ** 2)
+    return torch.sort(chosen).values
 
 
 # ------------------------------------------------------------------------ exact DP
@@ -491,6 +525,23 @@ def _layer_dense(prev, table):
 _DENSE_MAX = 640
 
 
+#: the exact DP's solver, forced (tests): ``'compiled'``, ``'dense'`` or ``'levels'``; ``None`` chooses by
+#: device and size (:func:`_dp_solver`)
+_FORCE_SOLVER: str | None = None
+#: the compiled solver keeps splits as int32
+_COMPILED_MAX = 2**31 - 2
+
+
+def _dp_solver(n: int, device) -> str:
+    """CPU: the compiled depth-first recursion (:func:`._cpu_kernels.optimal_starts`, ~50 ms a layer at
+    10^6 points); elsewhere the dense table up to :data:`_DENSE_MAX` points, then the level recursion."""
+    if _FORCE_SOLVER is not None:
+        return _FORCE_SOLVER
+    if _COMPILED_CPU and torch.device(device).type == "cpu" and n <= _COMPILED_MAX:
+        return "compiled"
+    return "dense" if n <= _DENSE_MAX else "levels"
+
+
 def _optimal_segments(points: Tensor, weights: Tensor, k: int) -> Tensor:
     """Segment starts ``(k,)`` (int64, on the points' device) of the exact k-segmentation of
     sorted weighted ``points`` (``k < len(points)``); ties → the smallest split at every step."""
@@ -502,12 +553,15 @@ def _optimal_segments(points: Tensor, weights: Tensor, k: int) -> Tensor:
     s0 = torch.cat([zero, torch.cumsum(weights, 0)])
     s1 = torch.cat([zero, torch.cumsum(weights * x, 0)])
     s2 = torch.cat([zero, torch.cumsum(weights * x * x, 0)])
+    solver = _dp_solver(n, dev)
+    if solver == "compiled" and k > 1:
+        return torch.from_numpy(_kernels().optimal_starts(s0.numpy(), s1.numpy(), s2.numpy(), k))
     ar = torch.arange(n + 1, device=dev)
     d = _cost(s0, s1, s2, torch.zeros_like(ar), ar)
     d[0] = math.inf  # no point cannot form a cluster
     opts = []
     if k > 2:
-        if n <= _DENSE_MAX:
+        if solver == "dense":
             mm, ii = ar[:, None], ar[None, :]
             table = torch.where(mm < ii, _cost(s0, s1, s2, torch.minimum(mm, ii - 1).clamp_min(0), ii.clamp_min(1)),
                                 math.inf)
@@ -521,13 +575,13 @@ def _optimal_segments(points: Tensor, weights: Tensor, k: int) -> Tensor:
                 opts.append(opt)
     m = ar[k - 1:n]
     last = torch.argmin(d[m] + _cost(s0, s1, s2, m, torch.full_like(m, n)))  # first minimum
-    split = m[last]
+    split = m.index_select(0, last.reshape(1))  # (1,) tensors throughout: no host round trip
     starts = [split]
     for opt in reversed(opts):  # cluster j starts at opt_j[start of cluster j + 1]
-        split = opt[split]
+        split = opt.index_select(0, split)
         starts.append(split)
-    starts.append(torch.zeros((), dtype=torch.int64, device=dev))
-    return torch.stack(starts[::-1]) if k > 1 else torch.zeros(1, dtype=torch.int64, device=dev)
+    starts.append(torch.zeros(1, dtype=torch.int64, device=dev))
+    return torch.cat(starts[::-1]) if k > 1 else torch.zeros(1, dtype=torch.int64, device=dev)
 
 
 def _segment_means(points: Tensor, weights: Tensor, starts: Tensor) -> Tensor:
@@ -686,32 +740,14 @@ def _use_direct(method: str, flat: Tensor) -> bool:
 
 
 def _lloyd_sorted_cpu(sv: _SortedValues, c: Tensor, max_iter: int):
-    """The sorted Lloyd loop on the CPU in NumPy — :meth:`_SortedValues.run_ends` / :meth:`~_SortedValues.update`
-    step for step with the same float64 operations (so the same centroids, bit for bit), without torch's
-    per-call overhead (a k = 16 iteration is a dozen calls on ``k``-element arrays plus one binary search of
-    ``k − 1`` midpoints in the sorted values: microseconds instead of ~0.3 ms). Returns ``_lloyd``'s tuple."""
-    s, prefix, n = sv.sorted.numpy(), sv.prefix.numpy(), sv.n
-    c = c.numpy().copy()
-
-    def run_ends(c):
-        raw = np.empty(c.size, dtype=np.int64)
-        raw[:-1] = np.searchsorted(s, 0.5 * c[:-1] + 0.5 * c[1:], side="right")  # #{v <= m_j}
-        raw[-1] = n
-        return raw[np.searchsorted(c, c, side="right") - 1]  # a duplicate group's ends: its last member's
-
-    ends = run_ends(c)
-    starts = np.empty_like(ends)
-    for t in range(1, max_iter + 1):
-        starts[0] = 0
-        starts[1:] = ends[:-1]
-        counts = ends - starts
-        means = (prefix[ends] - prefix[starts]) / np.maximum(counts, 1).astype(np.float64)
-        c = np.sort(np.where(counts > 0, means, c))
-        new_ends = run_ends(c)
-        if np.array_equal(new_ends, ends):
-            return torch.from_numpy(c), t, True, None
-        ends = new_ends
-    return torch.from_numpy(c), max_iter, False, None
+    """The sorted Lloyd loop on the CPU, compiled (:func:`._cpu_kernels.lloyd_sorted`):
+    :meth:`_SortedValues.run_ends` / :meth:`~_SortedValues.update` step for step with the same
+    float64 operations (so the same centroids as :func:`_lloyd_sorted_torch`, bit for bit), without
+    torch's per-call overhead (a k = 16 iteration is ``k − 1`` binary searches and a few ``k``-element
+    loops: microseconds instead of ~0.3 ms). Returns ``_lloyd``'s tuple."""
+    c, n_iter, converged = _kernels().lloyd_sorted(sv.sorted.numpy(), sv.prefix.numpy(),
+                                                   c.detach().contiguous().numpy(), max_iter)
+    return torch.from_numpy(c), int(n_iter), bool(converged), None
 
 
 def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, method: str = "auto"):
@@ -746,7 +782,7 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
         return c, n_iter, False, labels
     if sv is None:
         sv = _SortedValues(flat)
-    if sv.sorted.device.type == "cpu":
+    if _compiled(sv.sorted):
         return _lloyd_sorted_cpu(sv, c, max_iter)
     return _lloyd_sorted_torch(sv, c, max_iter)
 
@@ -823,7 +859,7 @@ def _kmeans_sse(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor
         labels = _assign(v, c_out)
     else:
         labels = labels.reshape(v.shape)
-    if sv is not None and sv.sorted.device.type == "cpu":
+    if sv is not None and _compiled(sv.sorted):
         return c_out, labels, n_iter, converged, _sse_sorted(sv, c_out)
     return c_out, labels, n_iter, converged, _sse(v, c_out, labels)
 
