@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["optimal_starts", "lloyd_sorted", "lut_labels", "sorted_prefix"]
+__all__ = ["optimal_starts", "lloyd_sorted", "lut_labels", "sorted_prefix", "sse_runs"]
 
 _JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
@@ -176,3 +176,19 @@ def sorted_prefix(sorted_values, out_sorted, out_prefix):
         out_sorted[i] = x
         acc += x
         out_prefix[i + 1] = acc
+
+
+@njit(**_JIT)
+def sse_runs(s, c, ends):
+    """``Σ_j Σ_{E_{j−1} ≤ i < E_j} (s[i] − c[j])²`` (``E_{−1} = 0``), each run summed left to right."""
+    total = 0.0
+    start = 0
+    for j in range(c.size):
+        run = 0.0
+        cj = c[j]
+        for i in range(start, ends[j]):
+            d = s[i] - cj
+            run += d * d
+        total += run
+        start = max(start, ends[j])
+    return total

@@ -201,7 +201,7 @@ _LUT_CELLS = 1 << 16
 _LUT_MIN_VALUES = 1 << 17
 
 
-def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
+def _lut_labels(flat: Tensor, m: Tensor, bounds: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
     """``#{j : m_j < v}`` through a table over ``G`` equal cells of ``[min, max]``; ``None`` if it does not apply.
 
     A value's cell ``floor((v − lo)·G/(hi − lo))`` is computed in the values' dtype, so it
@@ -209,10 +209,11 @@ def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
     of the exact grid. Midpoints below that window count for every value of the cell
     (``base[c]``); midpoints above it for none; a midpoint inside it (``amb[c]``, at most
     one per cell, else ``None``) is compared: ``label = base[c] + (amb[c] < v)`` — the
-    same strict comparison as the scan, so the result is exactly the scan's.
+    same strict comparison as the scan, so the result is exactly the scan's. ``bounds``: the
+    values' ``(min, max)`` in their dtype when already known (the sorted path's ends).
     """
     g = _LUT_CELLS
-    lo, hi = torch.aminmax(flat)
+    lo, hi = torch.aminmax(flat) if bounds is None else bounds
     span = (hi - lo).to(_F64)
     if not bool(torch.isfinite(hi - lo) & (span > 0)):
         return None
@@ -237,10 +238,10 @@ def _lut_labels(flat: Tensor, m: Tensor) -> Tensor | None:
     return base.index_select(0, cell).add_(above)
 
 
-def _raw_labels(flat: Tensor, m: Tensor) -> Tensor:
+def _raw_labels(flat: Tensor, m: Tensor, bounds=None) -> Tensor:
     """``#{j : m_j < v}`` for every ``v`` (``torch.searchsorted(m, v, right=False)``), int64."""
     if flat.numel() >= _LUT_MIN_VALUES and flat.dtype in (torch.float32, _F64):
-        labels = _lut_labels(flat, m)
+        labels = _lut_labels(flat, m, bounds)
         if labels is not None:
             return labels
     if m.numel() + 1 <= _SCAN_MAX_K:
@@ -251,7 +252,7 @@ def _raw_labels(flat: Tensor, m: Tensor) -> Tensor:
     return torch.searchsorted(m, flat.contiguous(), right=False)
 
 
-def _assign(v: Tensor, c: Tensor) -> Tensor:
+def _assign(v: Tensor, c: Tensor, bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Labels of ``v`` (any shape) for sorted ``c`` of the same dtype (reference ``_assign``).
 
     ``label = #{j : m_j < v}`` (a value on a midpoint goes to the lower centroid), then
@@ -260,7 +261,7 @@ def _assign(v: Tensor, c: Tensor) -> Tensor:
     flat = v.reshape(-1)
     if c.numel() == 1:
         return torch.zeros(v.shape, dtype=torch.int64, device=v.device)
-    labels = _raw_labels(flat, _midpoints(c))
+    labels = _raw_labels(flat, _midpoints(c), bounds)
     if bool((c[1:] == c[:-1]).any()):
         labels = _first_of_group(c)[labels]
     return labels.reshape(v.shape)
@@ -813,6 +814,10 @@ def _sse_sorted(sv: _SortedValues, c: Tensor) -> float:
     (midpoints in the values' dtype, compared exactly in float64; equal centroids are equal, so the
     duplicate rule does not change a term), i.e. the runs ``(E_{j−1}, E_j]`` with ``E_j = #{v ≤ m_j}``.
     Each run's squared distances are summed in one reused float64 buffer (no ``n``-sized temporaries)."""
+    if _compiled(sv.sorted):  # one compiled pass
+        ends = torch.cat([torch.searchsorted(sv.sorted, _midpoints(c).to(_F64), right=True),
+                          torch.tensor([sv.n])])
+        return float(_kernels().sse_runs(sv.sorted.numpy(), c.to(_F64).contiguous().numpy(), ends.numpy()))
     ends = torch.searchsorted(sv.sorted, _midpoints(c).to(_F64), right=True).tolist() + [sv.n]
     c64 = c.to(_F64).tolist()
     buf = torch.empty(max(b - a for a, b in zip([0] + ends[:-1], ends)), dtype=_F64)
@@ -856,7 +861,8 @@ def _kmeans_sse(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor
     c, n_iter, converged, labels = _lloyd(flat, c, max_iter, sv, method)
     c_out = c.to(v.dtype)
     if labels is None or v.dtype != _F64:
-        labels = _assign(v, c_out)
+        bounds = None if sv is None else (sv.sorted[0].to(v.dtype), sv.sorted[-1].to(v.dtype))  # exact
+        labels = _assign(v, c_out, bounds)
     else:
         labels = labels.reshape(v.shape)
     if sv is not None and _compiled(sv.sorted):
