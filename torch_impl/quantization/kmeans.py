@@ -23,7 +23,15 @@ reference's; iterations run in blocks without a host round trip (:func:`_lloyd`)
 per-value labels are computed once at the end. ``method='direct'`` assigns all values
 and sums with ``bincount`` (``O(n)`` per iteration, bit-identical centroids to NumPy's
 ``bincount`` on the CPU); ``'auto'`` (default) is direct on the CPU up to 2^16 values,
-sorted otherwise. Everything runs in torch on the values' device (CPU or CUDA).
+sorted otherwise. Results stay on the values' device (CPU or CUDA). On a CUDA tensor
+every step is a torch kernel and no loop makes a host round trip per iteration (the
+sorted Lloyd loop checks convergence once per block of iterations; kmeans++ draws its
+random numbers up front; the DP backtracks on the device). On a CPU tensor the
+sequential scans — the sort's widening and prefix sums, the DP's split search, the
+sorted Lloyd loop, the per-value labels and the SSE — run as compiled loops
+(:mod:`._cpu_kernels`, Numba) with the torch path's float64 operations in the same
+order: the same results, bit for bit, at a fraction of the per-call overhead
+(``_COMPILED_CPU = False`` sends CPU tensors down the torch path; the tests run both).
 
 **k ≥ number of distinct values**: exact, as the reference — the centroids are the
 distinct values followed by ``k − d`` copies of the largest; no iterations; SSE 0.
@@ -41,12 +49,15 @@ and ``repspec quantize clusterqat``): on 10^6 values it reaches scikit-learn's
 ``KMeans(n_init=1)`` SSE or lower at a small fraction of its time
 (``benchmarks/bench_kmeans.py``; README "Performance").
 
-**The exact DP** (:func:`kmeans_1d_optimal`) is torch's own algorithm for the reference's
-recurrence (section comment above :func:`_cost`): a dense layer solver for a few hundred
-points, otherwise the monotone-split recursion evaluated level by level over all
-sub-problems at once (``O(k·n log n)`` work, no host synchronisation inside a layer).
-It is tested against the reference's readable quadratic DP (same optimal SSE; a
-different segmentation only as an exact tie).
+**The exact DP** (:func:`kmeans_1d_optimal`) is repspec's own algorithm for the reference's
+recurrence (section comment above :func:`_cost`): the monotone-split (divide-and-conquer)
+recursion, ``O(k·n log n)`` candidate evaluations. On the CPU it runs depth first as a
+compiled loop (~50 ms a layer at 10^6 distinct values: 10^6 values at k = 16 in less
+than scikit-learn's ``KMeans(16, n_init=1)`` time); elsewhere a dense layer solver for a
+few hundred points, else the same recursion evaluated level by level over all
+sub-problems at once (no host synchronisation inside a layer). Every solver is tested
+against the reference's readable quadratic DP (same optimal SSE; a different
+segmentation only as an exact tie).
 
 **Precision.** All arithmetic is float64 (other dtypes are converted for the
 computation); ``centroids`` are returned in the input's dtype and ``labels`` are the
@@ -89,8 +100,9 @@ __all__ = [
 ]
 
 #: the default init of kmeans_1d, KMeansWeightQuantizer and ``repspec quantize clusterqat``: the exact DP
-#: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at ~25-90x its speed on 10^6-2.4M
-#: values (benchmarks/bench_kmeans.py; README "Performance"); ``'optimal'`` is the exact optimum at a higher cost
+#: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at more than 50x its speed on
+#: 10^6-2.4M values, k = 16 and 256 (benchmarks/bench_kmeans.py; README "Performance"); ``'optimal'`` is the
+#: exact optimum at about 30x the default's cost
 DEFAULT_INIT = "binned"
 #: every init of :func:`kmeans_1d`; ``binned`` is torch-only (the 1M-value fast path)
 INITS = ("linear", "quantile", "kmeans++", "optimal", "binned", "warm")
@@ -431,12 +443,14 @@ def _kmeans_pp(v: Tensor, k: int, gen: torch.Generator) -> Tensor:
 # ------------------------------------------------------------------------ exact DP
 #
 # The recurrence is SPEC §5's (the reference's ``kmeans_1d_optimal``); the algorithm is
-# torch's own. Over ``n`` sorted weighted points with prefix sums ``s0, s1, s2`` (centred),
+# repspec's own. Over ``n`` sorted weighted points with prefix sums ``s0, s1, s2`` (centred),
 #   D_1[i] = cost(0, i),   D_j[i] = min_{m < i} D_{j-1}[m] + cost(m, i),   answer D_k[n],
 # and the optimal split ``opt_j(i)`` is monotone in ``i`` (the 1-D SSE cost is Monge).
-# Two layer solvers, chosen by size, give the same minima:
+# Three solvers (:func:`_dp_solver`) give the same minima:
+#   * compiled — CPU tensors: the monotone-split recursion depth first in a compiled loop
+#              (:func:`._cpu_kernels.optimal_starts`, all layers and the backtrack in one call);
 #   * dense  — all splits at once from one precomputed (n+1)×(n+1) cost table: 2 kernels a
-#              layer (small n: the binned init);
+#              layer (small n off the CPU: the binned init);
 #   * levels — the monotone-split recursion evaluated breadth first: the recursion tree
 #              over i ∈ [1, n] depends on n only, so it is built once (a :class:`_Plan`)
 #              and every level of every layer is a fixed-size batch of tensor kernels
@@ -760,9 +774,9 @@ def _lloyd(flat: Tensor, c: Tensor, max_iter: int, sv: _SortedValues | None, met
     * **direct** — assign every value (``O(n·min(k, log k))``), sums by ``torch.bincount``
       (serial on the CPU, so the centroids are bit-identical to NumPy's ``bincount`` sums);
     * **sorted** — sort once, then ``O(k log n)`` per iteration from run ends and prefix
-      sums (the module docstring). On the CPU the loop runs in NumPy on ``k``-element arrays
-      (:func:`_lloyd_sorted_cpu`: the same float64 operations, so the same centroids, ~10x
-      less per-call overhead); elsewhere (:func:`_lloyd_sorted_torch`) iterations run in
+      sums (the module docstring). On the CPU the loop is compiled
+      (:func:`_lloyd_sorted_cpu`: the same float64 operations, so the same centroids, without
+      per-call overhead); elsewhere (:func:`_lloyd_sorted_torch`) iterations run in
       blocks of :data:`_SYNC_EVERY` without a host round trip; once the run ends repeat, an update reproduces the same centroids
       (a fixed point), so the extra iterations of a block change nothing and ``n_iter`` is
       the first iteration whose run ends repeated.
@@ -809,25 +823,13 @@ def _lloyd_sorted_torch(sv: _SortedValues, c: Tensor, max_iter: int):
 
 
 def _sse_sorted(sv: _SortedValues, c: Tensor) -> float:
-    """``Σ (v − c_label)²`` over the sorted values for sorted ``c`` in the values' dtype — :func:`_sse` of
+    """``Σ (v − c_label)²`` over the sorted CPU values for sorted ``c`` in the values' dtype — :func:`_sse` of
     :func:`_assign`'s labels without touching the labels: value ``v`` gets ``c_j`` with ``j = #{m_i < v}``
     (midpoints in the values' dtype, compared exactly in float64; equal centroids are equal, so the
-    duplicate rule does not change a term), i.e. the runs ``(E_{j−1}, E_j]`` with ``E_j = #{v ≤ m_j}``.
-    Each run's squared distances are summed in one reused float64 buffer (no ``n``-sized temporaries)."""
-    if _compiled(sv.sorted):  # one compiled pass
-        ends = torch.cat([torch.searchsorted(sv.sorted, _midpoints(c).to(_F64), right=True),
-                          torch.tensor([sv.n])])
-        return float(_kernels().sse_runs(sv.sorted.numpy(), c.to(_F64).contiguous().numpy(), ends.numpy()))
-    ends = torch.searchsorted(sv.sorted, _midpoints(c).to(_F64), right=True).tolist() + [sv.n]
-    c64 = c.to(_F64).tolist()
-    buf = torch.empty(max(b - a for a, b in zip([0] + ends[:-1], ends)), dtype=_F64)
-    total, start = 0.0, 0
-    for cj, end in zip(c64, ends):
-        if end > start:
-            d = torch.sub(sv.sorted[start:end], cj, out=buf[: end - start])
-            total += float(torch.dot(d, d))
-        start = end
-    return total
+    duplicate rule does not change a term), i.e. the runs ``(E_{j−1}, E_j]`` with ``E_j = #{v ≤ m_j}``,
+    summed in one compiled pass (:func:`._cpu_kernels.sse_runs`)."""
+    ends = torch.cat([torch.searchsorted(sv.sorted, _midpoints(c).to(_F64), right=True), torch.tensor([sv.n])])
+    return float(_kernels().sse_runs(sv.sorted.numpy(), c.to(_F64).contiguous().numpy(), ends.numpy()))
 
 
 def _kmeans(v: Tensor, k: int, init: str, max_iter: int, gen, c_warm: Tensor | None, bins: int | None,
@@ -875,11 +877,12 @@ def kmeans_1d_optimal(values: Tensor, k: int) -> KMeansResult:
 
     Dynamic programming over the distinct sorted values with multiplicities: prefix
     sums ``S0, S1, S2`` (values centred) give ``cost(m, i) = S2 − S1²/S0``;
-    ``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` layer by layer — a dense
-    reduction for at most ``_DENSE_MAX`` points, else the monotone-split recursion run
-    level by level over all sub-problems (``O(k·n log n)`` work, ``O(k log n)`` batched
-    kernels, no host synchronisation inside a layer); backtracking on the device gives
-    the segments, whose means are the centroids; labels by :func:`assign`.
+    ``D_j[i] = min_{j−1 ≤ m < i} D_{j−1}[m] + cost(m, i)`` layer by layer by the
+    monotone-split recursion (``O(k·n log n)`` work): on the CPU a compiled depth-first
+    loop; elsewhere a dense reduction for at most ``_DENSE_MAX`` points, else the
+    recursion run level by level over all sub-problems (``O(k log n)`` batched kernels, no
+    host synchronisation inside a layer). Backtracking gives the segments, whose means are
+    the centroids; labels by :func:`assign`.
     ``k ≥`` #distinct values: the exact rule of the module docstring.
     """
     v = _check_values(values)
