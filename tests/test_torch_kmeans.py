@@ -298,6 +298,30 @@ def test_compiled_cpu_loops_equal_the_device_generic_torch_path(seed, k, monkeyp
     assert compiled.sse == pytest.approx(generic.sse, rel=1e-12)  # run-by-run vs per-label summation
 
 
+def test_workspace_reuse_changes_no_result_and_aliases_nothing(monkeypatch):
+    """The per-thread sort buffers (``T._Workspace``): a second call reuses them without touching what the
+    first returned; two live ``_SortedValues`` never share them; results equal those of fresh buffers."""
+    rng = S.rng_from(11)
+    a = torch.from_numpy(rng.standard_t(3, 150_000).astype(np.float32))
+    b = torch.from_numpy(rng.standard_t(5, 90_000))  # float64, fewer values: the same buffers, shorter views
+    first = T.kmeans_1d(a, 16)
+    kept = [t.clone() for t in (first.centroids, first.labels)]
+    second = T.kmeans_1d(b, 7)
+    assert torch.equal(first.centroids, kept[0]) and torch.equal(first.labels, kept[1])
+    opt = T.kmeans_1d_optimal(a[:5000], 5)
+    held = T._SortedValues(a)  # holds the lease...
+    other = T._SortedValues(b)  # ...so this one allocates its own buffers
+    assert held.sorted.data_ptr() != other.sorted.data_ptr()
+    assert torch.equal(held.sorted, torch.sort(a.double()).values)
+    assert torch.equal(other.sorted, torch.sort(b).values)
+    del held, other
+    monkeypatch.setattr(T, "_WORKSPACE_MAX", 0)  # fresh buffers every call
+    for got, want in ((first, T.kmeans_1d(a, 16)), (second, T.kmeans_1d(b, 7)),
+                      (opt, T.kmeans_1d_optimal(a[:5000], 5))):
+        assert torch.equal(got.centroids, want.centroids) and torch.equal(got.labels, want.labels)
+        assert (got.sse, got.n_iter) == (want.sse, want.n_iter)
+
+
 # --------------------------------------------------------- prefix-sum path, any device
 
 
