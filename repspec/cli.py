@@ -569,6 +569,8 @@ def _check_args(args) -> None:
     if hasattr(args, "device") and not (args.device == "cpu" or args.device == "cuda"
                                         or (args.device.startswith("cuda:") and args.device[5:].isdigit())):
         raise CLIError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if getattr(args, "model", None) is not None:
+        _check_model_name(args.model)
     if cmd in ("train", "hypersearch"):
         _check_data_args(args)
         inputs.append(args.data_dir)
@@ -807,7 +809,7 @@ def _setup_torch(args) -> str:
 
 
 def _check_model_name(name: str) -> None:
-    from repspec.torch_impl.modules.models import list_models
+    from repspec.architectures import list_models  # plain data: no torch import
 
     names = list_models()
     if name not in names:
@@ -1296,7 +1298,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "theorem":
             return 0 if theorem_demo(seed=args.seed, iterations=args.iterations) < 1e-9 else 1
         if cmd == "list-models":
-            from repspec.torch_impl.modules.models import list_models
+            from repspec.architectures import list_models
 
             print("\n".join(list_models()))
             return 0

@@ -278,7 +278,7 @@ def test_bad_arguments_are_one_line(official, tmp_path, capsys):
         (["convert", "--checkpoint", pth, "--model", "repvgg_tiny8", "--out", tmp_path / "d.safetensors",
           "--onnx", tmp_path / "d.txt"], "--onnx must end in .onnx"),
         (["verify", "--onnx", tmp_path / "missing.onnx"], "does not exist"),
-        (["verify", "--onnx", official / "deploy.onnx", "--model", "repvgg_z9"], "unknown model name"),
+        (["verify", "--onnx", official / "deploy.onnx", "--model", "repvgg_z9"], "unknown model 'repvgg_z9'"),
     ]
     for argv, message in cases:
         code, _, err = _run(capsys, argv + (FAST if argv[0] != "verify" else []))

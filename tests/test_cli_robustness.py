@@ -440,6 +440,9 @@ def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
         ["quantize", "ptq", "--checkpoint", tmp_path, "--out", tmp_path / "q", "--epochs", "3"],
         ["convert", "--checkpoint", tmp_path, "--out", "."],
         ["train", "--model", "repvgg_tiny8", "--dataset", "cifar10", "--out", tmp_path / "t"],
+        ["train", "--model", "repvgg_a9", "--out", tmp_path / "t"],  # not a registry name
+        ["hypersearch", "--model", "hs_vgg_nope", "--out", tmp_path / "s.json"],
+        ["evaluate", tmp_path / "x.pth", "--model", "resnet50"],
     ]
     out = _python("""
         import sys, json
@@ -451,6 +454,8 @@ def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["codes"] == [2] * len(cases) and not res["torch"], (res, out.stderr)
     assert out.stderr.count("\n") == len(cases), out.stderr
+    for name in ("repvgg_a9", "hs_vgg_nope", "resnet50"):
+        assert f"unknown model {name!r}; choose one of: " in out.stderr, out.stderr
 
 
 def test_the_cli_works_with_the_runtime_dependencies_only():
