@@ -298,6 +298,18 @@ def test_compiled_cpu_loops_equal_the_device_generic_torch_path(seed, k, monkeyp
     assert compiled.sse == pytest.approx(generic.sse, rel=1e-12)  # run-by-run vs per-label summation
 
 
+def test_without_numba_the_torch_path_runs_with_a_warning(monkeypatch):
+    """Numba missing (an install with ``--no-deps``): one RuntimeWarning, then the torch path — the same result."""
+    x = torch.from_numpy(S.rng_from(5).standard_t(3, 100_000).astype(np.float32))
+    want = T.kmeans_1d(x, 8)
+    monkeypatch.setattr(T, "_NUMBA", None)
+    monkeypatch.setattr(T.importlib.util, "find_spec", lambda name, *a: None if name == "numba" else object())
+    with pytest.warns(RuntimeWarning, match="numba is not installed"):
+        got = T.kmeans_1d(x, 8)
+    assert T._NUMBA is False
+    assert torch.equal(got.centroids, want.centroids) and torch.equal(got.labels, want.labels)
+
+
 def test_workspace_reuse_changes_no_result_and_aliases_nothing(monkeypatch):
     """The per-thread sort buffers (``T._Workspace``): a second call reuses them without touching what the
     first returned; two live ``_SortedValues`` never share them; results equal those of fresh buffers."""

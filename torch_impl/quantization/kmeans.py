@@ -76,9 +76,11 @@ values is not an error: it is the exact rule above.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 import threading
+import warnings
 import weakref
 from typing import NamedTuple
 
@@ -117,11 +119,29 @@ _F64 = torch.float64
 #: run the compiled CPU loops (:mod:`._cpu_kernels`) for CPU tensors; ``False`` sends CPU tensors down the
 #: device-generic torch path that CUDA tensors take (tests use it to run that path without a GPU)
 _COMPILED_CPU = True
+#: whether Numba can be imported (looked up once); without it CPU tensors take the torch path, which
+#: gives the same results bit for bit, only slower — so its absence is a warning, not an error
+_NUMBA: bool | None = None
+
+
+def _numba_available() -> bool:
+    global _NUMBA
+    if _NUMBA is None:
+        _NUMBA = importlib.util.find_spec("numba") is not None
+        if not _NUMBA:
+            warnings.warn("numba is not installed: the k-means runs its torch path on the CPU (the same results, "
+                          "several times slower); pip install numba", RuntimeWarning, stacklevel=3)
+    return _NUMBA
+
+
+def _compiled_cpu(device) -> bool:
+    """Whether work on ``device`` runs in the compiled CPU loops."""
+    return _COMPILED_CPU and torch.device(device).type == "cpu" and _numba_available()
 
 
 def _compiled(t: Tensor) -> bool:
     """Whether ``t``'s work runs in the compiled CPU loops."""
-    return _COMPILED_CPU and t.device.type == "cpu"
+    return _compiled_cpu(t.device)
 
 
 def _kernels():
@@ -609,7 +629,7 @@ def _dp_solver(n: int, device) -> str:
     10^6 points); elsewhere the dense table up to :data:`_DENSE_MAX` points, then the level recursion."""
     if _FORCE_SOLVER is not None:
         return _FORCE_SOLVER
-    if _COMPILED_CPU and torch.device(device).type == "cpu" and n <= _COMPILED_MAX:
+    if _compiled_cpu(device) and n <= _COMPILED_MAX:
         return "compiled"
     return "dense" if n <= _DENSE_MAX else "levels"
 
