@@ -394,13 +394,8 @@ class _SortedValues:
 
     def __init__(self, flat: Tensor):
         self.n = flat.numel()
-        if _compiled(flat) and flat.dtype in (torch.float32, _F64) and self._sort_in_workspace(flat):
-            pass
-        elif _compiled(flat) and flat.dtype in (torch.float32, _F64):  # widen and sum in one compiled pass
-            s = _sort(flat)
-            self.sorted = torch.empty(self.n, dtype=_F64)
-            self.prefix = torch.empty(self.n + 1, dtype=_F64)
-            _kernels().sorted_prefix(s.numpy(), self.sorted.numpy(), self.prefix.numpy())
+        if _compiled(flat) and flat.dtype in (torch.float32, _F64):
+            self._sort_compiled(flat)
         else:
             self.sorted = _sort(flat).to(_F64)
             self.prefix = torch.empty(self.n + 1, dtype=_F64, device=flat.device)
@@ -409,19 +404,21 @@ class _SortedValues:
         self._distinct: Tensor | None = None
         self._counts: Tensor | None = None
 
-    def _sort_in_workspace(self, flat: Tensor) -> bool:
-        """Sort (NumPy, in place) and widen + sum (compiled) into the thread's :class:`_Workspace`."""
+    def _sort_compiled(self, flat: Tensor) -> None:
+        """Sort (NumPy, in place, what ``np.sort`` does to its copy), then widen + sum in one compiled pass,
+        into the thread's :class:`_Workspace` when it is free, else into fresh buffers."""
+        src = flat.detach().contiguous().numpy()
         bufs = _WORKSPACE.lease(self, self.n)
         if bufs is None:
-            return False
-        f32, f64, prefix = bufs
-        src = flat.detach().contiguous().numpy()
-        work = f32 if src.dtype == np.float32 else f64
+            f64, prefix = np.empty(self.n), np.empty(self.n + 1)
+            work = f64 if src.dtype == np.float64 else np.empty(self.n, dtype=src.dtype)
+        else:
+            f32, f64, prefix = bufs
+            work = f64 if src.dtype == np.float64 else f32
         np.copyto(work, src)
-        work.sort()  # what np.sort does to its copy
+        work.sort()
         _kernels().sorted_prefix(work, f64, prefix)  # float64 input: widening in place is the identity
         self.sorted, self.prefix = torch.from_numpy(f64), torch.from_numpy(prefix)
-        return True
 
     def distinct(self) -> tuple[Tensor, Tensor]:
         if self._distinct is None:
