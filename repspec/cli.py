@@ -964,7 +964,6 @@ def cmd_train(args) -> int:
     from repspec.torch_impl.training.data import make_loaders
     from repspec.torch_impl.training.train import seed_everything, train_classifier
 
-    _check_model_name(args.model)
     device = _setup_torch(args)
     overrides = _model_overrides(args)
     is_repopt = args.model.startswith("repopt_vgg_")
@@ -1058,7 +1057,6 @@ def cmd_hypersearch(args) -> int:
     from repspec.torch_impl.training.data import make_loaders
     from repspec.torch_impl.training.train import evaluate, seed_everything
 
-    _check_model_name(args.model)
     device = _setup_torch(args)
     train_set, test_set, info = _load_train_data(args)
     seed_everything(args.seed)
