@@ -360,6 +360,17 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, sd: Any, model: nn.
                                           f"{tuple(v.shape)} in the checkpoint, the parameter has {tuple(p.shape)}")
 
 
+
+def _stored_component(manifest: dict, state, source: str, what: str, target) -> Any:
+    """The decoded ``what`` ('optimizer' / 'scheduler') state of a checkpoint, refused when it is missing or
+    was saved from another class than ``target``'s."""
+    if manifest.get(what) is None:
+        raise CheckpointError(f"{source} has no {what} state")
+    if manifest.get(f"{what}_class") != type(target).__name__:
+        raise CheckpointError(f"{source} holds {manifest.get(f'{what}_class')} state, cannot load it into "
+                              f"{type(target).__name__}")
+    return _decode(manifest[what], state, what)
+
 def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any | None = None, map_location=None, *, strict: bool = True) -> dict | None:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``,
@@ -383,20 +394,10 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     _check_model_state(model, weights, source, strict)
     opt_sd = sched_sd = None
     if optimizer is not None:
-        if manifest.get("optimizer") is None:
-            raise CheckpointError(f"{source} has no optimizer state")
-        if manifest.get("optimizer_class") != type(optimizer).__name__:
-            raise CheckpointError(f"{source} holds {manifest.get('optimizer_class')} state, cannot load it into "
-                                  f"{type(optimizer).__name__}")
-        opt_sd = _decode(manifest["optimizer"], state, "optimizer")
+        opt_sd = _stored_component(manifest, state, source, "optimizer", optimizer)
         _check_optimizer_state(optimizer, opt_sd, model, source)
     if scheduler is not None:
-        if manifest.get("scheduler") is None:
-            raise CheckpointError(f"{source} has no scheduler state")
-        if manifest.get("scheduler_class") != type(scheduler).__name__:
-            raise CheckpointError(f"{source} holds {manifest.get('scheduler_class')} state, cannot load it into "
-                                  f"{type(scheduler).__name__}")
-        sched_sd = _decode(manifest["scheduler"], state, "scheduler")
+        sched_sd = _stored_component(manifest, state, source, "scheduler", scheduler)
         if not isinstance(sched_sd, dict):
             raise CheckpointError(f"{source}: scheduler state is not a dict")
     extra = None if manifest.get("extra") is None else _decode(manifest["extra"], state, "extra", map_location)
