@@ -30,6 +30,14 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+# the name tables (identity modes, OABN gradients, AdamW mask placements) are the shared vocabulary's:
+# ``"grad_and_update"`` is the original ``RepOptimizerAdamW`` (``g ← M⊙g`` before the moments *and* the step
+# ``M ⊙ m̂/(sqrt(v̂)+eps)``), ``"grad"`` only ``g ← M⊙g`` (Adam's normalization then cancels ``M`` up to ``eps``)
+from repspec.core.checks import (check_adamw_hparams, check_bool, check_choice, check_int, check_nonneg_float,
+                                 check_positive_float, check_probability, check_real, check_sgd_hparams)
+from repspec.core.vocabulary import ADAMW_MASK_PLACEMENTS, IDENTITY_MODES
+from repspec.core.vocabulary import OABN_GRADIENTS as GRADIENT_MODES
+
 __all__ = [
     "checked",
     "as_float_array",
@@ -94,18 +102,6 @@ def as_float_array(
     return arr
 
 
-def check_int(value, name: str, *, min_value: int | None = None, max_value: int | None = None) -> int:
-    """Return ``value`` as a Python int in ``[min_value, max_value]`` or raise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if min_value is not None and value < min_value:
-        raise ValueError(f"{name} must be >= {min_value}, got {value}")
-    if max_value is not None and value > max_value:
-        raise ValueError(f"{name} must be <= {max_value}, got {value}")
-    return value
-
-
 def check_bits(bits, name: str = "bits", *, weights: bool = False) -> int:
     """Bit widths are integers in 1..16 (SPEC §5); symmetric narrow-range weights need ``>= 2``."""
     bits = check_int(bits, name, min_value=1, max_value=16)
@@ -126,39 +122,6 @@ def check_conv_config(in_channels, out_channels, stride, groups=1) -> tuple[int,
     return in_channels, out_channels, stride, groups
 
 
-def check_real(value, name: str) -> float:
-    """A real number (not ``bool``, not NaN) as a Python float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if np.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
-def check_positive_float(value, name: str, *, allow_inf: bool = False) -> float:
-    value = check_real(value, name)
-    if value <= 0 or (np.isinf(value) and not allow_inf):
-        rng = "(0, inf]" if allow_inf else "(0, inf)"
-        raise ValueError(f"{name} must be in {rng}, got {value}")
-    return value
-
-
-def check_nonneg_float(value, name: str) -> float:
-    value = check_real(value, name)
-    if value < 0 or np.isinf(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
-
-
-def check_probability(value, name: str, *, closed_right: bool = True) -> float:
-    value = check_real(value, name)
-    ok = 0 <= value <= 1 if closed_right else 0 <= value < 1
-    if not ok:
-        raise ValueError(f"{name} must be in [0, 1{']' if closed_right else ')'}, got {value}")
-    return value
-
-
 def check_same_shape(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{a_name} must have the same shape as {b_name} {b.shape}, got {a.shape}")
@@ -170,20 +133,6 @@ def check_vector(value, name: str, length: int | None = None) -> np.ndarray:
     if length is not None and arr.shape != (length,):
         raise ValueError(f"{name} must have shape ({length},), got {arr.shape}")
     return arr
-
-
-def check_bool(value, name: str) -> bool:
-    """A flag: Python ``bool`` or ``np.bool_`` (``0``/``1`` and other objects are refused)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
-def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
-    """A named option: one of the strings ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def checked(validate: Callable[..., dict]) -> Callable:
@@ -210,24 +159,9 @@ def checked(validate: Callable[..., dict]) -> Callable:
     return decorate
 
 
-def check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay) -> dict:
-    """``torch.optim.SGD``'s domain: ``lr, μ, λ ≥ 0``, ``τ ∈ [0, 1]``, nesterov needs ``μ > 0, τ = 0``."""
-    hp = dict(lr=check_nonneg_float(lr, "lr"), momentum=check_nonneg_float(momentum, "momentum"),
-              dampening=check_probability(dampening, "dampening"), nesterov=check_bool(nesterov, "nesterov"),
-              weight_decay=check_nonneg_float(weight_decay, "weight_decay"))
-    if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
-        raise ValueError(f"nesterov requires momentum > 0 and dampening == 0, got momentum={hp['momentum']}, "
-                         f"dampening={hp['dampening']}")
-    return hp
-
-
 # ------------------------------------------ argument validators of the formula modules
 # Each ``<function>_args`` takes the bound arguments of ``<function>`` and returns them
 # checked and converted; the formula is wrapped with ``@checked(<function>_args)``.
-
-#: the identity branch ``d·x``: trained and decayed (official; the theorem is exact), fixed (exact
-#: only without weight decay) or absent (needed when ``in != out`` or ``stride != 1``)
-IDENTITY_MODES = ("trainable", "constant", "none")
 
 
 def check_identity_mode(identity, in_channels: int, out_channels: int, stride: int = 1) -> str:
@@ -292,9 +226,6 @@ def sgd_step_args(param, grad, momentum_buffer, lr, momentum, dampening, nestero
     return dict(param=param, grad=as_float_array(grad, "grad", **like), momentum_buffer=momentum_buffer,
                 grad_mult_mask=mask, **hp)
 
-
-#: the values of OABN's ``gradient`` option (SPEC §4)
-GRADIENT_MODES = ("clip", "straight_through")
 
 
 def check_threshold(threshold, name: str = "threshold") -> float:
@@ -369,20 +300,6 @@ def oabn_eval_backward_args(dy, x, gamma, running_mean, running_var, threshold, 
 
 
 #: where the masked AdamW applies Grad Mult ``M``:
-#: ``"grad_and_update"`` (official ``RepOptimizerAdamW``: ``g ← M⊙g`` before the moments *and*
-#: the step is ``M ⊙ m̂/(sqrt(v̂)+eps)``), ``"grad"`` (only ``g ← M⊙g``; Adam's normalization then
-#: cancels ``M`` up to ``eps``, kept to document why the official code applies it twice).
-ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
-
-
-def check_adamw_hparams(lr, betas, eps, weight_decay) -> dict:
-    """``torch.optim.AdamW``'s domain: ``lr, eps, λ ≥ 0``, ``betas`` a pair in ``[0, 1)``."""
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    return dict(lr=check_nonneg_float(lr, "lr"),
-                betas=(check_probability(betas[0], "betas[0]", closed_right=False),
-                       check_probability(betas[1], "betas[1]", closed_right=False)),
-                eps=check_nonneg_float(eps, "eps"), weight_decay=check_nonneg_float(weight_decay, "weight_decay"))
 
 
 def adamw_step_args(param, grad, state, lr, betas, eps, weight_decay, grad_mult_mask, mask_placement):

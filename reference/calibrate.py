@@ -27,6 +27,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from repspec.core.vocabulary import (CALIBRATOR_OPTIONS, CALIBRATORS, DEFAULT_MOMENTUM, DEFAULT_MSE_CANDIDATES,
+                                    DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, DEFAULT_ZERO_BIN, ZERO_BIN_MODES)
+
 from ._checks import as_float_array, check_bits, check_choice, check_int, check_probability, check_real
 from .quant import activation_qparams, fake_quantize_activation
 
@@ -47,18 +50,6 @@ __all__ = [
     "calibrate",
 ]
 
-#: weight of the *new* batch in the moving average (PyTorch ``MovingAverageMinMaxObserver``'s default)
-DEFAULT_MOMENTUM = 0.01
-#: upper percentile (the lower one is ``100 − p``)
-DEFAULT_PERCENTILE = 99.99
-#: number of clipping ratios ``α ∈ {1/N, 2/N, …, 1}`` searched by :func:`mse_optimal`
-DEFAULT_MSE_CANDIDATES = 100
-#: histogram bins of :func:`entropy_kl` (TensorRT's value)
-DEFAULT_NUM_BINS = 2048
-#: how :func:`entropy_kl` treats histogram bin 0 (the bin holding exact zeros)
-ZERO_BIN_MODES = ("replace", "keep")
-#: NVIDIA pytorch-quantization's handling (``bins[0] = bins[1]``)
-DEFAULT_ZERO_BIN = "replace"
 
 
 def _flat(x, name: str = "x") -> np.ndarray:
@@ -291,15 +282,9 @@ def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAUL
 
 # ---------------------------------------------------------------------- entry point
 
-METHODS = ("minmax", "moving_average_minmax", "percentile", "mse", "entropy")
-
-_OPTIONS = {
-    "minmax": (),
-    "moving_average_minmax": ("momentum",),
-    "percentile": ("percentile",),
-    "mse": ("candidates",),
-    "entropy": ("num_bins", "zero_bin"),
-}
+#: the calibrator names (SPEC §5.calibrators)
+METHODS = CALIBRATORS
+_OPTIONS = CALIBRATOR_OPTIONS
 
 
 def calibrate(method: str, batches, bits, **options) -> tuple[float, float]:

@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from repspec.core.vocabulary import OPTIMAL_METHODS
+
 from ._checks import as_float_array, check_choice, check_int
 
 __all__ = [
@@ -59,7 +61,6 @@ __all__ = [
 #: the default init: the exact DP optimum — measured best (docs/05-quantization.md, "Choosing the init")
 DEFAULT_INIT = "optimal"
 INITS = ("linear", "quantile", "kmeans++", "optimal", "warm")
-OPTIMAL_METHODS = ("quadratic", "divide_and_conquer")
 
 
 class KMeansResult(NamedTuple):

@@ -40,6 +40,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# *[repspec]* the smallest nonzero scale, float32's smallest normal number: a computed scale below it
+# is a zero range (module docstring)
+from repspec.core.vocabulary import MIN_SCALE
+
 from ._checks import as_float_array, check_bits, check_bool, check_int, check_nonneg_float, check_real
 from .analysis import state_size  # SPEC §5 state size lives with the other weight statistics
 
@@ -60,9 +64,6 @@ __all__ = [
     "MIN_SCALE",
 ]
 
-#: *[repspec]* the smallest nonzero scale: float32's smallest normal number. A computed
-#: scale below it is a zero range (module docstring).
-MIN_SCALE = 2.0**-126
 
 
 # ------------------------------------------------------------------------ code ranges

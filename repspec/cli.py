@@ -20,7 +20,7 @@ Sub-commands (``repspec <command> --help`` for each):
 code: ``--checkpoint X.pth --model NAME`` (read with ``weights_only=True``, loaded strictly).
 
 Every argument and every output path is checked before torch is imported or data is
-loaded (:mod:`repspec.outputs` states the output rule: repspec replaces only what it
+loaded (:mod:`repspec.core.outputs` states the output rule: repspec replaces only what it
 wrote, and only with ``--overwrite``). Errors print one line and exit with status 2;
 Ctrl-C exits with 130; outputs are written next to their target and renamed in.
 """
@@ -34,10 +34,11 @@ import os
 import sys
 from pathlib import Path
 
-from repspec import __version__
-from repspec.outputs import OUTPUT_MANIFEST, OutputError, check_output, read_json_format, safetensors_metadata, \
+from repspec.core.version import __version__
+from repspec.core.outputs import OUTPUT_MANIFEST, OutputError, check_output, read_json_format, safetensors_metadata, \
     sweep_leftovers
-from repspec.runtime import DEFAULT_THREADS
+from repspec.core.runtime import DEFAULT_THREADS
+from repspec.core.vocabulary import CALIBRATORS
 
 __all__ = ["main", "theorem_demo", "build_parser", "CLIError"]
 
@@ -345,7 +346,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     qz.add_argument("--bits", type=_bits, default=8, help="weight bits (1..16; uniform weights need >= 2)")
     qz.add_argument("--act-bits", type=_bits, default=8, help="activation bits (1..16)")
     qz.add_argument("--calibrator", default="minmax",
-                    choices=["minmax", "moving_average_minmax", "percentile", "mse", "entropy"],
+                    choices=CALIBRATORS,
                     help="activation-range calibrator (ptq; for qat/clusterqat it sets the initial ranges)")
     qz.add_argument("--calib-batches", type=_positive_int, default=8, help="calibration batches")
     qz.add_argument("--per-channel", action="store_true",
@@ -809,7 +810,7 @@ def _setup_torch(args) -> str:
 
 
 def _check_model_name(name: str) -> None:
-    from repspec.architectures import list_models  # plain data: no torch import
+    from repspec.core.architectures import list_models  # plain data: no torch import
 
     names = list_models()
     if name not in names:
@@ -851,7 +852,7 @@ def _model_overrides(args) -> dict:
 
 def _load_data_from_settings(data: dict, data_dir=None):
     """(train, test, info) exactly as the checkpoint's run had them; the reloaded data must match the record."""
-    from repspec.torch_impl.training.data import load_dataset
+    from repspec.torch_impl.training.datasets import load_dataset
 
     name = data["dataset"]
     root = None if name == "digits" else (data_dir or data.get("data_dir"))
@@ -939,7 +940,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     import shutil
     import tempfile
 
-    from repspec.outputs import old_prefix
+    from repspec.core.outputs import old_prefix
 
     old = None
     if out.exists():
@@ -958,8 +959,8 @@ def cmd_train(args) -> int:
 
     import torch
 
-    from repspec.outputs import normal_mode, tmp_prefix
-    from repspec.runtime import bit_identity_differences, reproducibility_info
+    from repspec.core.outputs import normal_mode, tmp_prefix
+    from repspec.core.runtime import bit_identity_differences, reproducibility_info
     from repspec.torch_impl.modules.models import create_model
     from repspec.torch_impl.training.data import make_loaders
     from repspec.torch_impl.training.train import seed_everything, train_classifier
@@ -1033,7 +1034,7 @@ def cmd_train(args) -> int:
 
 
 def _load_train_data(args):
-    from repspec.torch_impl.training.data import load_dataset
+    from repspec.torch_impl.training.datasets import load_dataset
 
     return load_dataset(args.dataset, root=args.data_dir, image_size=args.image_size, seed=args.seed)
 
@@ -1072,11 +1073,11 @@ def cmd_hypersearch(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from repspec.runtime import reproducibility_info
+    from repspec.core.runtime import reproducibility_info
     from repspec.torch_impl.quantization.export import export_quantized
     from repspec.torch_impl.quantization.ptq import evaluate, ptq_quantize
     from repspec.torch_impl.training.data import make_loader, make_loaders
-    from repspec.torch_impl.training.io import atomic_directory, atomic_save_json
+    from repspec.torch_impl.io import atomic_directory, atomic_save_json
 
     device = _setup_torch(args)
     model = _build_model(args.source).to(device)
@@ -1173,7 +1174,7 @@ def _check_classes(model, info, source: Source) -> None:
 
 def cmd_analyze(args) -> int:
     from repspec.torch_impl.quantization.analysis import write_report
-    from repspec.torch_impl.training.io import atomic_directory
+    from repspec.torch_impl.io import atomic_directory
 
     _setup_torch(args)
     model = _build_model(args.source)
@@ -1188,7 +1189,7 @@ def cmd_analyze(args) -> int:
 
 def cmd_convert(args) -> int:
     from repspec.torch_impl.modules.deploy import convert_to_deploy
-    from repspec.torch_impl.training.io import atomic_save_safetensors
+    from repspec.torch_impl.io import atomic_save_safetensors
 
     _setup_torch(args)
     source = args.source
@@ -1296,7 +1297,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "theorem":
             return 0 if theorem_demo(seed=args.seed, iterations=args.iterations) < 1e-9 else 1
         if cmd == "list-models":
-            from repspec.architectures import list_models
+            from repspec.core.architectures import list_models
 
             print("\n".join(list_models()))
             return 0

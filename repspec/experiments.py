@@ -23,7 +23,7 @@ seeds, a sign test, and a verdict computed from the interval.
 
 Outputs (``out_dir``, replaced atomically): ``results.json`` (configuration, every
 per-seed value under ``runs``, the aggregates under ``models``, the claims, and the
-reproducibility conditions of :func:`repspec.runtime.reproducibility_info`), ``table.md``,
+reproducibility conditions of :func:`repspec.core.runtime.reproducibility_info`), ``table.md``,
 ``claims.md``, ``readme_section.md`` (both, ready to paste), ``timings.json`` (wall
 times, kept out of ``results.json`` so that a rerun on the same machine reproduces that
 file byte for byte), ``accuracy_vs_bits.png``, ``merged_weights_by_category.png`` and
@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from repspec.core.vocabulary import CALIBRATOR_SHORT_NAMES, CALIBRATORS
 
 __all__ = ["DemoConfig", "QUICK", "FULL", "DEMO_DATASETS", "run_demo", "run_qat", "model_seed", "aggregate",
            "evaluate_claims", "format_table", "format_claims", "render_results", "compare_verdicts", "load_results"]
@@ -86,7 +88,6 @@ class DemoConfig:
     train_limit: int | None = None
 
 
-_CALIBRATORS = ("minmax", "moving_average_minmax", "percentile", "mse", "entropy")
 #: 3 seeds; < 2 minutes on 2 otherwise idle CPU cores (measured: README)
 QUICK = DemoConfig(image_size=16, epochs=4, hs_epochs=2, qat_epochs=1, oabn_thresholds=(1.0,),
                    calibrators=("minmax", "percentile", "entropy"),
@@ -94,7 +95,7 @@ QUICK = DemoConfig(image_size=16, epochs=4, hs_epochs=2, qat_epochs=1, oabn_thre
                    seeds=3)
 #: 5 seeds; the run README's table and claims come from (381 s wall on 2 cores, one torch thread; README)
 FULL = DemoConfig(image_size=16, epochs=12, hs_epochs=4, qat_epochs=3, oabn_thresholds=(3.0, 1.0, 0.5),
-                  calibrators=_CALIBRATORS, ptq_bits=(8, 6, 5, 4, 3), qat_bits=(4, 3),
+                  calibrators=CALIBRATORS, ptq_bits=(8, 6, 5, 4, 3), qat_bits=(4, 3),
                   qat_models=("repvgg", "repvgg_oabn_s1", "qarepvgg", "repopt_vgg"), seeds=5)
 
 
@@ -251,7 +252,8 @@ def _category_values(model) -> dict[str, np.ndarray]:
 
 
 def _load_data(dataset: str, cfg: DemoConfig, seed: int, data_dir, difficulty):
-    from repspec.torch_impl.training.data import load_dataset, random_subset
+    from repspec.torch_impl.training.data import random_subset
+    from repspec.torch_impl.training.datasets import load_dataset
 
     if dataset == "cifar10":
         train_set, test_set, info = load_dataset("cifar10", root=data_dir)
@@ -368,8 +370,8 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
     import torch
     from tqdm.auto import tqdm
 
-    from repspec.runtime import reproducibility_info
-    from repspec.torch_impl.training.io import atomic_directory, atomic_save_json, json_default
+    from repspec.core.runtime import reproducibility_info
+    from repspec.torch_impl.io import atomic_directory, atomic_save_json, json_default
 
     cfg = _check_run_args(config or (QUICK if quick else FULL), seeds, seed, dataset, data_dir, difficulty)
     seed_list = [int(seed) + i for i in range(cfg.seeds)]
@@ -665,7 +667,7 @@ def format_table(results: dict) -> str:
     """The demo's results as one Markdown table of mean ± sd over the seeds (also printed on the terminal)."""
     cfg = results["config"]
     cals = cfg["calibrators"]
-    short = {"minmax": "mm", "moving_average_minmax": "ma", "percentile": "pct", "mse": "mse", "entropy": "kl"}
+    short = CALIBRATOR_SHORT_NAMES
     qat_cols = [f"{m}_w{b}" for b in cfg["qat_bits"] for m in ("qat", "clusterqat")]
     head = (["model", "FP32"] + [f"INT8 {short.get(c, c)}" for c in cals]
             + [f"PTQ W{b}A{cfg['act_bits']}" for b in cfg["ptq_bits"] if b != 8]
@@ -770,7 +772,7 @@ def format_conditions(results: dict) -> str:
 
 
 def _write_markdown(results: dict, out: Path) -> None:
-    from repspec.torch_impl.training.io import atomic_write_text
+    from repspec.torch_impl.io import atomic_write_text
 
     table, claims, cond = format_table(results), format_claims(results), format_conditions(results)
     atomic_write_text(out / "table.md", table + "\n")

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from repspec.cli import build_parser, main  # noqa: E402
-from repspec.runtime import DEFAULT_THREADS  # noqa: E402
+from repspec.core.runtime import DEFAULT_THREADS  # noqa: E402
 
 TINY = ["--image-size", "8", "--batch-size", "256", "--no-progress"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,7 +321,7 @@ def test_a_renamed_model_in_the_manifest_is_refused(ckpt, tmp_path, capsys):
 
 
 def test_evaluate_a_checkpoint_its_deploy_file_and_a_quantized_export(ckpt, tmp_path, capsys):
-    from repspec.outputs import safetensors_metadata
+    from repspec.core.outputs import safetensors_metadata
 
     dep = tmp_path / "deploy.safetensors"
     assert _run(capsys, ["convert", "--checkpoint", ckpt, "--out", dep])[0] == 0
@@ -629,7 +629,7 @@ _MARKERS = {"convert": 2, "quantize": 9, "analyze": 5}
 @pytest.mark.parametrize("command", ["convert", "quantize", "analyze"])
 def test_a_kill_at_a_random_point_leaves_old_or_new_output_and_the_next_run_cleans_up(ckpt, analysis, tmp_path,
                                                                                       capsys, command):
-    from repspec.outputs import owned_directory, owned_file
+    from repspec.core.outputs import owned_directory, owned_file
 
     c = _copy_ckpt(ckpt, tmp_path / "c")
     out = tmp_path / ("out.safetensors" if command == "convert" else "out")
@@ -674,7 +674,7 @@ def test_a_kill_at_a_random_point_leaves_old_or_new_output_and_the_next_run_clea
 def test_json_outputs_write_null_never_nan(tmp_path):
     import numpy as np
 
-    from repspec.torch_impl.training.io import atomic_save_json, json_default
+    from repspec.torch_impl.io import atomic_save_json, json_default
 
     p = atomic_save_json({"a": float("nan"), "b": np.array([1.0, np.inf]), "c": {"d": -float("inf")}},
                          tmp_path / "x.json", default=json_default, allow_nan=True)

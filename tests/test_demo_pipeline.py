@@ -92,7 +92,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, kwargs, 
 def test_digits_variations_difficulty_knob():
     import torch
 
-    from repspec.torch_impl.training.data import load_dataset
+    from repspec.torch_impl.training.datasets import load_dataset
     from repspec.torch_impl.training.synthetic import load_digits_variations
 
     plain, _, _ = load_dataset("digits", image_size=8, seed=0)

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from repspec.reference import analysis as ra
 from repspec.reference.repvgg import RepVGGBlock as RefRepVGGBlock
 from repspec.torch_impl.quantization import analysis as ta
+from repspec.torch_impl.quantization import quant as tq
 from repspec.torch_impl import create_model
-from repspec.torch_impl.modules.interop import module_arrays, reference_block_for
+from repspec.torch_impl.modules.interop import module_arrays
+from tests.twins import reference_block_for
 from repspec.torch_impl.quantization.ptq import ptq_quantize
 from tests.strategies import rng_from, seeds
 
@@ -106,8 +108,8 @@ def test_oabn_identity_ratio_is_clipped():
 def test_state_size_matches_reference(seed):
     rng = rng_from(seed)
     arrays = [np.round(rng.standard_normal((3, 4)), 1), np.array([0.0, -0.0, 1.0]), rng.integers(-3, 3, 7) / 2.0]
-    assert ta.state_size([torch.from_numpy(a) for a in arrays]) == ra.state_size(arrays)
-    assert ta.state_size({"a": torch.from_numpy(arrays[0])}) == ra.state_size({"a": arrays[0]})
+    assert tq.state_size([torch.from_numpy(a) for a in arrays]) == ra.state_size(arrays)
+    assert tq.state_size({"a": torch.from_numpy(arrays[0])}) == ra.state_size({"a": arrays[0]})
 
 
 def test_state_size_of_quantized_model_is_small():
@@ -116,7 +118,7 @@ def test_state_size_of_quantized_model_is_small():
     data = [torch.randn(2, 3, 8, 8)]
     q = ptq_quantize(model, data, weight_bits=3, act_bits=8, num_batches=1, progress=False)
     assert q.state_size() <= 7 * len(q.quantized_layers())  # at most 2^3 − 1 levels per layer
-    fp = ta.state_size({n: k for n, (k, _) in ta.fused_kernels(model).items() if n != "stage0"})
+    fp = tq.state_size({n: k for n, (k, _) in ta.fused_kernels(model).items() if n != "stage0"})
     assert fp > q.state_size()
 
 
@@ -150,9 +152,9 @@ def test_analysis_bad_input(tmp_path):
     with pytest.raises(ValueError, match="finite"):
         ta.category_statistics(torch.full((1, 1, 3, 3), float("nan")))
     with pytest.raises(ValueError, match="finite"):
-        ta.state_size([torch.tensor([1.0, float("inf")])])
+        tq.state_size([torch.tensor([1.0, float("inf")])])
     with pytest.raises(ValueError, match="at least one"):
-        ta.state_size([])
+        tq.state_size([])
     with pytest.raises(TypeError, match="model must be a VGGNet"):
         ta.write_report(torch.nn.Linear(2, 2), tmp_path)
     with pytest.raises(ValueError, match="bins"):

@@ -40,9 +40,9 @@ from repspec.torch_impl import (
     list_models,
     load_reference_arrays,
     module_arrays,
-    reference_network_for,
     repopt_from_csla,
 )
+from tests.twins import reference_network_for
 from tests.strategies import grouped_block_shapes, seeds
 from tests.tolerances import assert_close, assert_trees_close
 

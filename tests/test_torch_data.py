@@ -20,7 +20,6 @@ from repspec.torch_impl.training.data import (
     RandomCropFlip,
     load_cifar10,
     load_cifar100,
-    load_dataset,
     load_digits_dataset,
     load_image_folder,
     make_loader,
@@ -29,6 +28,7 @@ from repspec.torch_impl.training.data import (
     read_cifar_binary,
     stratified_split,
 )
+from repspec.torch_impl.training.datasets import load_dataset
 
 
 

@@ -27,7 +27,8 @@ from repspec.reference import optim as ref_optim
 from repspec.reference import repopt as ref_repopt
 from repspec.reference.network import train
 from repspec.torch_impl.optimizers.hypersearch import build_hypersearch_optimizer, extract_scales, train_hypersearch
-from repspec.torch_impl.modules.interop import module_arrays, reference_network_for
+from repspec.torch_impl.modules.interop import module_arrays
+from tests.twins import reference_network_for
 from repspec.torch_impl.modules.models import create_model, expected_scale_keys, repopt_from_csla
 from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer, weight_decay_groups
 from tests.strategies import seeds, sgd_hparams, vggnet_layouts

@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 
 from repspec.reference import optim as ref_optim
 from repspec.reference.network import Network, train
-from repspec.torch_impl import create_model, load_reference_arrays, module_arrays, reference_network_for
+from repspec.torch_impl import create_model, load_reference_arrays, module_arrays
+from tests.twins import reference_network_for
 from tests.strategies import seeds, sgd_hparams, vggnet_layouts
 from tests.tolerances import assert_close, assert_trees_close
 

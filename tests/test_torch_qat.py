@@ -44,7 +44,8 @@ from repspec.reference import qat as RQ
 from repspec.reference import quant as RQu
 from repspec.reference.kmeans import assign as ref_assign
 from repspec.reference.network import train
-from repspec.torch_impl import create_model, load_reference_arrays, module_arrays, reference_network_for
+from repspec.torch_impl import create_model, load_reference_arrays, module_arrays
+from tests.twins import reference_network_for
 from repspec.torch_impl.quantization import qat as TQ
 from repspec.torch_impl.modules.blocks import CSLABlock, FusedConvBlock, RepVGGBlock
 from repspec.torch_impl.quantization.quant import ActivationFakeQuant

@@ -10,8 +10,9 @@ from .modules.blocks import (
     ScaleLayer,
     SEBlock,
 )
+from .modules.kernels import csla_equivalent_kernel
 from .modules.deploy import convert_to_deploy, fuse_block
-from .modules.interop import load_reference_arrays, module_arrays, reference_block_for, reference_network_for
+from .modules.interop import load_reference_arrays, module_arrays
 from .modules.models import (
     VGGNet,
     create_model,
@@ -28,7 +29,6 @@ from .optimizers.repoptimizer import (
     RepOptimizerAdamW,
     RepOptimizerSGD,
     build_grad_mult_masks,
-    csla_equivalent_kernel,
     build_repoptimizer,
     grad_mult_mask_from_scales,
     reinit_from_scales,
@@ -57,5 +57,6 @@ from .quantization.quant import ActivationFakeQuant, activation_qparams, fake_qu
 # data, training loops and checkpoints (the command line's building blocks)
 from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.official import OfficialCheckpointError, load_official_checkpoint, load_official_scales
-from .training.data import load_dataset, load_digits_dataset, make_loaders
+from .training.data import load_digits_dataset, make_loaders
+from .training.datasets import load_dataset
 from .training.train import evaluate, train_classifier

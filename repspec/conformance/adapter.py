@@ -39,6 +39,8 @@ from typing import Any, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from repspec.core.vocabulary import IDENTITY_MODES
+
 __all__ = [
     "NotProvided",
     "ConformanceAdapter",
@@ -152,8 +154,8 @@ class BlockSpec:
             raise ValueError(f"BlockSpec.kind must be one of {BLOCK_KINDS}, got {self.kind!r}")
         if self.kind not in ("repvgg", "qarepvgg") and self.groups != 1:
             raise ValueError(f"groups must be 1 for kind {self.kind!r}, got {self.groups}")
-        if self.kind == "csla" and self.identity not in ("trainable", "constant", "none"):
-            raise ValueError(f"identity must be 'trainable', 'constant' or 'none', got {self.identity!r}")
+        if self.kind == "csla" and self.identity not in IDENTITY_MODES:
+            raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {self.identity!r}")
 
     @property
     def has_identity(self) -> bool:

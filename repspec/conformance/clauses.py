@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from hypothesis import strategies as st
 
+from repspec.core.vocabulary import IDENTITY_MODES, OABN_GRADIENTS
 from repspec.reference import kmeans as ref_kmeans
 from repspec.reference import oabn as ref_oabn
 from repspec.reference import optim as ref_optim
@@ -851,7 +852,7 @@ def _oabn_cases(draw) -> dict:
     n, c = draw(st.integers(2, 3)), draw(st.integers(1, 3))
     h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     threshold = draw(st.sampled_from([1.0, INF, 0.5, 2.0]))
-    gradient = draw(st.sampled_from(["clip", "straight_through"]))
+    gradient = draw(st.sampled_from(OABN_GRADIENTS))
     momentum = draw(st.sampled_from([0.1, 1.0, 0.5]))
     eps = draw(st.sampled_from([1e-5, 1e-3]))
     seed = draw(seeds)
@@ -1326,10 +1327,10 @@ def _train_cases(draw) -> dict:
         if kind == "repvgg_oabn":
             kind = "repvgg"
             extra.update(oabn_threshold=draw(st.sampled_from([1.0, 0.5, 2.0])),
-                         oabn_gradient=draw(st.sampled_from(["clip", "straight_through"])))
+                         oabn_gradient=draw(st.sampled_from(OABN_GRADIENTS)))
         if kind == "csla":
             can = cin == cout and stride == 1
-            extra["identity"] = draw(st.sampled_from(["trainable", "constant", "none"])) if can else "none"
+            extra["identity"] = draw(st.sampled_from(IDENTITY_MODES)) if can else "none"
         prefix = "stage0" if j == 0 else f"stage1.{j - 1}"
         specs.append(BlockSpec(kind, prefix, cin, cout, stride, groups, **extra))
         cin = cout

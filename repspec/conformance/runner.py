@@ -698,7 +698,7 @@ def run_from_args(args: argparse.Namespace, out=None) -> int:
     else:
         print(report, file=out)
     if args.json and args.json != "-":
-        from repspec.torch_impl.training.io import atomic_write_text
+        from repspec.torch_impl.io import atomic_write_text
 
         try:
             atomic_write_text(args.json, report.to_json())

@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .oabn import OABN, bn_factor, check_oabn_gradient, check_oabn_threshold
+from repspec.core.vocabulary import IDENTITY_MODES
+
+from .kernels import csla_equivalent_kernel, fold_bn, identity_kernel, pad_1x1_to_3x3
+from .oabn import OABN, check_oabn_gradient, check_oabn_threshold
 
 __all__ = [
     "ScaleLayer",
@@ -32,15 +35,9 @@ __all__ = [
     "RepOptTargetBlock",
     "FusedConvBlock",
     "conv_bn",
-    "identity_kernel",
-    "pad_1x1_to_3x3",
-    "fold_bn",
     "block_kernel_bias",
-    "CSLA_IDENTITY_MODES",
 ]
 
-#: values of ``CSLABlock(identity=...)``
-CSLA_IDENTITY_MODES = ("trainable", "constant", "none")
 
 
 # ------------------------------------------------------------------------ validation
@@ -100,35 +97,6 @@ def _scale_vector(value, name: str, channels: int) -> torch.Tensor:
     if not torch.all(torch.isfinite(t)):
         raise ValueError(f"{name} must contain only finite values")
     return t
-
-
-# ----------------------------------------------------------------- kernel helpers
-
-
-def pad_1x1_to_3x3(k1: torch.Tensor) -> torch.Tensor:
-    """SPEC §0 ``pad(K1)``: ``(O, I, 1, 1) → (O, I, 3, 3)`` with the value at the center."""
-    return F.pad(k1, [1, 1, 1, 1])
-
-
-def identity_kernel(channels: int, groups: int = 1, *, dtype=None, device=None) -> torch.Tensor:
-    """SPEC §0 ``I_c``: ``(C, C/groups, 3, 3)`` with ``I[o, o mod (C/groups), 1, 1] = 1``."""
-    per_group = channels // groups
-    kernel = torch.zeros(channels, per_group, 3, 3, dtype=dtype, device=device)
-    o = torch.arange(channels, device=device)
-    kernel[o, o % per_group, 1, 1] = 1.0
-    return kernel
-
-
-def _per_channel(v: torch.Tensor) -> torch.Tensor:
-    return v[:, None, None, None]
-
-
-def fold_bn(kernel: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``BN(conv(x; K) + b)`` in eval mode as one conv: ``(t·K, t·(b − μ) + β)`` (SPEC §0, §2)."""
-    t = bn_factor(bn)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(t)
-    b = -bn.running_mean if bias is None else bias - bn.running_mean
-    return kernel * _per_channel(t), beta + b * t
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, groups: int = 1, *,
@@ -429,8 +397,6 @@ class _LinearAddBlock(_ReparamMixin, nn.Module):
         """SPEC §3 ``W' = α3·K3 + α1·pad(K1) + diag(d)·I_c`` (BN not included; differentiable)."""
         if self.deployed:
             raise RuntimeError("the block is deployed; its branches (and W') are gone")
-        from ..optimizers.repoptimizer import csla_equivalent_kernel  # noqa: PLC0415 - one source for W'
-
         d = self.scale_identity.weight if self.has_identity else None
         return csla_equivalent_kernel(self.conv.weight, self.conv_1x1.weight, self.scale_conv.weight,
                                       self.scale_1x1.weight, d)
@@ -465,9 +431,9 @@ class CSLABlock(_LinearAddBlock):
         if identity is None:
             identity = "trainable" if possible else "none"
         if not isinstance(identity, str):
-            raise TypeError(f"identity must be one of {CSLA_IDENTITY_MODES} or None, got {type(identity).__name__}")
-        if identity not in CSLA_IDENTITY_MODES:
-            raise ValueError(f"identity must be one of {CSLA_IDENTITY_MODES} or None, got {identity!r}")
+            raise TypeError(f"identity must be one of {IDENTITY_MODES} or None, got {type(identity).__name__}")
+        if identity not in IDENTITY_MODES:
+            raise ValueError(f"identity must be one of {IDENTITY_MODES} or None, got {identity!r}")
         if identity != "none" and not possible:
             raise ValueError(f"identity={identity!r} needs in_channels == out_channels and stride == 1, got "
                              f"in_channels={in_channels}, out_channels={out_channels}, stride={stride}; "
@@ -572,8 +538,6 @@ class RepOptTargetBlock(_ReparamMixin, nn.Module):
         w = self.conv.weight
         if w.is_meta:  # shapes only: nothing to initialize
             return
-        from ..optimizers.repoptimizer import csla_equivalent_kernel  # noqa: PLC0415 - one source for W'
-
         dtype = w.dtype
         k3 = _kaiming_uniform((o, self.in_channels, 3, 3), dtype, generator)  # on the CPU
         k1 = _kaiming_uniform((o, self.in_channels), dtype, generator)

@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 # the registry is plain data in a torch-free module (the CLI checks names before importing torch)
-from repspec.architectures import (
+from repspec.core.architectures import (
     _COMMON_OVERRIDES,
     _FAMILIES,
     ARCHITECTURES,
@@ -76,9 +76,9 @@ from repspec.architectures import (
     ArchConfig,
     list_models,
 )
+from repspec.core.vocabulary import IDENTITY_MODES
 
 from .blocks import (
-    CSLA_IDENTITY_MODES,
     CSLABlock,
     HyperSearchBlock,
     QARepVGGBlock,
@@ -366,8 +366,8 @@ def _resolve(name, num_classes, overrides) -> tuple[ArchConfig, dict[str, Any]]:
         raise ValueError("keep_post_bn=True needs deploy=True (a training-form QARepVGG block always has its post-BN)")
     if "groups" in opts:
         opts["groups_map"] = _groups_map(opts.get("groups"), opts.pop("override_groups_map", None))
-    if "identity" in opts and opts["identity"] not in CSLA_IDENTITY_MODES:
-        raise ValueError(f"identity must be one of {CSLA_IDENTITY_MODES}, got {opts['identity']!r}")
+    if "identity" in opts and opts["identity"] not in IDENTITY_MODES:
+        raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {opts['identity']!r}")
     if opts.get("seed") is not None and (isinstance(opts["seed"], bool)
                                          or not isinstance(opts["seed"], numbers.Integral)):
         raise TypeError(f"seed must be an int or None, got {type(opts['seed']).__name__}")

@@ -15,10 +15,11 @@ import numbers
 import torch
 from torch import nn
 
+# the gradient modes through the clip (SPEC §4): exact derivative of the clip, or identity
+from repspec.core.vocabulary import OABN_GRADIENTS
+
 __all__ = ["OABN", "OABN_GRADIENTS", "bn_factor", "check_oabn_threshold", "check_oabn_gradient"]
 
-#: the gradient modes through the clip (SPEC §4): exact derivative of the clip, or identity
-OABN_GRADIENTS = ("clip", "straight_through")
 
 
 def check_oabn_threshold(value, name: str = "threshold") -> float:

@@ -32,14 +32,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from repspec.core.vocabulary import ADAMW_MASK_PLACEMENTS, IDENTITY_MODES, NESTEROV_ROUNDINGS
+
+from ..modules.blocks import RepOptTargetBlock
+from ..modules.kernels import csla_equivalent_kernel
 
 __all__ = [
     "RepOptimizerSGD",
     "RepOptimizerAdamW",
     "grad_mult_mask_from_scales",
-    "csla_equivalent_kernel",
     "imaginary_kernels",
     "target_blocks",
     "build_grad_mult_masks",
@@ -51,11 +54,6 @@ __all__ = [
     "NESTEROV_ROUNDINGS",
 ]
 
-#: how the identity branch of the imaginary CSLA block is treated (SPEC §3):
-#: ``trainable`` (d is trained: the mask gets ``+1`` on the diagonal center),
-#: ``constant`` (identity present but fixed: no ``+1``; exact only for λ = 0),
-#: ``none`` (no identity branch at all).
-IDENTITY_MODES = ("trainable", "constant", "none")
 
 MASK_KEY = "grad_mult_mask"
 
@@ -93,8 +91,6 @@ def _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach)
                 weight_decay=weight_decay, foreach=foreach)
 
 
-#: where RepOptimizerAdamW applies the mask (same names as ``repspec.reference.optim``)
-ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
 
 
 def _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement="grad_and_update") -> dict:
@@ -241,8 +237,6 @@ class _MaskedOptimizer(torch.optim.Optimizer):
 
 # ----------------------------------------------------------------------------- SGD
 
-#: values of ``RepOptimizerSGD(nesterov_rounding=...)`` (see the class docstring)
-NESTEROV_ROUNDINGS = ("torch", "official", "separate")
 
 
 def _check_nesterov_rounding(value) -> str:
@@ -618,43 +612,6 @@ def grad_mult_mask_from_scales(scale_conv, scale_1x1, in_channels: int, *, ident
     return mask
 
 
-def csla_equivalent_kernel(conv_weight: Tensor, conv_1x1_weight: Tensor, scale_conv: Tensor, scale_1x1: Tensor,
-                           scale_identity: Tensor | None = None) -> Tensor:
-    """``W' = α3·K3 + α1·pad(K1) + diag(d)·I`` (SPEC §3), differentiable.
-
-    Shapes: ``K3 (O, I, 3, 3)``, ``K1 (O, I, 1, 1)``, scales ``(O,)``; ``scale_identity``
-    (``d``) requires ``O == I``.
-    """
-    for t, n in ((conv_weight, "conv_weight"), (conv_1x1_weight, "conv_1x1_weight")):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise TypeError(f"{n} must be a floating-point torch.Tensor")
-    if conv_weight.dim() != 4 or tuple(conv_weight.shape[2:]) != (3, 3):
-        raise ValueError(f"conv_weight must have shape (O, I, 3, 3), got {tuple(conv_weight.shape)}")
-    o, i = conv_weight.shape[:2]
-    if tuple(conv_1x1_weight.shape) != (o, i, 1, 1):
-        raise ValueError(f"conv_1x1_weight must have shape ({o}, {i}, 1, 1), got {tuple(conv_1x1_weight.shape)}")
-    a3 = _check_scale_like(scale_conv, "scale_conv", o)
-    a1 = _check_scale_like(scale_1x1, "scale_1x1", o)
-    w = conv_weight * a3.view(o, 1, 1, 1) + F.pad(conv_1x1_weight * a1.view(o, 1, 1, 1), [1, 1, 1, 1])
-    if scale_identity is not None:
-        if o != i:
-            raise ValueError(f"scale_identity needs a square kernel (O == I), got O={o}, I={i}")
-        d = _check_scale_like(scale_identity, "scale_identity", o)
-        eye = torch.zeros_like(w)
-        idx = torch.arange(o, device=w.device)
-        eye[idx, idx, 1, 1] = 1
-        w = w + eye * d.view(o, 1, 1, 1)
-    return w
-
-
-def _check_scale_like(v, name: str, o: int) -> Tensor:
-    if not isinstance(v, Tensor) or not v.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor")
-    if v.numel() != o or (v.dim() != 1 and tuple(v.shape) != (1, o, 1, 1)):
-        raise ValueError(f"{name} must have shape ({o},), got {tuple(v.shape)}")
-    return v.reshape(o)
-
-
 def imaginary_kernels(out_channels: int, in_channels: int, generator: torch.Generator, *,
                       dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor]:
     """Fresh imaginary ``(K3, K1)`` of a CSLA block (SPEC §3 "Re-initialization").
@@ -674,11 +631,7 @@ def imaginary_kernels(out_channels: int, in_channels: int, generator: torch.Gene
 # ----------------------------------------------------------------------------- models
 
 def _is_target_block(m: nn.Module) -> bool:
-    try:
-        from ..modules.blocks import RepOptTargetBlock  # noqa: PLC0415 - written by another module owner
-    except ImportError:  # pragma: no cover - duck typing fallback
-        RepOptTargetBlock = None
-    if RepOptTargetBlock is not None and isinstance(m, RepOptTargetBlock):
+    if isinstance(m, RepOptTargetBlock):
         return True
     conv = getattr(m, "conv", None)
     return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3) and isinstance(getattr(m, "bn", None),

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..training.io import atomic_save_json, atomic_save_safetensors
+from ..io import atomic_save_json, atomic_save_safetensors
 
 __all__ = [
     "SCALE_KEY_PATTERN",

@@ -24,7 +24,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from ..modules.blocks import CSLABlock, HyperSearchBlock, QARepVGGBlock, RepVGGBlock
 from ..modules.models import VGGNet
 from ..modules.oabn import bn_factor
+from .ptq import QuantizedModel
+from .quant import state_size
 
 __all__ = [
     "CategoryStatistics",
@@ -165,8 +167,6 @@ def identity_ratio(block: nn.Module) -> Tensor | None:
 
 
 def _as_vggnet(model) -> VGGNet:
-    from .ptq import QuantizedModel
-
     if isinstance(model, QuantizedModel):
         return model.net
     if isinstance(model, VGGNet):
@@ -183,33 +183,6 @@ def fused_kernels(model) -> dict[str, tuple[Tensor, int]]:
         kernel, _ = block.get_equivalent_kernel_bias()
         out[name] = (kernel.detach().clone(), getattr(block, "groups", 1))
     return out
-
-
-def state_size(kernels: Sequence[Tensor] | Mapping[str, Tensor]) -> int:
-    """SPEC §5: number of distinct weight values summed over the given tensors (one per layer).
-
-    Compared with ``==`` (``-0.0`` and ``0.0`` count once); NaN/Inf are refused
-    (= :func:`repspec.reference.analysis.state_size`).
-    """
-    if not isinstance(kernels, (Mapping, list, tuple)):
-        raise TypeError(f"kernels must be a list/tuple or mapping of tensors, got {type(kernels).__name__}")
-    keyed = kernels.items() if isinstance(kernels, Mapping) else enumerate(kernels)
-    items = [(f"kernels[{k!r}]" if isinstance(kernels, Mapping) else f"kernels[{k}]", v) for k, v in keyed]
-    if not items:
-        raise ValueError("kernels must contain at least one tensor")
-    total = 0
-    for name, v in items:
-        if not isinstance(v, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
-        if v.numel() == 0:
-            raise ValueError(f"{name} must not be empty")
-        v = v.detach()
-        if v.is_floating_point():
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError(f"{name} must contain only finite values (found NaN or Inf)")
-            v = v + 0.0  # -0.0 + 0.0 == +0.0: one zero
-        total += int(torch.unique(v).numel())
-    return total
 
 
 def _fmt(v) -> str:

@@ -88,6 +88,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from repspec.core.vocabulary import KMEANS_INITS
+
 __all__ = [
     "binned_optimal_centroids",
     "kmeans_1d",
@@ -108,8 +110,8 @@ __all__ = [
 #: 10^6-2.4M values, k = 16 and 256 (benchmarks/bench_kmeans.py; README "Performance"); ``'optimal'`` is the
 #: exact optimum at about 30x the default's cost
 DEFAULT_INIT = "binned"
-#: every init of :func:`kmeans_1d`; ``binned`` is torch-only (the 1M-value fast path)
-INITS = ("linear", "quantile", "kmeans++", "optimal", "binned", "warm")
+#: every init of :func:`kmeans_1d` (SPEC §5.kmeans)
+INITS = KMEANS_INITS
 #: bins of the ``binned`` init: ``None`` = ``max(128, 2k)`` (:func:`binned_optimal_centroids`)
 DEFAULT_BINS = None
 

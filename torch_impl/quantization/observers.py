@@ -59,6 +59,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from repspec.core.vocabulary import (CALIBRATOR_OPTIONS, CALIBRATORS, DEFAULT_MOMENTUM, DEFAULT_MSE_CANDIDATES,
+                                    DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, DEFAULT_ZERO_BIN, ZERO_BIN_MODES)
+
 from .quant import _check_tensor, activation_qmax, activation_qparams, check_bits
 
 __all__ = [
@@ -83,13 +86,8 @@ __all__ = [
     "ZERO_BIN_MODES",
 ]
 
-METHODS = ("minmax", "moving_average_minmax", "percentile", "mse", "entropy")
-DEFAULT_MOMENTUM = 0.01
-DEFAULT_PERCENTILE = 99.99
-DEFAULT_MSE_CANDIDATES = 100
-DEFAULT_NUM_BINS = 2048
-ZERO_BIN_MODES = ("replace", "keep")  # reference calibrate.ZERO_BIN_MODES
-DEFAULT_ZERO_BIN = "replace"  # NVIDIA pytorch-quantization's bins[0] = bins[1]
+#: the calibrator names (SPEC §5.calibrators)
+METHODS = CALIBRATORS
 DEFAULT_PERCENTILE_CAPACITY = 2**20
 
 
@@ -590,13 +588,8 @@ class EntropyObserver(_MinMaxTracker):
 
 # ---------------------------------------------------------------------- entry points
 
-_OPTIONS = {
-    "minmax": (),
-    "moving_average_minmax": ("momentum",),
-    "percentile": ("percentile", "capacity"),
-    "mse": ("candidates", "chunk"),
-    "entropy": ("num_bins", "zero_bin"),
-}
+#: the specified options of each calibrator plus this implementation's memory knobs
+_OPTIONS = {m: CALIBRATOR_OPTIONS[m] + {"percentile": ("capacity",), "mse": ("chunk",)}.get(m, ()) for m in CALIBRATORS}
 
 
 def make_observer(method: str, bits: int, **options) -> RangeObserver:

@@ -47,15 +47,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from repspec.core.vocabulary import ONNX_BIAS_MODES as BIAS_MODES
+
 from ..modules.deploy import convert_to_deploy
 from ..modules.models import ARCHITECTURES, VGGNet, create_model, list_models
-from ..training.io import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .ptq import QuantConvBlock, QuantizedModel, QuantLinear
 
 __all__ = ["export_onnx", "verify_onnx", "onnx_session", "OnnxVerification", "OnnxExportError", "BIAS_MODES"]
 
 #: values of ``export_onnx(bias=...)``
-BIAS_MODES = ("float", "int32")
 DEFAULT_OPSET = 17
 _INPUT, _OUTPUT = "input", "logits"
 

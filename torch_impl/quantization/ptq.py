@@ -32,6 +32,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+# per-layer weight schemes of a QuantizedModel (None = FP weights)
+from repspec.core.vocabulary import WEIGHT_SCHEMES
+
 from ..modules.deploy import convert_to_deploy, fuse_block
 from ..modules.models import VGGNet
 from .observers import METHODS, make_observer
@@ -42,6 +45,7 @@ from .quant import (
     check_bits,
     dequantize,
     quantize_weight_codes,
+    state_size,
     weight_scale,
 )
 
@@ -60,8 +64,6 @@ __all__ = [
     "WEIGHT_SCHEMES",
 ]
 
-#: per-layer weight schemes of a :class:`QuantizedModel` (``None`` = FP weights)
-WEIGHT_SCHEMES = ("uniform", "kmeans")
 
 
 # -------------------------------------------------------------------------- helpers
@@ -330,8 +332,6 @@ class QuantizedModel(nn.Module):
 
     def state_size(self) -> int:
         """SPEC §5 state size: distinct weight values summed over the quantized layers."""
-        from .analysis import state_size
-
         weights = {}
         for n, m in self.quantized_layers().items():
             weights[n] = m.rbr_reparam.weight if isinstance(m, QuantConvBlock) else m.linear.weight

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modules.blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock, identity_kernel, pad_1x1_to_3x3
+from ..modules.blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock
+from ..modules.kernels import identity_kernel, pad_1x1_to_3x3
 from .kmeans import DEFAULT_BINS, DEFAULT_INIT, INITS, _assign, _check_values, _kmeans
 from ..modules.models import VGGNet
 from ..modules.oabn import OABN

@@ -48,9 +48,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+# MIN_SCALE, *[repspec]* the smallest nonzero computed scale (float32's smallest normal number)
+from repspec.core.vocabulary import ACTIVATION_OBSERVERS, MIN_SCALE
 
 __all__ = [
     "weight_qmax",
@@ -67,13 +71,11 @@ __all__ = [
     "OBSERVERS",
     "check_bits",
     "MIN_SCALE",
+    "state_size",
 ]
 
-#: *[repspec]* the smallest nonzero computed scale: float32's smallest normal number
-MIN_SCALE = 2.0**-126
-
 #: observers of :class:`ActivationFakeQuant`
-OBSERVERS = ("moving_average", "minmax")
+OBSERVERS = ACTIVATION_OBSERVERS
 
 
 # ------------------------------------------------------------------------ validation
@@ -459,3 +461,32 @@ class ActivationFakeQuant(nn.Module):
                                  "calibrate, or call set_range(lo, hi) first")
         scale, zp = self.qparams()
         return fake_quantize_activation(x, scale, zp, self.bits, validate=False)
+
+
+# --------------------------------------------------------------------------- state size
+
+def state_size(kernels: Sequence[Tensor] | Mapping[str, Tensor]) -> int:
+    """SPEC §5: number of distinct weight values summed over the given tensors (one per layer).
+
+    Compared with ``==`` (``-0.0`` and ``0.0`` count once); NaN/Inf are refused
+    (= :func:`repspec.reference.analysis.state_size`).
+    """
+    if not isinstance(kernels, (Mapping, list, tuple)):
+        raise TypeError(f"kernels must be a list/tuple or mapping of tensors, got {type(kernels).__name__}")
+    keyed = kernels.items() if isinstance(kernels, Mapping) else enumerate(kernels)
+    items = [(f"kernels[{k!r}]" if isinstance(kernels, Mapping) else f"kernels[{k}]", v) for k, v in keyed]
+    if not items:
+        raise ValueError("kernels must contain at least one tensor")
+    total = 0
+    for name, v in items:
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+        if v.numel() == 0:
+            raise ValueError(f"{name} must not be empty")
+        v = v.detach()
+        if v.is_floating_point():
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{name} must contain only finite values (found NaN or Inf)")
+            v = v + 0.0  # -0.0 + 0.0 == +0.0: one zero
+        total += int(torch.unique(v).numel())
+    return total

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .io import atomic_save_json, atomic_write_bytes
+from repspec.core.version import __version__ as repspec_version
+from ..io import atomic_save_json, atomic_write_bytes
 
 __all__ = [
     "CheckpointError",
@@ -300,8 +301,6 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         atomic_write_bytes(d / name, data)
         files[kind] = {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     _fsync_dir(d)
-    from ... import __version__ as repspec_version  # noqa: PLC0415
-
     manifest = {
         "format": FORMAT, "version": VERSION, "sequence": seq,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

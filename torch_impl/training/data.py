@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 import random
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
+
+from .._validation import check_float_dtype, check_fraction, check_int, check_seed, check_size_pair
 
 __all__ = [
     "DatasetInfo",
@@ -56,8 +57,6 @@ __all__ = [
     "ImageFolderDataset",
     "IMAGE_EXTENSIONS",
     "load_image_folder",
-    "load_dataset",
-    "DATASET_NAMES",
     "EpochShuffleSampler",
     "RandomCropFlip",
     "make_loader",
@@ -74,50 +73,8 @@ _CIFAR_PIXELS = 3 * 32 * 32
 #: file suffixes :class:`ImageFolderDataset` accepts (case-insensitive)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
-#: names accepted by :func:`load_dataset`
-DATASET_NAMES = ("digits", "digits_variations", "cifar10", "cifar100", "folder")
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _int(value, name: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _seed(value, name: str = "seed") -> int:
-    value = _int(value, name, 0)
-    if value >= 2**63:
-        raise ValueError(f"{name} must be < 2**63, got {value}")
-    return value
-
-
-def _fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
-    return value
-
-
-def _float_dtype(dtype) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return dtype
-
-
-def _size_pair(image_size, name: str = "image_size") -> tuple[int, int]:
-    if isinstance(image_size, (tuple, list)):
-        if len(image_size) != 2:
-            raise ValueError(f"{name} must be an int or a (height, width) pair, got {image_size!r}")
-        return _int(image_size[0], f"{name}[0]", 1), _int(image_size[1], f"{name}[1]", 1)
-    s = _int(image_size, name, 1)
-    return s, s
 
 
 def _derived_seed(*words: int) -> int:
@@ -202,8 +159,8 @@ def stratified_split(labels, test_fraction: float = 0.25, seed: int = 0) -> tupl
     y = np.asarray(labels)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {y.shape}")
-    f = _fraction(test_fraction, "test_fraction")
-    seed = _seed(seed)
+    f = check_fraction(test_fraction, "test_fraction")
+    seed = check_seed(seed)
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     n_test = int(round(y.size * f))
     base = np.floor(counts * f).astype(np.int64)
@@ -230,7 +187,7 @@ def stratified_split(labels, test_fraction: float = 0.25, seed: int = 0) -> tupl
 
 
 @functools.lru_cache(maxsize=1)
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -254,11 +211,11 @@ def load_digits_dataset(image_size: int = 16, *, seed: int = 0, test_fraction: f
     0.25 → 1348 train / 449 test images). Returns ``TensorDataset(images, labels)`` s;
     labels are int64.
     """
-    size = _size_pair(image_size)
-    seed = _seed(seed)
-    channels = _int(channels, "channels", 1)
-    dtype = _float_dtype(dtype)
-    images, labels = _digits_arrays()
+    size = check_size_pair(image_size)
+    seed = check_seed(seed)
+    channels = check_int(channels, "channels", 1)
+    dtype = check_float_dtype(dtype)
+    images, labels = digits_arrays()
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
     x = torch.from_numpy(np.array(images, dtype=np.float64) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
     if size != (8, 8):
@@ -297,7 +254,7 @@ class UInt8ImageDataset(Dataset):
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean and std need {c} entries (one per channel), got {len(mean)} and {len(std)}")
         self.images, self.labels = images, labels.to(torch.int64)
-        self.dtype = _float_dtype(dtype)
+        self.dtype = check_float_dtype(dtype)
         std = _checked_std(std, "UInt8ImageDataset")
         m = torch.tensor(mean, dtype=torch.float64).view(c, 1, 1)
         s = torch.tensor(std, dtype=torch.float64).view(c, 1, 1)
@@ -326,7 +283,7 @@ def read_cifar_binary(path, label_bytes: int = 1, *, num_labels: Sequence[int] |
     names the file.
     """
     path = Path(path)
-    label_bytes = _int(label_bytes, "label_bytes", 1)
+    label_bytes = check_int(label_bytes, "label_bytes", 1)
     record = label_bytes + _CIFAR_PIXELS
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR binary file {str(path)!r} does not exist")
@@ -432,7 +389,7 @@ def load_cifar100(root, *, label: str = "fine", normalize: bool = True, dtype: t
 def _cifar_datasets(name, d, train_x, train_y, test_x, test_y, classes, normalize, dtype, notes):
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
-    dtype = _float_dtype(dtype)
+    dtype = check_float_dtype(dtype)
     if normalize:
         mean, std = channel_stats(train_x)
         std = _checked_std(std, name)
@@ -500,8 +457,8 @@ class ImageFolderDataset(Dataset):
             raise TypeError(f"root must be a path, got {type(root).__name__}")
         _pil()
         self.root = Path(root)
-        self.image_size = _size_pair(image_size)
-        self.dtype = _float_dtype(dtype)
+        self.image_size = check_size_pair(image_size)
+        self.dtype = check_float_dtype(dtype)
         found, samples = _scan_folder(self.root, extensions)
         if classes is None:
             classes = found
@@ -563,8 +520,8 @@ def load_image_folder(root, image_size=32, *, seed: int = 0, test_fraction: floa
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     root = Path(root)
-    seed = _seed(seed)
-    size = _size_pair(image_size)
+    seed = check_seed(seed)
+    size = check_size_pair(image_size)
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     split_layout = (root / "train").is_dir() and test_dir is not None and any(
         p.is_dir() for p in (root / "train").iterdir())
@@ -596,55 +553,14 @@ def load_image_folder(root, image_size=32, *, seed: int = 0, test_fraction: floa
     return train, test, info
 
 
-# --------------------------------------------------------------------------- dispatcher
-
-
-def load_dataset(name: str, *, root=None, image_size=None, seed: int = 0, test_fraction: float = 0.25,
-                 dtype: torch.dtype = torch.float32, **kwargs) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """Load a dataset by name (the command line's ``--dataset``): ``(train, test, info)``.
-
-    - ``digits``: :func:`load_digits_dataset` (``image_size`` default 16; ``root`` unused).
-    - ``digits_variations``: :func:`repspec.torch_impl.training.synthetic.load_digits_variations`
-      (rotated digits on a random background; ``difficulty=`` knob; ``root`` unused).
-    - ``cifar10`` / ``cifar100``: :func:`load_cifar10` / :func:`load_cifar100` from ``root``
-      (default ``./data``); ``image_size`` must be None or 32; ``cifar100`` accepts
-      ``label='fine'|'coarse'``.
-    - ``folder``: :func:`load_image_folder` on ``root`` (required), ``image_size`` default 32.
-    """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    if name == "digits":
-        if root is not None:
-            raise ValueError("the digits dataset is bundled with scikit-learn; do not pass root")
-        return load_digits_dataset(16 if image_size is None else image_size, seed=seed, test_fraction=test_fraction,
-                                   dtype=dtype, **kwargs)
-    if name == "digits_variations":  # harder digits with a difficulty knob (synthetic.py)
-        if root is not None:
-            raise ValueError("the digits_variations dataset is built from scikit-learn's digits; do not pass root")
-        from .synthetic import load_digits_variations
-
-        return load_digits_variations(16 if image_size is None else image_size, seed=seed, test_fraction=test_fraction,
-                                      dtype=dtype, **kwargs)
-    if name in ("cifar10", "cifar100"):
-        if image_size is not None and _size_pair(image_size) != (32, 32):
-            raise ValueError(f"{name} images are 32x32; image_size must be None or 32, got {image_size!r}")
-        root = Path("data") if root is None else root
-        fn = load_cifar10 if name == "cifar10" else load_cifar100
-        return fn(root, dtype=dtype, **kwargs)
-    if root is None:
-        raise ValueError("the 'folder' dataset needs root (a directory of class sub-folders)")
-    return load_image_folder(root, 32 if image_size is None else image_size, seed=seed, test_fraction=test_fraction,
-                             dtype=dtype, **kwargs)
-
-
 def random_subset(dataset: Dataset, size: int, *, seed: int = 0) -> Subset:
     """``size`` distinct samples of ``dataset`` chosen with ``seed`` (sorted indices), e.g. the
     small dataset of a HyperSearch (SPEC §3)."""
     n = len(dataset)
-    size = _int(size, "size", 1)
+    size = check_int(size, "size", 1)
     if size > n:
         raise ValueError(f"size={size} exceeds the dataset's {n} samples")
-    idx = np.sort(np.random.default_rng(_seed(seed)).choice(n, size=size, replace=False))
+    idx = np.sort(np.random.default_rng(check_seed(seed)).choice(n, size=size, replace=False))
     return Subset(dataset, idx.tolist())
 
 
@@ -663,8 +579,8 @@ class EpochShuffleSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True):
-        self.num_samples = _int(num_samples, "num_samples", 1)
-        self.seed = _seed(seed)
+        self.num_samples = check_int(num_samples, "num_samples", 1)
+        self.seed = check_seed(seed)
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         self.shuffle = shuffle
@@ -673,11 +589,11 @@ class EpochShuffleSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch (0-based) whose order the next iteration yields."""
-        self.epoch = _int(epoch, "epoch", 0)
+        self.epoch = check_int(epoch, "epoch", 0)
 
     def set_start(self, start: int) -> None:
         """Skip the first ``start`` indices of the next iteration only."""
-        self._start = _int(start, "start", 0)
+        self._start = check_int(start, "start", 0)
 
     def order(self, epoch: int) -> list[int]:
         """The full index order of ``epoch``."""
@@ -708,15 +624,15 @@ class RandomCropFlip(Dataset):
 
     def __init__(self, dataset: Dataset, *, padding: int = 4, flip: bool = True, seed: int = 0):
         self.dataset = dataset
-        self.padding = _int(padding, "padding", 0)
+        self.padding = check_int(padding, "padding", 0)
         if not isinstance(flip, bool):
             raise TypeError(f"flip must be a bool, got {type(flip).__name__}")
-        self.flip, self.seed = flip, _seed(seed)
+        self.flip, self.seed = flip, check_seed(seed)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the crop offsets and flips of ``epoch``."""
-        self.epoch = _int(epoch, "epoch", 0)
+        self.epoch = check_int(epoch, "epoch", 0)
         rng = np.random.default_rng([self.seed, self.epoch])
         n = len(self.dataset)
         self._offsets = rng.integers(0, 2 * self.padding + 1, size=(n, 2))
@@ -749,9 +665,9 @@ def make_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, shuffle: bo
     """A ``DataLoader`` with reproducible order: :class:`EpochShuffleSampler` (``seed``, ``shuffle``)
     and a ``torch.Generator`` seeded with ``seed`` for worker seeds (workers also seed
     NumPy and ``random`` from their torch seed)."""
-    batch_size = _int(batch_size, "batch_size", 1)
-    seed = _seed(seed)
-    num_workers = _int(num_workers, "num_workers", 0)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_seed(seed)
+    num_workers = check_int(num_workers, "num_workers", 0)
     n = len(dataset)
     if n < 1:
         raise ValueError("dataset is empty")

@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank == 0:
             print(json.dumps({"world_size": world_size, "losses": losses}), flush=True)
             if args.out:
-                from .io import atomic_save_safetensors
+                from ..io import atomic_save_safetensors
 
                 atomic_save_safetensors(model.state_dict(), args.out,
                                         metadata={"losses": json.dumps(losses), "world_size": str(world_size),

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .data import DatasetInfo, _digits_arrays, channel_stats, _float_dtype, _int, _seed, _size_pair, stratified_split
+from .._validation import check_float_dtype, check_int, check_seed, check_size_pair
+from .data import DatasetInfo, channel_stats, digits_arrays, stratified_split
 
 __all__ = ["DEFAULT_DIFFICULTY", "MAX_ROTATION_DEGREES", "MAX_SHIFT", "load_digits_variations"]
 
@@ -83,12 +84,12 @@ def load_digits_variations(image_size: int = 16, *, difficulty: float = DEFAULT_
     :func:`repspec.torch_impl.training.data.load_digits_dataset` (1348 train / 449 test
     images with the default ``test_fraction``; normalized with the train split's mean/std).
     """
-    size = _size_pair(image_size)
+    size = check_size_pair(image_size)
     difficulty = _difficulty(difficulty)
-    seed = _seed(seed)
-    channels = _int(channels, "channels", 1)
-    dtype = _float_dtype(dtype)
-    images, labels = _digits_arrays()
+    seed = check_seed(seed)
+    channels = check_int(channels, "channels", 1)
+    dtype = check_float_dtype(dtype)
+    images, labels = digits_arrays()
     n = images.shape[0]
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
     x = torch.from_numpy(np.array(images, dtype=np.float64) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import torch
 
-from repspec.outputs import normal_mode, old_prefix, owned_directory, tmp_prefix, write_output_manifest
+from repspec.core.outputs import normal_mode, old_prefix, owned_directory, tmp_prefix, write_output_manifest
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_save_json", "atomic_save_safetensors",
            "atomic_directory", "json_default"]
@@ -157,7 +157,7 @@ def atomic_directory(out, *, kind: str = "output", **info) -> Iterator[Path]:
     lists every file in it), which is replaced: it is first renamed aside, then removed. A
     non-empty directory repspec did not write, or a file, raises ``FileExistsError``
     *before* the body runs: nothing of the user's is ever removed (the command line also
-    requires ``--overwrite``, see :mod:`repspec.outputs`). If the body raises, the temporary
+    requires ``--overwrite``, see :mod:`repspec.core.outputs`). If the body raises, the temporary
     directory is deleted and ``out`` is left as it was. Directories get 0777 & ~umask.
     """
     import shutil

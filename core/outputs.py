@@ -34,6 +34,8 @@ import struct
 import tempfile
 from pathlib import Path
 
+from .version import __version__
+
 __all__ = ["OutputError", "OUTPUT_MANIFEST", "OUTPUT_FORMAT", "check_output", "sweep_leftovers", "owned_file",
            "owned_directory", "write_output_manifest", "tmp_prefix", "old_prefix", "normal_mode", "read_json_format",
            "safetensors_metadata"]
@@ -156,8 +158,6 @@ def owned_directory(path) -> tuple[bool, str]:
 
 def write_output_manifest(d, kind: str, **info) -> Path:
     """Write ``repspec-output.json`` into directory ``d``, listing every file in it."""
-    from repspec import __version__
-
     d = Path(d)
     body = {"format": OUTPUT_FORMAT, "kind": kind, "repspec_version": __version__, **info,
             "files": [f for f in _all_files(d) if f != OUTPUT_MANIFEST]}
