@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from repspec.torch_impl.training import io as rio
+from repspec.torch_impl import io as rio
 from repspec.torch_impl.modules.models import create_model, expected_scale_keys
 from repspec.torch_impl.optimizers.repoptimizer import build_grad_mult_masks, build_repoptimizer, reinit_from_scales, target_blocks
 from repspec.torch_impl.optimizers.scales import (

@@ -22,6 +22,8 @@ from torch import nn
 
 from repspec.core.vocabulary import IDENTITY_MODES
 
+from .._validation import check_bool, check_int, check_nonneg_float, check_probability
+
 from .kernels import csla_equivalent_kernel, fold_bn, identity_kernel, pad_1x1_to_3x3
 from .oabn import OABN, check_oabn_gradient, check_oabn_threshold
 
@@ -43,39 +45,14 @@ __all__ = [
 # ------------------------------------------------------------------------ validation
 
 
-def _check_int(value, name: str, min_value: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < min_value:
-        raise ValueError(f"{name} must be >= {min_value}, got {value}")
-    return value
-
-
-def _check_real(value, name: str, *, positive: bool = False, unit: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (positive and value < 0) or (unit and not 0 <= value <= 1):
-        want = "in [0, 1]" if unit else ("a finite number >= 0" if positive else "finite")
-        raise ValueError(f"{name} must be {want}, got {value}")
-    return value
-
-
 def _check_channels(in_channels, out_channels, stride, groups=1):
-    in_channels = _check_int(in_channels, "in_channels")
-    out_channels = _check_int(out_channels, "out_channels")
-    stride = _check_int(stride, "stride")
-    groups = _check_int(groups, "groups")
+    in_channels = check_int(in_channels, "in_channels", 1)
+    out_channels = check_int(out_channels, "out_channels", 1)
+    stride = check_int(stride, "stride", 1)
+    groups = check_int(groups, "groups", 1)
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
     return in_channels, out_channels, stride, groups
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _scale_vector(value, name: str, channels: int) -> torch.Tensor:
@@ -153,8 +130,8 @@ class SEBlock(nn.Module):
     """
 
     def __init__(self, channels: int, internal: int):
-        channels = _check_int(channels, "channels")
-        internal = _check_int(internal, "internal")
+        channels = check_int(channels, "channels", 1)
+        internal = check_int(internal, "internal", 1)
         super().__init__()
         self.channels, self.internal = channels, internal
         self.down = nn.Conv2d(channels, internal, 1, 1, bias=True)
@@ -196,10 +173,10 @@ class RepVGGBlock(_ReparamMixin, nn.Module):
         in_channels, out_channels, stride, groups = _check_channels(in_channels, out_channels, stride, groups)
         oabn_threshold = check_oabn_threshold(oabn_threshold, "oabn_threshold")
         oabn_gradient = check_oabn_gradient(oabn_gradient, "oabn_gradient")
-        deploy = _check_bool(deploy, "deploy")
-        use_se = _check_bool(use_se, "use_se")
-        bn_eps = _check_real(bn_eps, "bn_eps", positive=True)
-        bn_momentum = _check_real(bn_momentum, "bn_momentum", unit=True)
+        deploy = check_bool(deploy, "deploy")
+        use_se = check_bool(use_se, "use_se")
+        bn_eps = check_nonneg_float(bn_eps, "bn_eps")
+        bn_momentum = check_probability(bn_momentum, "bn_momentum")
         se = _make_se(use_se, out_channels)
         super().__init__()
         if se is not None:
@@ -268,10 +245,10 @@ class QARepVGGBlock(_ReparamMixin, nn.Module):
                  deploy: bool = False, *, keep_post_bn: bool = False, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1):
         in_channels, out_channels, stride, groups = _check_channels(in_channels, out_channels, stride, groups)
-        deploy = _check_bool(deploy, "deploy")
-        keep_post_bn = _check_bool(keep_post_bn, "keep_post_bn")
-        bn_eps = _check_real(bn_eps, "bn_eps", positive=True)
-        bn_momentum = _check_real(bn_momentum, "bn_momentum", unit=True)
+        deploy = check_bool(deploy, "deploy")
+        keep_post_bn = check_bool(keep_post_bn, "keep_post_bn")
+        bn_eps = check_nonneg_float(bn_eps, "bn_eps")
+        bn_momentum = check_probability(bn_momentum, "bn_momentum")
         super().__init__()
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
         self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
@@ -302,7 +279,7 @@ class QARepVGGBlock(_ReparamMixin, nn.Module):
 
     def get_equivalent_kernel_bias(self, include_post_bn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``(K, b)`` of SPEC §2; ``include_post_bn=False`` leaves ``BNpost`` out (QAT form)."""
-        include_post_bn = _check_bool(include_post_bn, "include_post_bn")
+        include_post_bn = check_bool(include_post_bn, "include_post_bn")
         if self.deployed:
             kernel, bias = self.rbr_reparam.weight, self.rbr_reparam.bias
         else:
@@ -317,7 +294,7 @@ class QARepVGGBlock(_ReparamMixin, nn.Module):
 
     def switch_to_deploy(self, keep_post_bn: bool = False) -> None:
         """Fuse the branches into ``rbr_reparam``; fold ``BNpost`` too unless ``keep_post_bn``."""
-        keep_post_bn = _check_bool(keep_post_bn, "keep_post_bn")
+        keep_post_bn = check_bool(keep_post_bn, "keep_post_bn")
         if self.deployed:
             if not keep_post_bn and hasattr(self, "bn"):
                 with torch.no_grad():
@@ -345,8 +322,8 @@ class ScaleLayer(nn.Module):
     """
 
     def __init__(self, num_features: int, init=1.0, *, trainable: bool = True, name: str = "scale"):
-        num_features = _check_int(num_features, "num_features")
-        trainable = _check_bool(trainable, "trainable")
+        num_features = check_int(num_features, "num_features", 1)
+        trainable = check_bool(trainable, "trainable")
         value = _scale_vector(init, name, num_features)
         super().__init__()
         self.num_features = num_features
@@ -441,8 +418,8 @@ class CSLABlock(_LinearAddBlock):
         alpha3 = _scale_vector(scale_conv, "scale_conv", out_channels)
         alpha1 = _scale_vector(scale_1x1, "scale_1x1", out_channels)
         d0 = _scale_vector(scale_identity, "scale_identity", out_channels) if identity != "none" else None
-        bn_eps = _check_real(bn_eps, "bn_eps", positive=True)
-        bn_momentum = _check_real(bn_momentum, "bn_momentum", unit=True)
+        bn_eps = check_nonneg_float(bn_eps, "bn_eps")
+        bn_momentum = check_probability(bn_momentum, "bn_momentum")
         super().__init__()
         self.identity = identity
         self._build(in_channels, out_channels, stride, alpha3, alpha1, d0, False, identity == "trainable",
@@ -463,8 +440,8 @@ class HyperSearchBlock(_LinearAddBlock):
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1):
         in_channels, out_channels, stride, _ = _check_channels(in_channels, out_channels, stride)
         alpha = _scale_vector(conv_scale_init, "conv_scale_init", out_channels)
-        bn_eps = _check_real(bn_eps, "bn_eps", positive=True)
-        bn_momentum = _check_real(bn_momentum, "bn_momentum", unit=True)
+        bn_eps = check_nonneg_float(bn_eps, "bn_eps")
+        bn_momentum = check_probability(bn_momentum, "bn_momentum")
         super().__init__()
         #: the initial α (a float when given as a number, else None)
         self.conv_scale_init = float(conv_scale_init) if isinstance(conv_scale_init, numbers.Real) else None
@@ -493,8 +470,8 @@ class RepOptTargetBlock(_ReparamMixin, nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1):
         in_channels, out_channels, stride, _ = _check_channels(in_channels, out_channels, stride)
-        bn_eps = _check_real(bn_eps, "bn_eps", positive=True)
-        bn_momentum = _check_real(bn_momentum, "bn_momentum", unit=True)
+        bn_eps = check_nonneg_float(bn_eps, "bn_eps")
+        bn_momentum = check_probability(bn_momentum, "bn_momentum")
         super().__init__()
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, 1
         self.deploy = False
@@ -564,7 +541,7 @@ class FusedConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, *,
                  use_se: bool = False):
         in_channels, out_channels, stride, groups = _check_channels(in_channels, out_channels, stride, groups)
-        se = _make_se(_check_bool(use_se, "use_se"), out_channels)
+        se = _make_se(check_bool(use_se, "use_se"), out_channels)
         super().__init__()
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
         self.rbr_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import check_int
 from .repoptimizer import _check_sgd_hparams, weight_decay_groups
 from .scales import validate_scales
 
@@ -70,12 +70,6 @@ class HyperSearchResult:
     steps: int = 0
 
 
-def _positive_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def train_hypersearch(model: nn.Module, loader: Iterable, *, epochs: int | None = None, steps: int | None = None,
                       lr: float = 0.1, momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = True,
                       weight_decay: float = 1e-4, lr_schedule: str = "cosine",
@@ -110,7 +104,7 @@ def train_hypersearch(model: nn.Module, loader: Iterable, *, epochs: int | None 
     if not callable(loss_fn):
         raise TypeError("loss_fn must be callable")
     if epochs is not None:
-        epochs = _positive_int(epochs, "epochs")
+        epochs = check_int(epochs, "epochs", 1)
         try:
             per_epoch = len(loader)  # type: ignore[arg-type]
         except TypeError:
@@ -119,7 +113,7 @@ def train_hypersearch(model: nn.Module, loader: Iterable, *, epochs: int | None 
             raise ValueError("loader is empty")
         total = epochs * per_epoch
     else:
-        total = _positive_int(steps, "steps")
+        total = check_int(steps, "steps", 1)
     if optimizer is None:
         optimizer = build_hypersearch_optimizer(model, lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                                                 weight_decay=weight_decay)

@@ -36,6 +36,8 @@ from torch import Tensor, nn
 
 from repspec.core.vocabulary import ADAMW_MASK_PLACEMENTS, IDENTITY_MODES, NESTEROV_ROUNDINGS
 
+from .._validation import (check_adamw_hparams, check_bool, check_choice, check_nonneg_float, check_optional_bool,
+                           check_sgd_hparams)
 from ..modules.blocks import RepOptTargetBlock
 from ..modules.kernels import csla_equivalent_kernel
 
@@ -60,61 +62,16 @@ MASK_KEY = "grad_mult_mask"
 
 # ----------------------------------------------------------------------------- validation
 
-def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
 def _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach) -> dict:
-    lr = _real(lr, "lr")
-    if lr < 0:
-        raise ValueError(f"Invalid learning rate: lr must be >= 0, got {lr}")
-    momentum = _real(momentum, "momentum")
-    if momentum < 0:
-        raise ValueError(f"Invalid momentum value: momentum must be >= 0, got {momentum}")
-    dampening = _real(dampening, "dampening")
-    weight_decay = _real(weight_decay, "weight_decay")
-    if weight_decay < 0:
-        raise ValueError(f"Invalid weight_decay value: weight_decay must be >= 0, got {weight_decay}")
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError(f"Nesterov momentum requires a momentum > 0 and zero dampening, "
-                         f"got momentum={momentum}, dampening={dampening}")
-    if foreach is not None and not isinstance(foreach, bool):
-        raise TypeError(f"foreach must be None or a bool, got {type(foreach).__name__}")
-    return dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                weight_decay=weight_decay, foreach=foreach)
-
-
+    """SGD's domain (the reference's, :func:`repspec.core.checks.check_sgd_hparams`) plus ``foreach``."""
+    return dict(check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay),
+                foreach=check_optional_bool(foreach, "foreach"))
 
 
 def _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement="grad_and_update") -> dict:
-    lr = _real(lr, "lr")
-    if lr < 0:
-        raise ValueError(f"Invalid learning rate: lr must be >= 0, got {lr}")
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    b1, b2 = _real(betas[0], "betas[0]"), _real(betas[1], "betas[1]")
-    for i, b in enumerate((b1, b2)):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: must be in [0, 1), got {b}")
-    eps = _real(eps, "eps")
-    if eps < 0:
-        raise ValueError(f"Invalid epsilon value: eps must be >= 0, got {eps}")
-    weight_decay = _real(weight_decay, "weight_decay")
-    if weight_decay < 0:
-        raise ValueError(f"Invalid weight_decay value: weight_decay must be >= 0, got {weight_decay}")
-    if not isinstance(amsgrad, bool):
-        raise TypeError(f"amsgrad must be a bool, got {type(amsgrad).__name__}")
-    if mask_placement not in ADAMW_MASK_PLACEMENTS:
-        raise ValueError(f"mask_placement must be one of {ADAMW_MASK_PLACEMENTS}, got {mask_placement!r}")
-    return dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                mask_placement=mask_placement)
+    """AdamW's domain (the reference's) plus torch's ``amsgrad`` and the mask placement."""
+    return dict(check_adamw_hparams(lr, betas, eps, weight_decay), amsgrad=check_bool(amsgrad, "amsgrad"),
+                mask_placement=check_choice(mask_placement, "mask_placement", ADAMW_MASK_PLACEMENTS))
 
 
 def _flatten_params(params) -> list:
@@ -727,7 +684,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, no_decay_bn: b
     the ``d`` of a HyperSearch/CSLA block), which are decayed. Conv kernels and the
     linear weight are decayed. Frozen parameters are skipped; empty groups are dropped.
     """
-    weight_decay = _real(weight_decay, "weight_decay")
+    weight_decay = check_nonneg_float(weight_decay, "weight_decay")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if not isinstance(no_decay_bn, bool):

@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import numbers
 import threading
 import warnings
 import weakref
@@ -89,6 +88,8 @@ import torch
 from torch import Tensor
 
 from repspec.core.vocabulary import KMEANS_INITS
+
+from .._validation import check_int
 
 __all__ = [
     "binned_optimal_centroids",
@@ -172,15 +173,6 @@ class KMeansResult(NamedTuple):
 # ------------------------------------------------------------------------ validation
 
 
-def _check_int(value, name: str, min_value: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if min_value is not None and value < min_value:
-        raise ValueError(f"{name} must be >= {min_value}, got {value}")
-    return value
-
-
 def _check_values(values, name: str = "values") -> Tensor:
     if not isinstance(values, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
@@ -212,7 +204,7 @@ def _generator(seed, device) -> torch.Generator:
         return seed
     if seed is None:
         raise ValueError("init='kmeans++' needs an explicit seed (an int or a torch.Generator) to be deterministic")
-    seed = _check_int(seed, "seed", min_value=0)
+    seed = check_int(seed, "seed", min_value=0)
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
@@ -755,9 +747,9 @@ def binned_optimal_centroids(values: Tensor, k: int, *, bins: int | None = None)
     below scikit-learn's SSE (``benchmarks/bench_kmeans.py``).
     """
     v = _check_values(values)
-    k = _check_int(k, "k", min_value=1)
+    k = check_int(k, "k", min_value=1)
     if bins is not None:
-        bins = _check_int(bins, "bins", min_value=1)
+        bins = check_int(bins, "bins", min_value=1)
     return _binned_from_sorted(_SortedValues(v.reshape(-1)), k, bins).to(v.dtype)
 
 
@@ -770,11 +762,11 @@ def initial_centroids(values: Tensor, k: int, init: str = DEFAULT_INIT, *, seed=
     ``kmeans++`` needs ``seed`` and ``k <`` #distinct values, as the reference).
     """
     v = _check_values(values)
-    k = _check_int(k, "k", min_value=1)
+    k = check_int(k, "k", min_value=1)
     if not isinstance(init, str) or init not in INITS[:-1]:
         raise ValueError(f"init must be one of {INITS[:-1]}, got {init!r}")
     if bins is not None:
-        bins = _check_int(bins, "bins", min_value=1)
+        bins = check_int(bins, "bins", min_value=1)
     if init == "kmeans++":
         gen = _generator(seed, v.device)
     sv = _SortedValues(v.reshape(-1))
@@ -962,7 +954,7 @@ def kmeans_1d_optimal(values: Tensor, k: int) -> KMeansResult:
     ``k ≥`` #distinct values: the exact rule of the module docstring.
     """
     v = _check_values(values)
-    k = _check_int(k, "k", min_value=1)
+    k = check_int(k, "k", min_value=1)
     c = _optimal_from_sorted(_SortedValues(v.reshape(-1)), k).to(v.dtype)
     labels = _assign(v, c)
     return KMeansResult(c, labels, _sse(v, c, labels), 0, True)
@@ -995,10 +987,10 @@ def kmeans_1d(values: Tensor, k: int, *, init: str | None = None, max_iter: int 
 
     """
     v = _check_values(values)
-    k = _check_int(k, "k", min_value=1)
-    max_iter = _check_int(max_iter, "max_iter", min_value=0)
+    k = check_int(k, "k", min_value=1)
+    max_iter = check_int(max_iter, "max_iter", min_value=0)
     if bins is not None:
-        bins = _check_int(bins, "bins", min_value=1)
+        bins = check_int(bins, "bins", min_value=1)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if init is None:

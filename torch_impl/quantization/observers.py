@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from repspec.core.vocabulary import (CALIBRATOR_OPTIONS, CALIBRATORS, DEFAULT_MOMENTUM, DEFAULT_MSE_CANDIDATES,
                                     DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, DEFAULT_ZERO_BIN, ZERO_BIN_MODES)
 
+from .._validation import check_int, check_real
 from .quant import _check_tensor, activation_qmax, activation_qparams, check_bits
 
 __all__ = [
@@ -89,24 +90,6 @@ __all__ = [
 #: the calibrator names (SPEC §5.calibrators)
 METHODS = CALIBRATORS
 DEFAULT_PERCENTILE_CAPACITY = 2**20
-
-
-def _real(value, name: str) -> float:
-    """A real number (not a bool), not NaN, as a float."""
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not real:
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return float(value)
-
-
-def _int(value, name: str, min_value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < min_value:
-        raise ValueError(f"{name} must be >= {min_value}, got {value}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------- base
@@ -202,7 +185,7 @@ class MovingAverageMinMaxObserver(RangeObserver):
     ``lo ← (1 − m)·lo + m·min x_t`` (same for ``hi``) — ``calibrate.moving_average_minmax``."""
 
     def __init__(self, momentum: float = DEFAULT_MOMENTUM):
-        momentum = _real(momentum, "momentum")
+        momentum = check_real(momentum, "momentum")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.momentum = momentum
@@ -252,11 +235,11 @@ class PercentileObserver(RangeObserver):
     """
 
     def __init__(self, percentile: float = DEFAULT_PERCENTILE, capacity: int = DEFAULT_PERCENTILE_CAPACITY):
-        p = _real(percentile, "percentile")
+        p = check_real(percentile, "percentile")
         if not 50.0 <= p <= 100.0:
             raise ValueError(f"percentile must be in [50, 100], got {p}")
         self.percentile = p
-        self.capacity = _int(capacity, "capacity", 2)
+        self.capacity = check_int(capacity, "capacity", 2)
         super().__init__()
 
     def _reset_state(self) -> None:
@@ -299,7 +282,7 @@ class PercentileObserver(RangeObserver):
 def _mse_ratios(candidates) -> list[float]:
     """Clipping ratios, descending, always containing 1 (reference ``calibrate._mse_ratios``)."""
     if isinstance(candidates, numbers.Integral) and not isinstance(candidates, bool):
-        n = _int(candidates, "candidates", 1)
+        n = check_int(candidates, "candidates", 1)
         return [k / n for k in range(n, 0, -1)]
     if isinstance(candidates, Tensor):
         candidates = candidates.detach().cpu().numpy()
@@ -360,7 +343,7 @@ class MSEObserver(_MinMaxTracker):
     def __init__(self, bits: int, candidates=DEFAULT_MSE_CANDIDATES, *, chunk: int = 2**22):
         self.bits = check_bits(bits)
         self.ratios = _mse_ratios(candidates)
-        self.chunk = _int(chunk, "chunk", 1)
+        self.chunk = check_int(chunk, "chunk", 1)
         super().__init__()
 
     def _reset_state(self) -> None:
@@ -524,7 +507,7 @@ class EntropyObserver(_MinMaxTracker):
 
     def __init__(self, bits: int, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAULT_ZERO_BIN):
         self.bits = check_bits(bits)
-        self.num_bins = _int(num_bins, "num_bins", 1)
+        self.num_bins = check_int(num_bins, "num_bins", 1)
         if not isinstance(zero_bin, str) or zero_bin not in ZERO_BIN_MODES:
             raise ValueError(f"zero_bin must be one of {ZERO_BIN_MODES}, got {zero_bin!r}")
         self.zero_bin = zero_bin

@@ -35,12 +35,12 @@ from torch import Tensor, nn
 # per-layer weight schemes of a QuantizedModel (None = FP weights)
 from repspec.core.vocabulary import WEIGHT_SCHEMES
 
+from .._validation import check_bool
 from ..modules.deploy import convert_to_deploy, fuse_block
 from ..modules.models import VGGNet
 from .observers import METHODS, make_observer
 from .quant import (
     ActivationFakeQuant,
-    _check_bool,
     _check_tensor,
     check_bits,
     dequantize,
@@ -378,7 +378,7 @@ def build_quantized_model(model: nn.Module, *, weight_bits: int | None = 8, act_
     act_bits = _check_optional_bits(act_bits, "act_bits")
     for v, n in ((per_channel, "per_channel"), (keep_first_fp32, "keep_first_fp32"),
                  (keep_last_fp32, "keep_last_fp32"), (validate, "validate")):
-        _check_bool(v, n)
+        check_bool(v, n)
     deploy = convert_to_deploy(model)
     names = [p for p, _ in deploy.named_blocks()]
     quantized = [n for i, n in enumerate(names) if not (keep_first_fp32 and i == 0)]
@@ -475,7 +475,7 @@ def quantized_model_from_qat(model: VGGNet, *, validate: bool = True) -> Quantiz
     """
     if not isinstance(model, VGGNet):
         raise TypeError(f"model must be a VGGNet, got {type(model).__name__}")
-    _check_bool(validate, "validate")
+    check_bool(validate, "validate")
     new_blocks: dict[str, nn.Module] = {}
     for name, block in model.named_blocks():
         if not _is_qat_block(block):
@@ -597,7 +597,7 @@ def ptq_quantize(model: nn.Module, calib_loader, *, weight_bits: int | None = 8,
         raise ValueError(f"num_batches must be an integer >= 1, got {num_batches!r}")
     for v, n in ((per_channel, "per_channel"), (keep_first_fp32, "keep_first_fp32"),
                  (keep_last_fp32, "keep_last_fp32"), (progress, "progress")):
-        _check_bool(v, n)
+        check_bool(v, n)
     deploy = convert_to_deploy(model)
     names = [p for p, _ in deploy.named_blocks()]
     quantized = [n for i, n in enumerate(names) if not (keep_first_fp32 and i == 0)]

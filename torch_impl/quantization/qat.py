@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import check_bool, check_int
 from ..modules.blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock
 from ..modules.kernels import identity_kernel, pad_1x1_to_3x3
 from .kmeans import DEFAULT_BINS, DEFAULT_INIT, INITS, _assign, _check_values, _kmeans
@@ -172,20 +173,6 @@ def fused_kernel_bias(block: nn.Module) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------- weight quantizers
 
 
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _check_int(value, name: str, min_value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < min_value:
-        raise ValueError(f"{name} must be >= {min_value}, got {value}")
-    return int(value)
-
-
 class UniformWeightQuantizer(nn.Module):
     """SPEC §5: symmetric narrow-range fake quantization of the fused kernel (reference ``UniformWeightQuantizer``).
 
@@ -197,7 +184,7 @@ class UniformWeightQuantizer(nn.Module):
 
     def __init__(self, bits: int, per_channel: bool = False):
         bits = check_bits(bits, min_value=2)
-        per_channel = _check_bool(per_channel, "per_channel")
+        per_channel = check_bool(per_channel, "per_channel")
         super().__init__()
         self.bits, self.per_channel = bits, per_channel
 
@@ -254,16 +241,16 @@ class KMeansWeightQuantizer(nn.Module):
     def __init__(self, bits: int, update_every: int = 1, init: str = DEFAULT_INIT, max_iter: int = 300,
                  seed: int | None = None, cache_assignments: bool = True):
         bits = check_bits(bits)
-        update_every = _check_int(update_every, "update_every", 1)
-        max_iter = _check_int(max_iter, "max_iter", 0)
+        update_every = check_int(update_every, "update_every", 1)
+        max_iter = check_int(max_iter, "max_iter", 0)
         choices = tuple(i for i in INITS if i != "warm")
         if not isinstance(init, str) or init not in choices:
             raise ValueError(f"init must be one of {choices}, got {init!r}")
         if seed is not None:
-            seed = _check_int(seed, "seed", 0)
+            seed = check_int(seed, "seed", 0)
         if init == "kmeans++" and seed is None:
             raise ValueError("init='kmeans++' needs an explicit seed to be deterministic")
-        cache_assignments = _check_bool(cache_assignments, "cache_assignments")
+        cache_assignments = check_bool(cache_assignments, "cache_assignments")
         super().__init__()
         self.bits, self.update_every, self.init, self.max_iter, self.seed = bits, update_every, init, max_iter, seed
         self.cache_assignments = cache_assignments
@@ -530,10 +517,10 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
         raise TypeError(f"act_momentum must be a real number in [0, 1], got {type(act_momentum).__name__}")
     if not 0.0 <= float(act_momentum) <= 1.0:
         raise ValueError(f"act_momentum must be in [0, 1], got {act_momentum}")
-    keep_first_fp32 = _check_bool(keep_first_fp32, "keep_first_fp32")
-    inplace = _check_bool(inplace, "inplace")
+    keep_first_fp32 = check_bool(keep_first_fp32, "keep_first_fp32")
+    inplace = check_bool(inplace, "inplace")
     if progress is not None:
-        progress = _check_bool(progress, "progress")
+        progress = check_bool(progress, "progress")
     blocks = list(model.named_blocks())
     for prefix, block in blocks:
         _check_block(block, f"block {prefix!r}")

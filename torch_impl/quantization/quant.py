@@ -56,6 +56,8 @@ from torch import Tensor, nn
 # MIN_SCALE, *[repspec]* the smallest nonzero computed scale (float32's smallest normal number)
 from repspec.core.vocabulary import ACTIVATION_OBSERVERS, MIN_SCALE
 
+from .._validation import check_bool
+
 __all__ = [
     "weight_qmax",
     "activation_qmax",
@@ -90,12 +92,6 @@ def check_bits(bits, name: str = "bits", *, min_value: int = 1) -> int:
         extra = " (symmetric narrow-range weights need bits >= 2: bits=1 gives qmax=0)" if min_value == 2 else ""
         raise ValueError(f"{name} must be in {min_value}..16{extra}, got {bits}")
     return bits
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _check_tensor(x, name: str, *, validate: bool = True, min_ndim: int = 0) -> Tensor:
@@ -191,7 +187,7 @@ def weight_scale(w: Tensor, bits: int, per_channel: bool = False, *, validate: b
     :func:`repspec.reference.quant.weight_qparams` bit for bit in float64.
     """
     qmax = weight_qmax(bits)
-    _check_bool(per_channel, "per_channel")
+    check_bool(per_channel, "per_channel")
     w = _check_tensor(w, "w", validate=validate, min_ndim=1 if per_channel else 0)
     a = w.detach().abs()
     amax = a.reshape(a.shape[0], -1).amax(dim=1) if per_channel else a.amax()
@@ -410,7 +406,7 @@ class ActivationFakeQuant(nn.Module):
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.observer = observer
         self.momentum = momentum
-        self.validate = _check_bool(validate, "validate")
+        self.validate = check_bool(validate, "validate")
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.int64))
