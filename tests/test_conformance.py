@@ -368,14 +368,14 @@ def test_adapter_traceback_is_printed_in_the_text_report():
     assert "_kernel_that_fails" in report["§3.grad-mult"].traceback  # the JSON keeps the whole traceback
 
 
-def test_theorem_bound_is_derived_not_flat():
+def testtheorem_bound_is_derived_not_flat():
     """The legit torch/reference paths stay far inside the bound; a 1e-12 drift (invisible to the old flat
     1e-9) fails — see the ``theorem_drift_1e-12`` broken adapter. Here: the bound itself scales with the
     steps and with Σ|terms| (cancellation), not with |W'|."""
-    from repspec.conformance.clauses import _theorem_bound
+    from repspec.conformance.clauses.repopt import theorem_bound
 
     m = [np.array([1.0, 100.0])]
-    b1, b3 = _theorem_bound(2.0**-53, 1, m), _theorem_bound(2.0**-53, 3, m)
+    b1, b3 = theorem_bound(2.0**-53, 1, m), theorem_bound(2.0**-53, 3, m)
     assert np.all(b3 > b1) and b1[1] == pytest.approx(100 * b1[0])
     assert 1e-15 < b1[0] < 1e-13  # ~1e-14 of the terms: a 1e-12 relative error is 100x outside
     drift = run_conformance(BROKEN["theorem_drift_1e-12"].adapter(), clauses=["§3.repopt-sgd-step"], max_examples=N)
