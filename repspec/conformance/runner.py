@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import xml.etree.ElementTree as ET
 import math
 import os
 import sys
@@ -305,6 +306,41 @@ class Report:
     def to_json(self, **kw) -> str:
         kw.setdefault("indent", 2)
         return json.dumps(self.to_dict(), ensure_ascii=False, **kw)
+
+    def to_junit_xml(self) -> str:
+        """The report as JUnit XML, one ``<testcase>`` per clause (for CI dashboards).
+
+        A failing clause is a ``<failure>`` (an ``ERROR`` of the harness an ``<error>``) whose text is
+        the clause's block of the text report (quantity, message, tolerance, counter-example, reproduce
+        line); a clause the adapter does not provide is ``<skipped>``. Each case carries the counts and
+        the largest errors as ``<properties>``.
+        """
+        suite = ET.Element("testsuite", name=f"repspec conformance: {self.adapter}", tests=str(len(self.results)),
+                           failures=str(sum(r.status == FAIL for r in self.results)),
+                           errors=str(sum(r.status == ERROR for r in self.results)),
+                           skipped=str(len(self.skipped())), time=f"{sum(r.seconds for r in self.results):.3f}")
+        settings = ET.SubElement(suite, "properties")
+        for key in ("impl", "seed", "max_examples", "profile", "strict"):
+            if key in self.settings:
+                ET.SubElement(settings, "property", name=key, value=str(self.settings[key]))
+        blocks = {r.clause_id: Report([r], [r], self.settings).details() for r in self.results
+                  if r.status in (FAIL, ERROR)}
+        for r in self.results:
+            case = ET.SubElement(suite, "testcase", classname=f"repspec.conformance.section{r.section.lstrip('§')}",
+                                 name=r.clause_id, time=f"{r.seconds:.3f}")
+            props = ET.SubElement(case, "properties")
+            for key, value in (("title", r.title), ("checked", r.examples), ("declined", r.declined),
+                               ("tie_discarded", r.tie_discarded), ("max_abs_err", r.max_abs_err),
+                               ("max_rel_err", r.max_rel_err), ("tolerance", r.tolerance)):
+                ET.SubElement(props, "property", name=key, value="" if value is None else str(value))
+            if r.status == SKIP:
+                ET.SubElement(case, "skipped", message=r.message)
+            elif r.status in (FAIL, ERROR):
+                element = ET.SubElement(case, "failure" if r.status == FAIL else "error",
+                                        message=f"{r.quantity + ': ' if r.quantity else ''}{r.message}")
+                element.text = blocks[r.clause_id].strip()
+        ET.indent(suite)
+        return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
 # ----------------------------------------------------------------------- running
@@ -633,6 +669,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=PROFILES, default="float64",
                    help="tolerance table (default float64, the contract; float32 is advisory)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH ('-' for stdout only)")
+    p.add_argument("--junit-xml", metavar="PATH", dest="junit_xml",
+                   help="also write the report as JUnit XML to PATH (one test case per clause)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 unless every clause ran and passed: none skipped (not provided) and no "
                         "special-value case declined")
@@ -656,6 +694,7 @@ def run_from_args(args: argparse.Namespace, out=None) -> int:
     options, an unwritable ``--json`` path).
     """
     out = sys.stdout if out is None else out
+    junit = getattr(args, "junit_xml", None)
     missing = _missing_hypothesis()
     if missing:
         print(missing, file=sys.stderr)
@@ -669,14 +708,19 @@ def run_from_args(args: argparse.Namespace, out=None) -> int:
     if not args.impl:
         print("error: --impl is required (e.g. --impl repspec.conformance.torch_adapter:TorchAdapter)", file=sys.stderr)
         return 2
-    if args.json and args.json != "-":
-        target = os.path.abspath(args.json)
+    outputs = [(option, path) for option, path in (("--json", args.json), ("--junit-xml", junit))
+               if path and path != "-"]
+    for option, path in outputs:
+        target = os.path.abspath(path)
         if os.path.isdir(target) or not os.path.isdir(os.path.dirname(target)) \
                 or not os.access(os.path.dirname(target), os.W_OK) \
                 or (os.path.exists(target) and not os.access(target, os.W_OK)):
-            print(f"error: --json {args.json!r} must be a writable file path in an existing directory",
+            print(f"error: {option} {path!r} must be a writable file path in an existing directory",
                   file=sys.stderr)
             return 2
+    if len({os.path.abspath(path) for _, path in outputs}) < len(outputs):
+        print("error: --json and --junit-xml must name different files", file=sys.stderr)
+        return 2
     clauses = None
     if args.clauses:
         clauses = [c for chunk in args.clauses for c in chunk.split(",") if c.strip()]
@@ -697,15 +741,17 @@ def run_from_args(args: argparse.Namespace, out=None) -> int:
         print(report.to_json(), file=out)
     else:
         print(report, file=out)
-    if args.json and args.json != "-":
+    if outputs:
         from repspec.torch_impl.io import atomic_write_text
 
-        try:
-            atomic_write_text(args.json, report.to_json())
-        except OSError as exc:
-            print(f"error: could not write --json {args.json!r}: {exc}", file=sys.stderr)
-            return 2
-        print(f"JSON report written to {args.json}", file=out)
+        for option, path in outputs:
+            text, what = (report.to_json(), "JSON") if option == "--json" else (report.to_junit_xml(), "JUnit XML")
+            try:
+                atomic_write_text(path, text)
+            except OSError as exc:
+                print(f"error: could not write {option} {path!r}: {exc}", file=sys.stderr)
+                return 2
+            print(f"{what} report written to {path}", file=out)
     if args.json != "-":
         why = ("every clause this adapter provides passed" if status == 0 and not args.strict else
                "every clause ran and passed (--strict)" if status == 0 else
@@ -717,11 +763,11 @@ def run_from_args(args: argparse.Namespace, out=None) -> int:
 
 def verify(impl_spec: str, *, clauses: Sequence[str] | None = None, max_examples: int = DEFAULT_MAX_EXAMPLES,
            seed: int = 0, profile: str = "float64", json_path: str | None = None, strict: bool = False,
-           out=None) -> int:
+           junit_xml_path: str | None = None, out=None) -> int:
     """Load ``impl_spec`` (``package.module:Adapter``), print the report, return the exit status."""
     args = argparse.Namespace(impl=impl_spec, clauses=[",".join(clauses)] if clauses else None,
                               max_examples=max_examples, seed=seed, profile=profile, json=json_path, strict=strict,
-                              list=False)
+                              list=False, junit_xml=junit_xml_path)
     return run_from_args(args, out=out)
 
 
