@@ -963,7 +963,7 @@ def cmd_train(args) -> int:
     from repspec.core.runtime import bit_identity_differences, reproducibility_info
     from repspec.torch_impl.modules.models import create_model
     from repspec.torch_impl.training.data import make_loaders
-    from repspec.torch_impl.training.train import seed_everything, train_classifier
+    from repspec.torch_impl.training.train import TrainConfig, seed_everything, train_classifier
 
     device = _setup_torch(args)
     overrides = _model_overrides(args)
@@ -1017,13 +1017,15 @@ def cmd_train(args) -> int:
     data = {"dataset": args.dataset, "data_dir": None if args.data_dir is None else os.path.abspath(args.data_dir),
             "image_size": int(info.image_size[0]), "seed": args.seed, **{k: v for k, v in info.to_dict().items() if k in (
                 "num_classes", "mean", "std", "train_size", "test_size", "classes")}}
-    history = train_classifier(
-        model, train_loader, optimizer=optimizer, scheduler=scheduler, epochs=args.epochs, device=device,
-        eval_loader=test_loader, checkpoint_path=work, checkpoint_every=len(train_loader), resume=args.resume,
+    config = TrainConfig(
+        epochs=args.epochs, device=device, checkpoint_path=work, checkpoint_every=len(train_loader), resume=args.resume,
         checkpoint_extra={"model": args.model, "num_classes": info.num_classes, "model_overrides": overrides,
                           "dataset": info.to_dict(), "data": data, "run": _run_config(args),
                           "reproducibility": repro, "scales": scales_record, "extensions": extensions},
-        progress=not args.no_progress, seed=args.seed, on_resume=on_resume,
+        progress=not args.no_progress, seed=args.seed)
+    history = train_classifier(
+        model, train_loader, optimizer=optimizer, scheduler=scheduler, eval_loader=test_loader, config=config,
+        on_resume=on_resume,
         epoch_callback=lambda r: print(f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} "
                                        f"acc {r['train_acc']:.4f}, test acc {r['eval_acc']:.4f}"))
     if work != out:

@@ -148,7 +148,7 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
     from repspec.torch_impl.quantization.export import export_quantized
     from repspec.torch_impl.quantization.ptq import evaluate, quantized_model_from_qat
     from repspec.torch_impl.quantization.qat import KMeansWeightQuantizer, UniformWeightQuantizer, make_qat_model
-    from repspec.torch_impl.training.train import train_classifier
+    from repspec.torch_impl.training.train import TrainConfig, train_classifier
 
     if method not in ("qat", "clusterqat"):
         raise ValueError(f"method must be 'qat' or 'clusterqat', got {method!r}")
@@ -159,8 +159,8 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
     qat_model = make_qat_model(model, weight_quantizer=wq, act_bits=act_bits, act_ranges=act_ranges).to(device)
     optimizer = torch.optim.SGD([p for p in qat_model.parameters() if p.requires_grad], lr=lr, momentum=momentum,
                                 weight_decay=weight_decay)
-    history = train_classifier(qat_model, train_loader, optimizer=optimizer, epochs=epochs, device=device,
-                               progress=progress, seed=seed)
+    history = train_classifier(qat_model, train_loader, optimizer=optimizer,
+                               config=TrainConfig(epochs=epochs, device=device, progress=progress, seed=seed))
     deployed = quantized_model_from_qat(qat_model)
     result = {"accuracy": evaluate(deployed, test_loader, device=device), "state_size": int(deployed.state_size()),
               "history": history.to_dict()}
@@ -186,7 +186,7 @@ def _train_fp32(label, name, overrides, cfg, data, device, seed, progress, log):
     from repspec.torch_impl.modules.models import create_model
     from repspec.torch_impl.optimizers.hypersearch import extract_scales, train_hypersearch
     from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer, weight_decay_groups
-    from repspec.torch_impl.training.train import evaluate, seed_everything, train_classifier
+    from repspec.torch_impl.training.train import TrainConfig, evaluate, seed_everything, train_classifier
 
     train_loader, test_loader, num_classes = data
     seed_everything(seed)
@@ -210,8 +210,8 @@ def _train_fp32(label, name, overrides, cfg, data, device, seed, progress, log):
                                     momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     t0 = time.perf_counter()
-    history = train_classifier(model, train_loader, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
-                               device=device, progress=progress, seed=seed)
+    history = train_classifier(model, train_loader, optimizer=optimizer, scheduler=scheduler,
+                               config=TrainConfig(epochs=cfg.epochs, device=device, progress=progress, seed=seed))
     seconds["train"] = time.perf_counter() - t0
     extra["train_loss"] = history.epochs[-1]["train_loss"]
     return model, extra, seconds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from repspec.torch_impl.training.data import load_digits_dataset, make_loader, m
 from repspec.torch_impl.modules.models import create_model
 from repspec.torch_impl.optimizers.repoptimizer import build_repoptimizer
 from repspec.torch_impl.training.train import (
+    TrainConfig,
     evaluate,
     evaluate_metrics,
     seed_everything,
@@ -45,21 +48,22 @@ def _assert_bit_identical(a: nn.Module, b: nn.Module):
         assert torch.equal(sa[k], sb[k]), k
 
 
-def _run_three_ways(build, tmp_path, *, crash_step, run_kwargs):
+def _run_three_ways(build, tmp_path, *, crash_step, config):
     """Uninterrupted run vs. a run killed after ``crash_step`` and resumed from its last checkpoint."""
+    config = dataclasses.replace(config, progress=False)
     model_a, opt_a, sched_a, loader_a = build()
-    hist_a = train_classifier(model_a, loader_a, optimizer=opt_a, scheduler=sched_a, progress=False, **run_kwargs)
+    hist_a = train_classifier(model_a, loader_a, optimizer=opt_a, scheduler=sched_a, config=config)
     ckpt = tmp_path / "ckpt"
     model_b, opt_b, sched_b, loader_b = build()
     with pytest.raises(Crash):
-        train_classifier(model_b, loader_b, optimizer=opt_b, scheduler=sched_b, progress=False, checkpoint_path=ckpt,
-                         step_callback=_crash_at(crash_step), **run_kwargs)
+        train_classifier(model_b, loader_b, optimizer=opt_b, scheduler=sched_b,
+                         config=dataclasses.replace(config, checkpoint_path=ckpt), step_callback=_crash_at(crash_step))
     assert checkpoint_exists(ckpt)
     seed_everything(12345)  # a fresh process: different global RNG, freshly initialized model
     model_c, opt_c, sched_c, loader_c = build(init_seed=99)
     torch.manual_seed(777)
-    hist_c = train_classifier(model_c, loader_c, optimizer=opt_c, scheduler=sched_c, progress=False,
-                              checkpoint_path=ckpt, resume=True, **run_kwargs)
+    hist_c = train_classifier(model_c, loader_c, optimizer=opt_c, scheduler=sched_c,
+                              config=dataclasses.replace(config, checkpoint_path=ckpt, resume=True))
     return model_a, hist_a, model_c, hist_c
 
 
@@ -71,8 +75,8 @@ def test_learns_on_digits(digits8):
     before = evaluate(model, test_loader)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     records = []
-    hist = train_classifier(model, train_loader, optimizer=opt, epochs=4, eval_loader=test_loader, progress=False,
-                            epoch_callback=records.append)
+    hist = train_classifier(model, train_loader, optimizer=opt, eval_loader=test_loader,
+                            config=TrainConfig(epochs=4, progress=False), epoch_callback=records.append)
     assert hist.global_step == 32 and len(hist.step_losses) == 32 and len(hist.epochs) == 4
     assert records == hist.epochs
     first, last = sum(hist.step_losses[:5]) / 5, sum(hist.step_losses[-5:]) / 5
@@ -95,7 +99,7 @@ def test_resume_is_bit_identical_sgd_mid_epoch(digits8, tmp_path):
 
     # 7 batches per epoch; checkpoints every 5 steps and at epoch ends; killed after step 13 -> resumes at step 10
     a, ha, c, hc = _run_three_ways(build, tmp_path, crash_step=13,
-                                   run_kwargs=dict(steps=20, seed=0, scheduler_interval="step", checkpoint_every=5))
+                                   config=TrainConfig(steps=20, seed=0, scheduler_interval="step", checkpoint_every=5))
     assert hc.resumed_from_step == 10
     _assert_bit_identical(a, c)
     assert ha.step_losses == hc.step_losses and ha.epochs == hc.epochs
@@ -113,7 +117,7 @@ def test_resume_is_bit_identical_repoptimizer_at_epoch_boundary(digits8, tmp_pat
 
     # 4 batches per epoch, epoch-interval scheduler; killed after step 10 -> resumes from the epoch-2 checkpoint
     a, ha, c, hc = _run_three_ways(build, tmp_path, crash_step=10,
-                                   run_kwargs=dict(epochs=3, seed=0, checkpoint_extra={"model": "repopt_vgg_tiny8"}))
+                                   config=TrainConfig(epochs=3, seed=0, checkpoint_extra={"model": "repopt_vgg_tiny8"}))
     assert hc.resumed_from_step == 8
     _assert_bit_identical(a, c)
     assert ha.step_losses == hc.step_losses and ha.epochs == hc.epochs
@@ -134,7 +138,7 @@ def test_resume_generic_loader_and_dropout(tmp_path):
         return model, opt, None, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
 
     a, ha, c, hc = _run_three_ways(build, tmp_path, crash_step=11,
-                                   run_kwargs=dict(steps=19, seed=5, checkpoint_every=3))
+                                   config=TrainConfig(steps=19, seed=5, checkpoint_every=3))
     assert hc.resumed_from_step == 9
     _assert_bit_identical(a, c)
     assert ha.step_losses == hc.step_losses and ha.epochs == hc.epochs
@@ -144,24 +148,23 @@ def test_resume_checks(digits8, tmp_path):
     train, _, _ = digits8
     model = create_model("repvgg_tiny8", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def cfg(steps, resume):
+        return TrainConfig(steps=steps, checkpoint_path=tmp_path / "c", resume=resume, progress=False)
+
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train_classifier(model, make_loader(train, 50), optimizer=opt, steps=1, checkpoint_path=tmp_path / "c",
-                         resume=True, progress=False)
-    h = train_classifier(model, make_loader(train, 50), optimizer=opt, steps=2, checkpoint_path=tmp_path / "c",
-                         resume="auto", progress=False)
+        train_classifier(model, make_loader(train, 50), optimizer=opt, config=cfg(1, True))
+    h = train_classifier(model, make_loader(train, 50), optimizer=opt, config=cfg(2, "auto"))
     assert h.resumed_from_step is None and checkpoint_exists(tmp_path / "c")
     with pytest.raises(ValueError, match="4 batches per epoch, this train_loader has 2"):
-        train_classifier(model, make_loader(train, 100), optimizer=opt, steps=3, checkpoint_path=tmp_path / "c",
-                         resume=True, progress=False)
+        train_classifier(model, make_loader(train, 100), optimizer=opt, config=cfg(3, True))
     # extending a finished run continues from its step count
-    h = train_classifier(model, make_loader(train, 50), optimizer=opt, steps=3, checkpoint_path=tmp_path / "c",
-                         resume=True, progress=False)
+    h = train_classifier(model, make_loader(train, 50), optimizer=opt, config=cfg(3, True))
     assert (h.resumed_from_step, h.global_step, len(h.step_losses)) == (2, 3, 3)
     with pytest.raises(ValueError, match="exactly one of epochs or steps"):
-        train_classifier(model, make_loader(train, 50), optimizer=opt, progress=False)
+        TrainConfig(progress=False)
     with pytest.raises(ValueError, match="reserved"):
-        train_classifier(model, make_loader(train, 50), optimizer=opt, steps=1, progress=False,
-                         checkpoint_extra={"train_state": 1})
+        TrainConfig(steps=1, checkpoint_extra={"train_state": 1})
 
 
 def test_progress_bar_shows_on_a_terminal_only_and_can_be_disabled(digits8, capsys, monkeypatch):
@@ -172,10 +175,11 @@ def test_progress_bar_shows_on_a_terminal_only_and_can_be_disabled(digits8, caps
     model = create_model("repvgg_tiny8", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = make_loader(train, 100)
-    train_classifier(model, loader, optimizer=opt, steps=1, progress=False)
+    quiet, bars = TrainConfig(steps=1, progress=False), TrainConfig(steps=1)
+    train_classifier(model, loader, optimizer=opt, config=quiet)
     assert capsys.readouterr().err == ""
-    # progress=True on a non-terminal stream (CI logs, files): no bar flooding the output
-    train_classifier(model, loader, optimizer=opt, steps=1, progress=True)
+    # progress=True (the default) on a non-terminal stream (CI logs, files): no bar flooding the output
+    train_classifier(model, loader, optimizer=opt, config=bars)
     assert capsys.readouterr().err == ""
 
     class Terminal(io.StringIO):
@@ -184,10 +188,10 @@ def test_progress_bar_shows_on_a_terminal_only_and_can_be_disabled(digits8, caps
 
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    train_classifier(model, loader, optimizer=opt, steps=1, progress=True)
+    train_classifier(model, loader, optimizer=opt, config=bars)
     assert "epoch 1" in terminal.getvalue()
     terminal.truncate(0)
-    train_classifier(model, loader, optimizer=opt, steps=1, progress=False)
+    train_classifier(model, loader, optimizer=opt, config=quiet)
     assert terminal.getvalue() == ""
 
 
@@ -210,7 +214,7 @@ def test_evaluate_and_freeze_bn(digits8):
     # frozen BN statistics (SPEC §5 QAT)
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    train_classifier(model, loader, optimizer=opt, steps=2, progress=False, freeze_bn=True)
+    train_classifier(model, loader, optimizer=opt, config=TrainConfig(steps=2, progress=False, freeze_bn=True))
     for k, v in stats.items():
         assert torch.equal(model.state_dict()[k], v), k
 
@@ -229,7 +233,7 @@ def test_hypersearch_through_train_classifier_matches_train_hypersearch(digits8)
     opt = build_hypersearch_optimizer(b, 0.1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)
     hist = train_classifier(b, make_loader(sub, 25, seed=2), optimizer=opt, scheduler=sched,
-                            scheduler_interval="step", steps=6, progress=False)
+                            config=TrainConfig(steps=6, scheduler_interval="step", progress=False))
     assert hist.step_losses == ref.losses
     got = extract_scales(b)
     assert got.keys() == ref.scales.keys() and all(torch.equal(got[k], ref.scales[k]) for k in got)
@@ -242,8 +246,8 @@ def test_cuda_training_checkpoint_loads_on_cpu_and_resumes(digits8, tmp_path):
     model = create_model("repopt_vgg_tiny8", num_classes=10, seed=0).cuda()
     opt = build_repoptimizer(model, model.repopt_scales, lr=0.05, momentum=0.9)
     ckpt = tmp_path / "c"
-    train_classifier(model, make_loader(train, 50), optimizer=opt, steps=5, device="cuda", checkpoint_path=ckpt,
-                     progress=False)
+    train_classifier(model, make_loader(train, 50), optimizer=opt,
+                     config=TrainConfig(steps=5, device="cuda", checkpoint_path=ckpt, progress=False))
     cpu_model = create_model("repopt_vgg_tiny8", num_classes=10, seed=1)
     cpu_opt = build_repoptimizer(cpu_model, cpu_model.repopt_scales, lr=0.05, momentum=0.9)
     from repspec.torch_impl.training.checkpoint import load_checkpoint
@@ -252,7 +256,7 @@ def test_cuda_training_checkpoint_loads_on_cpu_and_resumes(digits8, tmp_path):
     _assert_bit_identical(model.cpu(), cpu_model)
     again = create_model("repopt_vgg_tiny8", num_classes=10, seed=2).cuda()
     opt2 = build_repoptimizer(again, again.repopt_scales, lr=0.05, momentum=0.9)
-    hist = train_classifier(again, make_loader(train, 50), optimizer=opt2, steps=8, device="cuda",
-                            checkpoint_path=ckpt, resume=True, progress=False)
+    hist = train_classifier(again, make_loader(train, 50), optimizer=opt2,
+                            config=TrainConfig(steps=8, device="cuda", checkpoint_path=ckpt, resume=True, progress=False))
     assert hist.resumed_from_step == 5 and hist.global_step == 8
     assert all(p.is_cuda for p in again.parameters())

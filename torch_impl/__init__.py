@@ -59,4 +59,4 @@ from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.official import OfficialCheckpointError, load_official_checkpoint, load_official_scales
 from .training.data import load_digits_dataset, make_loaders
 from .training.datasets import load_dataset
-from .training.train import evaluate, train_classifier
+from .training.train import TrainConfig, evaluate, train_classifier
