@@ -161,10 +161,71 @@ def test_resume_checks(digits8, tmp_path):
     # extending a finished run continues from its step count
     h = train_classifier(model, make_loader(train, 50), optimizer=opt, config=cfg(3, True))
     assert (h.resumed_from_step, h.global_step, len(h.step_losses)) == (2, 3, 3)
-    with pytest.raises(ValueError, match="exactly one of epochs or steps"):
-        TrainConfig(progress=False)
-    with pytest.raises(ValueError, match="reserved"):
-        TrainConfig(steps=1, checkpoint_extra={"train_state": 1})
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({}, ValueError, "exactly one of epochs or steps"),
+    ({"epochs": 1, "steps": 1}, ValueError, "exactly one of epochs or steps"),
+    ({"steps": 0}, ValueError, "steps must be >= 1"),
+    ({"epochs": 1.5}, TypeError, "epochs must be an integer"),
+    ({"steps": True}, TypeError, "steps must be an integer"),
+    ({"steps": 1, "scheduler_interval": "batch"}, ValueError, "scheduler_interval must be one of"),
+    ({"steps": 1, "device": "nodevice"}, ValueError, "device 'nodevice' is not a device"),
+    ({"steps": 1, "device": 1.5}, TypeError, "device must be"),
+    ({"steps": 1, "loss_fn": 3}, TypeError, "loss_fn must be callable"),
+    ({"steps": 1, "checkpoint_path": 3}, TypeError, "checkpoint_path must be a str or os.PathLike"),
+    ({"steps": 1, "checkpoint_every": 0}, ValueError, "checkpoint_every must be >= 1"),
+    ({"steps": 1, "checkpoint_every": 2.0}, TypeError, "checkpoint_every must be an integer"),
+    ({"steps": 1, "resume": "yes", "checkpoint_path": "c"}, ValueError, "resume must be False, True or 'auto'"),
+    ({"steps": 1, "resume": 1, "checkpoint_path": "c"}, ValueError, "resume must be False, True or 'auto'"),
+    ({"steps": 1, "resume": True}, ValueError, "resume needs checkpoint_path"),
+    ({"steps": 1, "checkpoint_extra": [1]}, TypeError, "checkpoint_extra must be a mapping"),
+    ({"steps": 1, "checkpoint_extra": {"train_state": 1}}, ValueError, "reserved key"),
+    ({"steps": 1, "progress": 1}, TypeError, "progress must be a bool"),
+    ({"steps": 1, "seed": -1}, ValueError, "seed must be >= 0"),
+    ({"steps": 1, "seed": 1.0}, TypeError, "seed must be an integer"),
+    ({"steps": 1, "freeze_bn": None}, TypeError, "freeze_bn must be a bool"),
+])
+def test_train_config_checks_each_field_when_built(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_normalizes_copies_and_is_frozen(tmp_path):
+    extra = {"model": "x"}
+    c = TrainConfig(epochs=2, device="cpu", checkpoint_path=str(tmp_path), checkpoint_extra=extra, seed=2**63)
+    assert c.device == torch.device("cpu") and c.checkpoint_path == tmp_path and c.total_steps(7) == 14
+    extra["model"] = "y"
+    assert c.checkpoint_extra == {"model": "x"}
+    assert TrainConfig(steps=1).checkpoint_extra == {}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.epochs = 3  # type: ignore[misc]
+    assert dataclasses.replace(c, epochs=None, steps=5).total_steps(7) == 5
+
+
+def test_train_classifier_checks_its_objects_before_changing_anything():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    cfg = TrainConfig(steps=1, progress=False, seed=3)
+    rng = torch.get_rng_state()
+    for kwargs, error, match in (
+            ({"model": object()}, TypeError, "model must be a torch.nn.Module"),
+            ({"optimizer": 3}, TypeError, "optimizer must be a torch.optim.Optimizer"),
+            ({"config": {"steps": 1}}, TypeError, "config must be a TrainConfig"),
+            ({"scheduler": 3}, TypeError, "scheduler must have a step"),
+            ({"step_callback": 3}, TypeError, "step_callback must be callable"),
+            ({"epoch_callback": 3}, TypeError, "epoch_callback must be callable"),
+            ({"on_resume": 3}, TypeError, "on_resume must be callable"),
+            ({"train_loader": iter(loader)}, TypeError, "train_loader must have len"),
+            ({"train_loader": []}, ValueError, "train_loader is empty")):
+        args = {"model": model, "train_loader": loader, "optimizer": opt, "config": cfg, **kwargs}
+        with pytest.raises(error, match=match):
+            train_classifier(args.pop("model"), args.pop("train_loader"), **args)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)  # not seeded either
 
 
 def test_progress_bar_shows_on_a_terminal_only_and_can_be_disabled(digits8, capsys, monkeypatch):
