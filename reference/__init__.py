@@ -10,6 +10,7 @@ argument), so the chapters' function bodies read as their formulas.
 ``kernels``     SPEC §0 ``pad(K1)``, identity kernel ``I_c``
 ``network``     SPEC §1 Block/Optimizer protocols, ``Network``, ``train``
 ``repvgg``      SPEC §2 RepVGG / QARepVGG blocks and branch fusion
+``deploy``      SPEC §1/§2 a whole network in deploy form (every block fused)
 ``repopt_sgd``  SPEC §3 RepOpt-SGD in one file: ``W'``, ``W'_0``, Grad Mult, weight decay, step
 ``repopt``      SPEC §3 CSLA, HyperSearch and target blocks, network helpers
 ``optim``       SPEC §3 optimizer classes, AdamW (+ masked variant)
@@ -26,6 +27,7 @@ argument), so the chapters' function bodies read as their formulas.
 from . import (
     analysis,
     calibrate,
+    deploy,
     gradcheck,
     kernels,
     kmeans,
@@ -41,6 +43,7 @@ from . import (
 )
 from .analysis import *  # noqa: F401,F403
 from .calibrate import *  # noqa: F401,F403
+from .deploy import *  # noqa: F401,F403
 from .gradcheck import *  # noqa: F401,F403
 from .kernels import *  # noqa: F401,F403
 from .kmeans import *  # noqa: F401,F403
@@ -60,7 +63,7 @@ import importlib as _importlib  # noqa: E402
 
 calibrate = _importlib.import_module(__name__ + ".calibrate")  # noqa: F811
 
-CHAPTERS = (ops, kernels, network, repvgg, repopt_sgd, repopt, optim, oabn, quant, calibrate, kmeans, qat, analysis,
-            gradcheck)
+CHAPTERS = (ops, kernels, network, repvgg, repopt_sgd, repopt, optim, oabn, quant, calibrate, kmeans, qat, deploy,
+            analysis, gradcheck)
 
 __all__ = sorted(({name for chapter in CHAPTERS for name in chapter.__all__} - {"calibrate"}) | {"CHAPTERS"})

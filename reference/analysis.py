@@ -89,16 +89,21 @@ def excess_kurtosis(values) -> float:
     """Fisher's excess kurtosis with population moments: ``m4 / m2² − 3``, ``m_k = mean((w − mean w)^k)``.
 
     0 for a normal distribution, −1.2 for a uniform one, larger for heavy tails.
-    *[repspec]* ``nan`` when ``m2 == 0`` (constant values; the ratio is undefined).
+    *[repspec]* ``nan`` when ``m2 == 0``: constant values (the ratio is undefined). Constancy
+    is tested on the values themselves, not on the computed ``m2``: the float mean of
+    ``n`` copies of ``v`` is not always ``v`` (``(0.1 + 0.1 + 0.1)/3 ≠ 0.1``), and every
+    ``w − mean w`` would then be the same tiny number, whose ``m4/m2²`` is 1 (κ = −2).
     Same definition as ``scipy.stats.kurtosis(fisher=True, bias=True)``.
 
     >>> excess_kurtosis([-1.0, 1.0])
     -2.0
+    >>> excess_kurtosis([0.1, 0.1, 0.1])
+    nan
     """
     w = as_float_array(values, "values").reshape(-1)
     d = w - w.mean()
     m2 = np.mean(d * d)
-    if m2 == 0:
+    if w.min() == w.max() or m2 == 0:  # m2 == 0 also when the differences underflow
         return float("nan")
     return float(np.mean(d**4) / (m2 * m2) - 3.0)
 

@@ -345,6 +345,84 @@ class Float32StepAdapter(ReferenceAdapter):
         return np.asarray(p, dtype=np.float32), f32(buf)
 
 
+# ---- SPEC §1 networks, §2 fusion backward and categories, §4 OABN factor and eval mode
+
+
+class DeployUnclippedOABNAdapter(ReferenceAdapter):
+    """A network converter that folds every identity BN with the plain ``γ/sqrt(σ² + eps)``, also an OABN one
+    (the block-level fusion is right; the deploy script has its own BN folding and never heard of the clip)."""
+
+    name = "broken: deployed network folds OABN without the clip"
+
+    def network_forward_deployed(self, network, params, buffers, x):
+        from dataclasses import replace
+
+        from repspec.conformance.adapter import NetworkSpec
+
+        plain = NetworkSpec(tuple(replace(b, oabn_threshold=float("inf")) for b in network.blocks),
+                            network.num_classes, network.head_name)
+        return super().network_forward_deployed(plain, params, buffers, x)
+
+
+class FusionGammaWithoutBiasPathAdapter(ReferenceAdapter):
+    """Fusion backward that forgets that the fused bias ``b = β − μ·t`` depends on γ too: ``∂L/∂γ = Σ dK·K /
+    sqrt(σ² + eps)`` without the ``− μ·db`` term (the kernel path only)."""
+
+    name = "broken: fusion backward drops the bias path into gamma"
+
+    def fuse_repvgg_block_backward(self, dkernel, dbias, params, buffers, **kw):
+        grads = dict(super().fuse_repvgg_block_backward(dkernel, dbias, params, buffers, **kw))
+        buffers = without_num_batches_tracked(buffers)
+        for bn in ("rbr_dense.bn", "rbr_1x1.bn", "rbr_identity"):
+            if f"{bn}.weight" in grads:  # add back what the −μ·db term took away
+                grads[f"{bn}.weight"] = grads[f"{bn}.weight"] + buffers[f"{bn}.running_mean"] * dbias / np.sqrt(
+                    buffers[f"{bn}.running_var"] + kw["eps"])
+        return grads
+
+
+class SampleStdCategoriesAdapter(ReferenceAdapter):
+    """Category statistics whose standard deviation is the sample one (``ddof = 1``; ``torch.std``'s default)."""
+
+    name = "broken: category std with ddof = 1"
+
+    def category_statistics(self, kernel, *, groups):
+        from repspec.reference.analysis import merged_weight_categories
+
+        stats = super().category_statistics(kernel, groups=groups)
+        cats = []
+        for mask, st in zip(merged_weight_categories(kernel, groups), stats[:3]):
+            values = np.asarray(kernel)[mask]
+            cats.append(st._replace(std=float(values.std(ddof=1))) if values.size > 1 else st)
+        return (*cats, stats[3])
+
+
+class OneSidedClipFactorAdapter(ReferenceAdapter):
+    """OABN factor clipped from above only, ``min(t, s)`` (written for positive γ): a negative ``t < −s`` passes."""
+
+    name = "broken: OABN factor clipped from above only"
+
+    def oabn_factor(self, gamma, var, *, eps, threshold):
+        from repspec.reference.ops import bn_factor
+        from repspec.reference.oabn import check_threshold
+
+        return np.minimum(bn_factor(gamma, var, eps), check_threshold(threshold))
+
+
+class EvalBiasUnclippedAdapter(ReferenceAdapter):
+    """Eval-mode OABN whose shift uses the unclipped factor: ``t̃·x + (β − μ·t)`` (bias folded by the plain formula)."""
+
+    name = "broken: eval OABN shift with the unclipped factor"
+
+    def oabn_eval(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, eps, gradient):
+        from repspec.reference.ops import bn_factor
+
+        out = super().oabn_eval(x, gamma, beta, running_mean, running_var, dy, threshold=threshold, eps=eps,
+                                gradient=gradient)
+        t = bn_factor(gamma, running_var, eps)
+        shift = (running_mean * (np.clip(t, -threshold, threshold) - t))[None, :, None, None]
+        return out._replace(y=out.y + shift)
+
+
 @dataclass(frozen=True)
 class Broken:
     adapter: type
@@ -387,4 +465,10 @@ BROKEN: dict[str, Broken] = {
     "scales_swapped": _b(SwappedScalesAdapter, "§3.grad-mult", "§3.theorem", message="SWAPPED"),
     "float32_step": _b(Float32StepAdapter, "§3.repopt-sgd-step", "§3.theorem",
                        message="torch.set_default_dtype(torch.float64)"),
+    # SPEC §1 networks, §2 fusion backward and categories, §4 OABN factor and eval mode
+    "deploy_oabn_unclipped": _b(DeployUnclippedOABNAdapter, "§1.network"),
+    "fusion_gamma_without_bias_path": _b(FusionGammaWithoutBiasPathAdapter, "§2.fusion-backward"),
+    "category_std_ddof_1": _b(SampleStdCategoriesAdapter, "§2.categories"),
+    "oabn_factor_one_sided_clip": _b(OneSidedClipFactorAdapter, "§4.oabn-factor"),
+    "oabn_eval_shift_unclipped": _b(EvalBiasUnclippedAdapter, "§4.oabn-eval"),
 }

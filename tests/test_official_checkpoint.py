@@ -1,4 +1,4 @@
-"""Issue 13: official ``.pth`` checkpoints and scale files load safely and strictly (``training/official.py``)."""
+"""Official ``.pth`` checkpoints and scale files load safely and strictly (``training/official.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from repspec.torch_impl import OfficialCheckpointError, create_model, load_official_checkpoint, load_official_scales
 from repspec.torch_impl.modules.models import expected_scale_keys
+from repspec.torch_impl.training.official import strip_ddp_prefix
 
 from .test_official_registry import ORIGINAL_REPOPT, original_blocks
 
@@ -114,6 +115,81 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(OfficialCheckpointError) as info:
         load_official_checkpoint(tmp_path / "junk.pth", "repvgg_tiny8")
     _one_line(info)
+
+
+# ------------------------------------------------------------------- DDP prefix and dtype
+
+
+def test_ddp_prefix_is_stripped_only_when_every_key_has_it():
+    sd = {"module.a.weight": torch.zeros(1), "module.b.bias": torch.ones(1)}
+    assert list(strip_ddp_prefix(sd)) == ["a.weight", "b.bias"]
+    partial = {"module.a.weight": torch.zeros(1), "b.bias": torch.ones(1)}
+    assert list(strip_ddp_prefix(partial)) == list(partial)  # not half-stripped
+    assert strip_ddp_prefix({}) == {}
+
+
+@pytest.mark.parametrize("prefixed", ["every_other", "all_but_the_head", "the_head_too"])
+def test_a_partly_prefixed_checkpoint_fails_strictly_naming_the_keys(tmp_path, prefixed):
+    sd = _random_state(create_model("repvgg_tiny8", num_classes=4), 3)
+    keys = list(sd)
+    chosen = {"every_other": [k for k in keys[1::2] if k != "linear.weight"],
+              "all_but_the_head": [k for k in keys if k != "linear.weight"],
+              "the_head_too": [k for k in keys if k != "stage0.rbr_dense.conv.weight"]}[prefixed]
+    mixed = OrderedDict((f"module.{k}" if k in chosen else k, v) for k, v in sd.items())
+    torch.save(mixed, tmp_path / "mixed.pth")
+    with pytest.raises(OfficialCheckpointError) as info:
+        load_official_checkpoint(tmp_path / "mixed.pth", "repvgg_tiny8")
+    msg = _one_line(info)
+    first = next(k for k in mixed if k.startswith("module."))
+    if prefixed == "the_head_too":  # no head to read the class count from: said so, with the prefix
+        assert "no 'linear.weight'" in msg, msg
+    else:
+        assert "is not a repvgg_tiny8 checkpoint" in msg and "missing key" in msg and "unexpected key" in msg, msg
+    assert f"{len(chosen)} of {len(keys)} keys carry DDP's 'module.' prefix (first {first!r})" in msg, msg
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_checkpoint_dtype_is_kept_and_every_value_loads_exactly(tmp_path, dtype):
+    src = create_model("repvgg_tiny8", num_classes=3).eval()
+    src.load_state_dict(_random_state(src, 4))
+    src = src.to(dtype)
+    torch.save(src.state_dict(), tmp_path / "ckpt.pth")
+    model = load_official_checkpoint(tmp_path / "ckpt.pth", "repvgg_tiny8")
+    sd = model.state_dict()
+    assert {v.dtype for v in sd.values() if v.is_floating_point()} == {dtype}
+    assert all(torch.equal(sd[k], v) and sd[k].dtype == v.dtype for k, v in src.state_dict().items())
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5)).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(model(x), src(x))
+
+
+@pytest.mark.parametrize("dtypes, promoted", [((torch.float16, torch.float32), torch.float32),
+                                              ((torch.float32, torch.float16), torch.float32),
+                                              ((torch.float16, torch.bfloat16), torch.float32),
+                                              ((torch.float64, torch.float32), torch.float64)])
+def test_a_mixed_dtype_checkpoint_loads_in_the_promotion_without_losing_a_value(tmp_path, dtypes, promoted):
+    """Weights in one dtype, BN statistics in another: the model takes their promotion, whichever comes first
+    in the file (before, the first tensor's dtype won, and a float16 first entry narrowed the float32 rest)."""
+    weights, stats = dtypes
+    src = create_model("repvgg_tiny8", num_classes=3).eval()
+    sd = OrderedDict((k, v.to(stats if "running" in k else weights) if v.is_floating_point() else v)
+                     for k, v in _random_state(src, 6).items())
+    torch.save(sd, tmp_path / "mixed.pth")
+    model = load_official_checkpoint(tmp_path / "mixed.pth", "repvgg_tiny8")
+    got = model.state_dict()
+    assert {v.dtype for v in got.values() if v.is_floating_point()} == {promoted}
+    assert all(torch.equal(got[k], v.to(got[k].dtype)) and torch.equal(got[k].to(v.dtype), v) for k, v in sd.items())
+
+
+def test_an_explicit_dtype_is_the_documented_conversion(tmp_path):
+    src = create_model("repvgg_tiny8", num_classes=3).double().eval()
+    torch.save(src.state_dict(), tmp_path / "f64.pth")
+    model = load_official_checkpoint(tmp_path / "f64.pth", "repvgg_tiny8", dtype=torch.float32)
+    assert {v.dtype for v in model.state_dict().values() if v.is_floating_point()} == {torch.float32}
+    assert all(torch.equal(model.state_dict()[k], v.float()) for k, v in src.state_dict().items()
+               if v.is_floating_point())
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        load_official_checkpoint(tmp_path / "f64.pth", "repvgg_tiny8", dtype=torch.int32)
 
 
 # ------------------------------------------------------------------------------ scale files

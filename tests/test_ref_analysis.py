@@ -100,6 +100,16 @@ def test_excess_kurtosis_of_known_distributions():
     assert abs(excess_kurtosis(np.linspace(-1, 1, 100_001)) + 1.2) < 1e-3
 
 
+@pytest.mark.parametrize("value, n", [(0.1, 3), (0.1, 9), (0.7, 7), (1 / 3, 5), (-2.2, 11)])
+def test_excess_kurtosis_of_constant_values_is_nan_even_when_the_float_mean_is_off(value, n):
+    """SPEC §2.categories: κ = nan for constant values (m2 = 0), including values whose float mean is not the
+    value itself; without the constancy test every w − mean is the same tiny number and κ = m4/m2² − 3 = −2."""
+    w = np.full(n, value)
+    assert math.isnan(excess_kurtosis(w)), (value, n, w.mean() - value)
+    k = np.full((2, 2, 3, 3), value)  # every category constant
+    assert all(math.isnan(getattr(category_statistics(k), c).excess_kurtosis) for c in "ABC")
+
+
 def test_identity_ratio_dead_channel_and_oabn():
     params = {"rbr_identity.weight": np.array([1.0, 2.0, -3.0])}
     buffers = {"rbr_identity.running_var": np.array([0.0, 3.0, 8.0])}

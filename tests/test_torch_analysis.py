@@ -104,6 +104,13 @@ def test_oabn_identity_ratio_is_clipped():
     assert float(t0.abs().max()) == 0.5
 
 
+@pytest.mark.parametrize("value, n", [(0.1, 3), (0.1, 9), (0.7, 7), (1 / 3, 5)])
+def test_excess_kurtosis_of_constant_values_is_nan_like_the_reference(value, n):
+    """A constant category has κ = nan (SPEC §2.categories) although its float mean may be an ulp off."""
+    w = torch.full((n,), value, dtype=torch.float64)
+    assert math.isnan(ta.excess_kurtosis(w)) and math.isnan(ra.excess_kurtosis(w.numpy()))
+
+
 @given(seed=seeds)
 def test_state_size_matches_reference(seed):
     rng = rng_from(seed)

@@ -12,9 +12,16 @@ method                                 SPEC                          clauses
 =====================================  ============================  ======================
 ``fuse_repvgg_block``                  §2 fusion (+ §4 OABN ``t̃0``)   ``§2.fusion``
 ``fuse_qarepvgg_block``                §2 QARepVGG fusion            ``§2.qarepvgg-fusion``
+``fuse_repvgg_block_backward``         §2 differentiable fusion      ``§2.fusion-backward``
+``fuse_qarepvgg_block_backward``       §2 differentiable fusion      ``§2.fusion-backward``
+``merged_weight_categories``           §2 categories A/B/C           ``§2.categories``
+``category_statistics``                §2 category statistics        ``§2.categories``
+``identity_ratio``                     §2 identity ratio ``t0``      ``§2.categories``
 ``grad_mult_mask``                     §3 Grad Mult                  ``§3.grad-mult``, ``§3.theorem``
 ``repopt_sgd_step``                    §3 RepOpt-SGD step            ``§3.repopt-sgd-step``, ``§3.theorem``
+``oabn_factor``                        §4 clipped factor ``t̃``       ``§4.oabn-factor``
 ``oabn_train``                         §4 OABN train fwd + bwd       ``§4.oabn``
+``oabn_eval``                          §4 OABN eval fwd + bwd        ``§4.oabn-eval``
 ``fake_quantize_weight``               §5 uniform weights            ``§5.uniform-weight``
 ``fake_quantize_weight_backward``      §5 STE (weights)              ``§5.ste-weight``
 ``fake_quantize_activation``           §5 uniform activations        ``§5.uniform-activation``
@@ -22,6 +29,8 @@ method                                 SPEC                          clauses
 ``kmeans_fake_quantize``               §5 k-means assignment         ``§5.kmeans-ties``
 ``kmeans_1d``                          §5 1-D k-means                ``§5.kmeans``
 ``train_iteration``                    §1 one training iteration     ``§1.train-iteration``
+``network_forward_train``              §1 network, train form        ``§1.network``
+``network_forward_deployed``           §1 network, deploy form       ``§1.network``
 =====================================  ============================  ======================
 
 :class:`ReferenceAdapter` implements every method with the reference itself (it is the
@@ -47,7 +56,10 @@ __all__ = [
     "AdapterBase",
     "ReferenceAdapter",
     "OABNResult",
+    "OABNEvalResult",
     "TrainIterationResult",
+    "NetworkForwardResult",
+    "DeployedNetworkResult",
     "BlockSpec",
     "NetworkSpec",
     "SGDSpec",
@@ -62,9 +74,16 @@ Arrays = dict[str, np.ndarray]
 ADAPTER_METHODS = (
     "fuse_repvgg_block",
     "fuse_qarepvgg_block",
+    "fuse_repvgg_block_backward",
+    "fuse_qarepvgg_block_backward",
+    "merged_weight_categories",
+    "category_statistics",
+    "identity_ratio",
     "grad_mult_mask",
     "repopt_sgd_step",
+    "oabn_factor",
     "oabn_train",
+    "oabn_eval",
     "fake_quantize_weight",
     "fake_quantize_weight_backward",
     "fake_quantize_activation",
@@ -72,6 +91,8 @@ ADAPTER_METHODS = (
     "kmeans_fake_quantize",
     "kmeans_1d",
     "train_iteration",
+    "network_forward_train",
+    "network_forward_deployed",
 )
 
 #: the block kinds a :class:`BlockSpec` may name (SPEC §2 and §3)
@@ -99,6 +120,15 @@ class OABNResult(NamedTuple):
     dbeta: np.ndarray  # (C,)
 
 
+class OABNEvalResult(NamedTuple):
+    """What :meth:`ConformanceAdapter.oabn_eval` returns (a plain 4-tuple in this order is accepted)."""
+
+    y: np.ndarray  # (N, C, H, W) forward output t̃·x + (β − μ·t̃)
+    dx: np.ndarray  # (N, C, H, W) ∂L/∂x for the given upstream gradient dy
+    dgamma: np.ndarray  # (C,)
+    dbeta: np.ndarray  # (C,)
+
+
 class TrainIterationResult(NamedTuple):
     """What :meth:`ConformanceAdapter.train_iteration` returns (a plain tuple in this order is accepted).
 
@@ -112,6 +142,25 @@ class TrainIterationResult(NamedTuple):
     params: Mapping[str, np.ndarray]  # every parameter after the step (constants carried over)
     buffers: Mapping[str, np.ndarray]  # BN running statistics after the training-mode forward
     opt_state: Mapping[str, Mapping[str, np.ndarray]]  # {trainable name: {} | {"momentum_buffer": array}}
+
+
+class NetworkForwardResult(NamedTuple):
+    """What :meth:`ConformanceAdapter.network_forward_train` returns (a plain 2-tuple is accepted)."""
+
+    logits: np.ndarray  # (N, num_classes)
+    buffers: Mapping[str, np.ndarray]  # every BN running statistic after the training-mode forward
+
+
+class DeployedNetworkResult(NamedTuple):
+    """What :meth:`ConformanceAdapter.network_forward_deployed` returns (a plain 2-tuple is accepted).
+
+    ``params`` may be None (then only the logits are compared); when given it is the deployed
+    network's state: ``{prefix}.rbr_reparam.weight (O, I/g, 3, 3)`` and ``{prefix}.rbr_reparam.bias
+    (O,)`` for every block, ``{head_name}.weight`` and ``{head_name}.bias``.
+    """
+
+    logits: np.ndarray  # (N, num_classes) of the deployed network
+    params: Mapping[str, np.ndarray] | None
 
 
 # ------------------------------------------------------------- network description
@@ -277,6 +326,51 @@ class ConformanceAdapter(Protocol):
         Names: ``rbr_dense.conv.weight``, ``rbr_dense.bn.*``, ``rbr_1x1.weight``, ``bn.*``."""
         ...
 
+    def fuse_repvgg_block_backward(self, dkernel: np.ndarray, dbias: np.ndarray, params, buffers, *,
+                                   in_channels: int, out_channels: int, stride: int, groups: int, eps: float,
+                                   oabn_threshold: float, oabn_gradient: str) -> Mapping[str, np.ndarray]:
+        """SPEC §2.fusion-backward: the gradients of :meth:`fuse_repvgg_block`'s ``(K, b)`` w.r.t. every
+        trainable parameter of the block, running statistics held constant.
+
+        ``dkernel (O, I/g, 3, 3) = ∂L/∂K``, ``dbias (O,) = ∂L/∂b``; ``params``/``buffers`` as for
+        :meth:`fuse_repvgg_block` (``num_batches_tracked`` included). Returns ``{name: ∂L/∂θ}`` for exactly
+        the keys of ``params`` (``rbr_dense.conv.weight``, ``rbr_dense.bn.{weight,bias}``,
+        ``rbr_1x1.conv.weight``, ``rbr_1x1.bn.{weight,bias}``, ``rbr_identity.{weight,bias}`` with identity).
+        ``oabn_gradient`` ∈ {"clip", "straight_through"}: the identity factor's gradient through
+        ``t̃0 = clip(t0, −s, s)`` is ``·[|t0| ≤ s]`` (passes at ``|t0| == s``) or ``·1``.
+        """
+        ...
+
+    def fuse_qarepvgg_block_backward(self, dkernel: np.ndarray, dbias: np.ndarray, params, buffers, *,
+                                     in_channels: int, out_channels: int, stride: int, groups: int, eps: float,
+                                     fold_post_bn: bool) -> Mapping[str, np.ndarray]:
+        """SPEC §2.fusion-backward for :meth:`fuse_qarepvgg_block`: ``{name: ∂L/∂θ}`` for ``(dkernel, dbias)``
+        the gradients of its ``(K, b)``. With ``fold_post_bn`` every key of ``params``; without, the post BN
+        is not part of the fused ``(K, b)`` and only the ``rbr_*`` keys are returned."""
+        ...
+
+    def merged_weight_categories(self, kernel: np.ndarray, *, groups: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                    np.ndarray]:
+        """SPEC §2.categories: boolean masks ``(A, B, C)`` shaped like ``kernel (O, I/g, 3, 3)``: A the center
+        taps with ``i == o mod (I/g)``, B the other center taps, C the 8 border taps (any 0/1 array works)."""
+        ...
+
+    def category_statistics(self, kernel: np.ndarray, *, groups: int):
+        """SPEC §2.categories: ``(A, B, C, ratio_A_C)``, each category ``(count, max_abs, mean_abs, std,
+        excess_kurtosis)`` (the order of ``repspec.reference.analysis.CategoryStatistics``/``CategoryStats``,
+        whose NamedTuples are accepted): population std (``ddof = 0``), ``κ = m4/m2² − 3`` with
+        population moments and ``nan`` for constant values, ``nan`` statistics and count 0 for an empty
+        category, ``ratio_A_C = max|A|/max|C|`` (``inf`` when ``max|C| = 0 < max|A|``, ``nan`` when both are 0)."""
+        ...
+
+    def identity_ratio(self, params, buffers, *, in_channels: int, out_channels: int, stride: int, groups: int,
+                       eps: float, threshold: float) -> np.ndarray:
+        """SPEC §2.categories: ``t0 = γ0/sqrt(σ0² + eps)`` ``(O,)`` of a RepVGG block's identity BN, clipped
+        to ``[−s, s]`` with a finite ``threshold`` (OABN). ``params``/``buffers`` as for
+        :meth:`fuse_repvgg_block`. A block without an identity branch (``in != out`` or ``stride != 1``)
+        must raise ``ValueError``."""
+        ...
+
     def grad_mult_mask(self, scale_conv: np.ndarray, scale_1x1: np.ndarray, in_channels: int, *, identity: str,
                        exponent: int) -> np.ndarray:
         """SPEC §3 Grad Mult ``M (O, I, 3, 3)``; scales ``(O,)`` indexed by the **output** channel, in the
@@ -295,11 +389,26 @@ class ConformanceAdapter(Protocol):
         ``new_buffer`` is None iff ``momentum == 0``."""
         ...
 
+    def oabn_factor(self, gamma: np.ndarray, var: np.ndarray, *, eps: float, threshold: float) -> np.ndarray:
+        """SPEC §4.oabn-factor: ``t̃ = clip(γ/sqrt(σ² + eps), −s, s)`` per channel, ``(C,)`` from ``gamma (C,)``,
+        ``var (C,)``; ``threshold = inf`` is the plain BN factor. A ``threshold`` that is NaN, 0 or negative
+        must raise ``ValueError`` (SPEC §0.inputs)."""
+        ...
+
     def oabn_train(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                    running_var: np.ndarray, dy: np.ndarray, *, threshold: float, momentum: float, eps: float,
                    gradient: str) -> OABNResult:
         """SPEC §4: training-mode OABN forward (``y``, updated running stats) and backward for the
         upstream gradient ``dy`` (``dx, dγ, dβ``); ``gradient`` ∈ {"clip", "straight_through"}."""
+        ...
+
+    def oabn_eval(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                  running_var: np.ndarray, dy: np.ndarray, *, threshold: float, eps: float,
+                  gradient: str) -> OABNEvalResult:
+        """SPEC §4.oabn-eval: eval-mode OABN ``y = t̃·x + (β − μ·t̃)`` with the running statistics (left
+        unchanged) and its backward for ``dy``: ``dx = t̃·dy``, ``dβ = Σ dy``, ``dγ = Σ dy·(x − μ)·[|t| ≤ s]
+        / sqrt(σ² + eps)`` (``"clip"``; the indicator is 1 for ``"straight_through"``). Shapes as
+        :meth:`oabn_train`."""
         ...
 
     def fake_quantize_weight(self, w: np.ndarray, *, bits: int, per_channel: bool) -> np.ndarray:
@@ -338,6 +447,22 @@ class ConformanceAdapter(Protocol):
                         optimizer: SGDSpec,
                         opt_state: Mapping[str, Mapping[str, np.ndarray]]) -> TrainIterationResult:
         """SPEC §1/§3: one training iteration (train-mode forward, mean CE, backward, one optimizer step)."""
+        ...
+
+    def network_forward_train(self, network: NetworkSpec, params: Mapping[str, np.ndarray],
+                              buffers: Mapping[str, np.ndarray], x: np.ndarray) -> NetworkForwardResult:
+        """SPEC §1.network, train form: the training-mode forward of ``network`` (every BN on batch
+        statistics) → ``(logits (N, K), buffers)`` with every BN running statistic after its update
+        (returned ``num_batches_tracked`` counters are ignored). Names and blocks as :meth:`train_iteration`."""
+        ...
+
+    def network_forward_deployed(self, network: NetworkSpec, params: Mapping[str, np.ndarray],
+                                 buffers: Mapping[str, np.ndarray], x: np.ndarray) -> DeployedNetworkResult:
+        """SPEC §1.network, deploy form: fuse every block of ``network`` with its running statistics into
+        one ``relu(conv2d(x, K, b, stride, padding=1, groups))`` (RepVGG §2.fusion with the OABN-clipped
+        identity, QARepVGG with its post BN folded, CSLA ``W'`` and the RepOpt target conv with their BN
+        folded), then run the deployed network on ``x`` → ``(logits (N, K), deployed params or None)``
+        (keys in :class:`DeployedNetworkResult`)."""
         ...
 
 
@@ -385,6 +510,39 @@ class ReferenceAdapter(AdapterBase):
         return fuse_qarepvgg_block(params, without_num_batches_tracked(buffers), in_channels=in_channels, out_channels=out_channels,
                                    stride=stride, groups=groups, eps=eps, fold_post_bn=fold_post_bn)
 
+    def fuse_repvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
+                                   groups, eps, oabn_threshold, oabn_gradient):
+        from repspec.reference.repvgg import fuse_repvgg_block_backward
+
+        return fuse_repvgg_block_backward(dkernel, dbias, params, without_num_batches_tracked(buffers),
+                                          in_channels=in_channels, out_channels=out_channels, stride=stride,
+                                          groups=groups, eps=eps, oabn_threshold=oabn_threshold,
+                                          oabn_gradient=oabn_gradient)
+
+    def fuse_qarepvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
+                                     groups, eps, fold_post_bn):
+        from repspec.reference.repvgg import fuse_qarepvgg_block_backward
+
+        return fuse_qarepvgg_block_backward(dkernel, dbias, params, without_num_batches_tracked(buffers),
+                                            in_channels=in_channels, out_channels=out_channels, stride=stride,
+                                            groups=groups, eps=eps, fold_post_bn=fold_post_bn)
+
+    def merged_weight_categories(self, kernel, *, groups):
+        from repspec.reference.analysis import merged_weight_categories
+
+        return tuple(merged_weight_categories(kernel, groups))
+
+    def category_statistics(self, kernel, *, groups):
+        from repspec.reference.analysis import category_statistics
+
+        return category_statistics(kernel, groups)
+
+    def identity_ratio(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, threshold):
+        from repspec.reference.analysis import identity_ratio
+
+        # the reference reads the identity from the names: a block without one has no rbr_identity.* and raises
+        return identity_ratio(params, without_num_batches_tracked(buffers), eps=eps, threshold=threshold)
+
     def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
         from repspec.reference.repopt import grad_mult_mask
 
@@ -397,12 +555,25 @@ class ReferenceAdapter(AdapterBase):
         return sgd_step(param, grad, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, grad_mult_mask=grad_mult_mask)
 
+    def oabn_factor(self, gamma, var, *, eps, threshold):
+        from repspec.reference.oabn import oabn_factor
+
+        return oabn_factor(gamma, var, eps, threshold)
+
     def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
         from repspec.reference.oabn import oabn_train, oabn_train_backward
 
         res = oabn_train(x, gamma, beta, running_mean, running_var, threshold=threshold, momentum=momentum, eps=eps)
         dx, dgamma, dbeta = oabn_train_backward(dy, x, gamma, threshold=threshold, eps=eps, gradient=gradient)
         return OABNResult(res.y, res.running_mean, res.running_var, dx, dgamma, dbeta)
+
+    def oabn_eval(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, eps, gradient):
+        from repspec.reference.oabn import oabn_eval, oabn_eval_backward
+
+        y = oabn_eval(x, gamma, beta, running_mean, running_var, threshold=threshold, eps=eps)
+        dx, dgamma, dbeta = oabn_eval_backward(dy, x, gamma, running_mean, running_var, threshold=threshold,
+                                               eps=eps, gradient=gradient)
+        return OABNEvalResult(y, dx, dgamma, dbeta)
 
     def fake_quantize_weight(self, w, *, bits, per_channel):
         from repspec.reference.quant import fake_quantize_weight
@@ -452,6 +623,19 @@ class ReferenceAdapter(AdapterBase):
         loss, logits, grads, new_params, new_buffers, new_state = train_step(
             net, params, without_num_batches_tracked(buffers), opt, state, x, labels)
         return TrainIterationResult(loss, logits, grads, new_params, new_buffers, new_state)
+
+    def network_forward_train(self, network, params, buffers, x):
+        buffers = without_num_batches_tracked(buffers)
+        logits, new_buffers, _ = network.reference_network(params).forward(params, buffers, x, training=True)
+        return NetworkForwardResult(logits, {**buffers, **new_buffers})
+
+    def network_forward_deployed(self, network, params, buffers, x):
+        from repspec.reference.deploy import deploy_network
+
+        deployed_net, deployed = deploy_network(network.reference_network(params), params,
+                                                without_num_batches_tracked(buffers))
+        logits, _, _ = deployed_net.forward(deployed, {}, x, training=False)
+        return DeployedNetworkResult(logits, deployed)
 
 
 def describe(adapter: Any) -> str:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import (AdapterBase, NetworkSpec, NotProvided, OABNResult, SGDSpec, TrainIterationResult,
-                      without_num_batches_tracked)
+from .adapter import (AdapterBase, DeployedNetworkResult, NetworkForwardResult, NetworkSpec, NotProvided,
+                      OABNEvalResult, OABNResult, SGDSpec, TrainIterationResult, without_num_batches_tracked)
 
 __all__ = ["TorchAdapter", "cuda", "float32"]
 
@@ -107,6 +107,54 @@ class TorchAdapter(AdapterBase):
         post = {f"bn.{n}": self._np(getattr(block.bn, n)) for n in ("weight", "bias", "running_mean", "running_var")}
         return self._np(k), self._np(b), post
 
+    # -------------------------------------------------------------- §2 fusion backward, categories
+    def _fusion_gradients(self, block: nn.Module, kernel, bias, dkernel, dbias) -> dict[str, np.ndarray]:
+        """``∂(Σ dK·K + Σ db·b)/∂θ`` by autograd through torch_impl's differentiable fusion; parameters the
+        fused ``(K, b)`` does not depend on (QARepVGG's post BN when it is not folded) are left out."""
+        named = dict(block.named_parameters())
+        grads = torch.autograd.grad((kernel, bias), list(named.values()),
+                                    grad_outputs=(self._t(dkernel), self._t(dbias)), allow_unused=True)
+        return {name: self._np(g) for name, g in zip(named, grads) if g is not None}
+
+    def fuse_repvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
+                                   groups, eps, oabn_threshold, oabn_gradient):
+        from repspec.torch_impl.modules.blocks import RepVGGBlock
+
+        block = self._load(RepVGGBlock(in_channels, out_channels, stride, groups, oabn_threshold=oabn_threshold,
+                                       oabn_gradient=oabn_gradient, bn_eps=eps), params, buffers).eval()
+        with self._exact():
+            k, b = block.get_equivalent_kernel_bias()
+            return self._fusion_gradients(block, k, b, dkernel, dbias)
+
+    def fuse_qarepvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
+                                     groups, eps, fold_post_bn):
+        from repspec.torch_impl.modules.blocks import QARepVGGBlock
+
+        block = self._load(QARepVGGBlock(in_channels, out_channels, stride, groups, bn_eps=eps), params,
+                           buffers).eval()
+        with self._exact():
+            k, b = block.get_equivalent_kernel_bias(include_post_bn=fold_post_bn)
+            return self._fusion_gradients(block, k, b, dkernel, dbias)
+
+    def merged_weight_categories(self, kernel, *, groups):
+        analysis = _torch_impl("analysis")
+        return tuple(m.cpu().numpy() for m in analysis.merged_weight_categories(self._t(kernel), groups))
+
+    def category_statistics(self, kernel, *, groups):
+        return _torch_impl("analysis").category_statistics(self._t(kernel), groups)
+
+    def identity_ratio(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, threshold):
+        from repspec.torch_impl.modules.blocks import RepVGGBlock
+
+        analysis = _torch_impl("analysis")
+        block = self._load(RepVGGBlock(in_channels, out_channels, stride, groups, oabn_threshold=threshold,
+                                       bn_eps=eps), params, buffers).eval()
+        t0 = analysis.identity_ratio(block)
+        if t0 is None:  # torch_impl's report convention for "no identity factor"; the protocol's is ValueError
+            raise ValueError(f"the block (in_channels={in_channels}, out_channels={out_channels}, stride={stride}) "
+                             f"has no identity branch, so no identity ratio")
+        return self._np(t0)
+
     # -------------------------------------------------------------- §3 RepOpt
     def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
         from repspec.torch_impl.optimizers.repoptimizer import grad_mult_mask_from_scales
@@ -130,18 +178,40 @@ class TorchAdapter(AdapterBase):
         return self._np(p), None if buf is None else self._np(buf)
 
     # -------------------------------------------------------------- §4 OABN
-    def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
+    def _oabn(self, gamma, beta, running_mean, running_var, *, threshold, eps, gradient="clip", momentum=0.1):
         from repspec.torch_impl.modules.oabn import OABN
 
         m = OABN(len(gamma), eps=eps, momentum=momentum, threshold=threshold, gradient=gradient)
-        m = self._load(m, {"weight": gamma, "bias": beta}, {"running_mean": running_mean,
-                                                             "running_var": running_var}).train()
+        return self._load(m, {"weight": gamma, "bias": beta}, {"running_mean": running_mean,
+                                                               "running_var": running_var})
+
+    def oabn_factor(self, gamma, var, *, eps, threshold):
+        from repspec.torch_impl.modules.oabn import bn_factor
+
+        # the factor reads only γ and the running variance; β and the running mean are placeholders
+        zeros = np.zeros(len(gamma))
+        m = self._oabn(gamma, zeros, zeros, var, threshold=threshold, eps=eps).eval()
+        with torch.no_grad(), self._exact():
+            return self._np(bn_factor(m))
+
+    def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
+        m = self._oabn(gamma, beta, running_mean, running_var, threshold=threshold, eps=eps, gradient=gradient,
+                       momentum=momentum).train()
         xt = self._t(x, requires_grad=True)
         with self._exact():
             y = m(xt)
             y.backward(self._t(dy))
         return OABNResult(self._np(y), self._np(m.running_mean), self._np(m.running_var), self._np(xt.grad),
                           self._np(m.weight.grad), self._np(m.bias.grad))
+
+    def oabn_eval(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, eps, gradient):
+        m = self._oabn(gamma, beta, running_mean, running_var, threshold=threshold, eps=eps,
+                       gradient=gradient).eval()
+        xt = self._t(x, requires_grad=True)
+        with self._exact():
+            y = m(xt)
+            y.backward(self._t(dy))
+        return OABNEvalResult(self._np(y), self._np(xt.grad), self._np(m.weight.grad), self._np(m.bias.grad))
 
     # -------------------------------------------------------------- §5 uniform
     def fake_quantize_weight(self, w, *, bits, per_channel):
@@ -204,10 +274,9 @@ class TorchAdapter(AdapterBase):
             return tb.RepOptTargetBlock(b.in_channels, b.out_channels, b.stride, **bn)
         raise NotProvided(f"block kind {b.kind!r}")
 
-    def train_iteration(self, network: NetworkSpec, params, buffers, x, labels, *, optimizer: SGDSpec, opt_state):
-        from repspec.torch_impl.modules.interop import module_arrays
-        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerSGD
-
+    def _network(self, network: NetworkSpec, params, buffers) -> tuple["_Net", dict[str, str]]:
+        """torch_impl blocks chained as ``network`` with ``params``/``buffers`` loaded, and the map
+        torch name -> reference name (``blocks.{i}.x`` <-> ``{prefix}.x``, ``head.*`` <-> ``{head_name}.*``)."""
         net = _Net([self._block(b, params) for b in network.blocks], network.blocks[-1].out_channels,
                    network.num_classes)
         to_torch: dict[str, str] = {}  # reference name -> torch name
@@ -217,8 +286,39 @@ class TorchAdapter(AdapterBase):
                     to_torch[name] = f"blocks.{i}.{name[len(b.prefix) + 1:]}"
         for n in ("weight", "bias"):
             to_torch[f"{network.head_name}.{n}"] = f"head.{n}"
-        from_torch = {v: k for k, v in to_torch.items()}
         self._load(net, {to_torch[k]: v for k, v in params.items()}, {to_torch[k]: v for k, v in buffers.items()})
+        return net, {v: k for k, v in to_torch.items()}
+
+    def network_forward_train(self, network: NetworkSpec, params, buffers, x):
+        from repspec.torch_impl.modules.interop import module_arrays
+
+        net, from_torch = self._network(network, params, buffers)
+        with torch.no_grad(), self._exact():
+            logits = net.train()(self._t(x))
+        _, new_buffers = module_arrays(net)
+        return NetworkForwardResult(self._np(logits), {from_torch[k]: v for k, v in new_buffers.items()})
+
+    def network_forward_deployed(self, network: NetworkSpec, params, buffers, x):
+        from repspec.torch_impl.modules.deploy import fuse_block
+        from repspec.torch_impl.modules.interop import module_arrays
+
+        net, _ = self._network(network, params, buffers)
+        with torch.no_grad(), self._exact():
+            deployed = _Net([fuse_block(b) for b in net.eval().blocks], network.blocks[-1].out_channels,
+                            network.num_classes).to(device=self.device, dtype=self.dtype)
+            deployed.head.load_state_dict(net.head.state_dict())
+            logits = deployed.eval()(self._t(x))
+        names = {f"blocks.{i}.{n}": f"{b.prefix}.{n}" for i, b in enumerate(network.blocks)
+                 for n in ("rbr_reparam.weight", "rbr_reparam.bias")}
+        names.update({f"head.{n}": f"{network.head_name}.{n}" for n in ("weight", "bias")})
+        deployed_params, _ = module_arrays(deployed)
+        return DeployedNetworkResult(self._np(logits), {names[k]: v for k, v in deployed_params.items()})
+
+    def train_iteration(self, network: NetworkSpec, params, buffers, x, labels, *, optimizer: SGDSpec, opt_state):
+        from repspec.torch_impl.modules.interop import module_arrays
+        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerSGD
+
+        net, from_torch = self._network(network, params, buffers)
         net.train()
         named = dict(net.named_parameters())
         trainable = {from_torch[k]: p for k, p in named.items() if p.requires_grad}

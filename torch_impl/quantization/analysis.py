@@ -103,7 +103,9 @@ def merged_weight_categories(kernel: Tensor, groups: int = 1) -> tuple[Tensor, T
 def excess_kurtosis(values: Tensor) -> float:
     """SPEC §2 analysis: Fisher excess kurtosis ``m4/m2² − 3`` (population moments, float64).
 
-    ``nan`` when ``m2 == 0`` (= :func:`repspec.reference.analysis.excess_kurtosis`).
+    ``nan`` when ``m2 == 0``, i.e. for constant values (= :func:`repspec.reference.analysis.excess_kurtosis`).
+    Constancy is read off the values (``min == max``): the mean of ``n`` equal values can be
+    off by an ulp, and the identical tiny ``w − mean`` would give ``m4/m2² = 1`` (κ = −2).
     """
     if not isinstance(values, Tensor):
         raise TypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
@@ -112,7 +114,7 @@ def excess_kurtosis(values: Tensor) -> float:
         raise ValueError("values must not be empty")
     d = w - w.mean()
     m2 = torch.mean(d * d)
-    if float(m2) == 0.0:
+    if bool(w.min() == w.max()) or float(m2) == 0.0:  # m2 == 0 also when the differences underflow
         return float("nan")
     return float(torch.mean(d**4) / (m2 * m2) - 3.0)
 

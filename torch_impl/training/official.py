@@ -27,10 +27,17 @@ Wrappers and prefixes:
 - ``num_batches_tracked`` buffers missing from older checkpoints are filled with 0
   (they do not influence eval-mode outputs); every other key must match exactly, with
   its shape.
+
+Dtype: the model comes back in the checkpoint's floating dtype (float64, float32, float16,
+bfloat16 alike), so every stored value is loaded exactly. A checkpoint that mixes floating
+dtypes loads in their promotion (``torch.promote_types``: float16 + float32 → float32,
+float16 + bfloat16 → float32), which holds every stored value exactly too; nothing is
+narrowed unless the caller asks for a ``dtype`` (the command line asks for float32).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from collections.abc import Mapping
@@ -63,6 +70,15 @@ def strip_ddp_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if keys and all(k.startswith(DDP_PREFIX) for k in keys):
         return {k[len(DDP_PREFIX):]: v for k, v in state_dict.items()}
     return dict(state_dict)
+
+
+def _partial_prefix_note(state_dict: Mapping[str, Tensor]) -> str:
+    """What to say when some keys, but not all, carry DDP's prefix (:func:`strip_ddp_prefix` left them)."""
+    prefixed = [k for k in state_dict if k.startswith(DDP_PREFIX)]
+    if not prefixed:
+        return ""
+    return (f"; {len(prefixed)} of {len(state_dict)} keys carry DDP's {DDP_PREFIX!r} prefix (first {prefixed[0]!r}), "
+            f"which is removed only when every key has it")
 
 
 def read_official_state_dict(path) -> dict[str, Tensor]:
@@ -108,7 +124,8 @@ def official_layout(model_name: str, state_dict: Mapping[str, Tensor], num_class
         w = state_dict.get("linear.weight")
         if not isinstance(w, Tensor) or w.dim() != 2:
             raise OfficialCheckpointError(f"the checkpoint has no 'linear.weight' (K, C) to read num_classes from; "
-                                          f"is it a {model_name} classifier checkpoint?")
+                                          f"is it a {model_name} classifier checkpoint?"
+                                          f"{_partial_prefix_note(state_dict)}")
         num_classes = int(w.shape[0])
     kwargs["num_classes"] = num_classes
     if family in ("repvgg", "repvgg_oabn", "qarepvgg"):
@@ -171,7 +188,8 @@ def load_official_checkpoint(path, model_name: str, *, num_classes: int | None =
     ``linear.weight``. Keys and shapes are compared before any weight is copied; a
     mismatch raises :class:`OfficialCheckpointError` in one line with counts, the first
     offending key and the registered names the file does fit. The model is returned in
-    eval mode on the CPU, in the checkpoint's floating dtype unless ``dtype`` is given.
+    eval mode on the CPU, in the checkpoint's floating dtype (the promotion of its dtypes when
+    it mixes several: every stored value exactly) unless ``dtype`` is given.
     """
     if not isinstance(model_name, str):
         raise TypeError(f"model_name must be a str, got {type(model_name).__name__}")
@@ -188,10 +206,13 @@ def load_official_checkpoint(path, model_name: str, *, num_classes: int | None =
         fits = _closest_names(sd)
         hint = f"; the file fits: {', '.join(fits)}" if fits else "; it fits no registered architecture"
         raise OfficialCheckpointError(f"{str(path)!r} is not a {model_name} checkpoint: "
-                                      f"{_mismatch_text(missing, unexpected, shapes, model_name)}{hint}")
+                                      f"{_mismatch_text(missing, unexpected, shapes, model_name)}{hint}"
+                                      f"{_partial_prefix_note(sd)}")
     model = create_model(model_name, **kwargs)
-    floats = [v.dtype for v in sd.values() if v.is_floating_point()]
-    target = dtype or (floats[0] if floats else torch.float32)
+    target = dtype
+    if target is None:  # the checkpoint's dtype; several: their promotion, which holds every value exactly
+        floats = {v.dtype for v in sd.values() if v.is_floating_point()}
+        target = functools.reduce(torch.promote_types, sorted(floats, key=str)) if floats else torch.float32
     model = model.to(target)
     full = dict(sd)
     for k, v in model.state_dict().items():

@@ -19,6 +19,8 @@ Tolerances (:data:`TOLERANCES`, profile ``float64``; why in each clause's ``tole
 - ``quantized`` rtol 1e-12, atol 0: a fake-quantized value is ``code·scale``; the code must be
   the reference's exactly (one code off is a relative error ≥ 2^-16), the scale may differ
   by an ulp or two;
+- ``selection`` rtol 0, atol 0: an element of the input picked out (a maximum ``max|w|``) is the input
+  value itself, exactly (float32 profile: the input rounded once, half an ulp);
 - ``tie_eps`` 1e-9: a value whose ``x/scale`` lies within ``tie_eps·max(1, |x/scale|)`` of a
   rounding tie (or of a k-means midpoint / STE range end) in a case built from *non-dyadic*
   numbers may go either way (SPEC §6). Cases built from dyadic numbers (power-of-two scales)
@@ -47,6 +49,7 @@ __all__ = [
     "AdapterRaised",
     "Ambiguous",
     "Checker",
+    "expect_value_error",
 ]
 
 INF = float("inf")
@@ -72,6 +75,7 @@ TOLERANCES: dict[str, dict[str, Any]] = {
         "tie_eps": 1e-9,
         "oabn_margin": 1e-6,
         "unit_roundoff": 2.0**-53,
+        "selection": Tol(0.0, 0.0, "an element of the input selected (a maximum): exact"),
     },
     # advisory: a float32 port (inputs are rounded to float32 by the port itself)
     "float32": {
@@ -80,6 +84,7 @@ TOLERANCES: dict[str, dict[str, Any]] = {
         "tie_eps": 1e-5,
         "oabn_margin": 1e-3,
         "unit_roundoff": 2.0**-24,
+        "selection": Tol(2.0**-24, 0.0, "an input element rounded once to float32: half an ulp"),
     },
 }
 
@@ -153,6 +158,21 @@ def call(adapter, method: str, *args, hint: str | None = None, **kwargs):
         if not _same_tree(c_kwargs[k], v):
             raise Mismatch(f"{method} input {k!r}", "the adapter mutated its input (inputs must be left unchanged)")
     return out
+
+
+def expect_value_error(adapter, method: str, *args, why: str, **kwargs) -> None:
+    """Call ``adapter.method`` on an input the SPEC refuses: it must raise ``ValueError`` (SPEC §0.inputs).
+
+    A returned value or another exception is a :class:`Mismatch` naming ``why``; ``NotProvided``
+    declines the case, as everywhere.
+    """
+    try:
+        out = call(adapter, method, *args, **kwargs)
+    except AdapterRaised as exc:
+        if isinstance(exc.exc, ValueError):
+            return
+        raise Mismatch(method, f"must raise ValueError ({why}); raised {type(exc.exc).__name__}: {exc.exc}") from None
+    raise Mismatch(method, f"must raise ValueError ({why}); returned a {type(out).__name__} instead")
 
 
 def as_f64(name: str, value) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Conformance clauses of SPEC §1 one training iteration of a whole network."""
+"""Conformance clauses of SPEC §1: a whole network in train and deploy form, one training iteration."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from repspec.core.vocabulary import IDENTITY_MODES, OABN_GRADIENTS
 from repspec.reference import optim as ref_optim
 from repspec.reference import repopt as ref_repopt
+from repspec.reference.deploy import deploy_network
 from repspec.reference.network import train_step
 
-from ..adapter import BlockSpec, NetworkSpec, SGDSpec, TrainIterationResult
+from ..adapter import BlockSpec, DeployedNetworkResult, NetworkForwardResult, NetworkSpec, SGDSpec, TrainIterationResult
 from .base import (
     INF,
     Ambiguous,
@@ -31,6 +32,144 @@ from .base import (
     with_num_batches_tracked,
     without_num_batches_tracked,
 )
+
+# ============================================================ §1 a network in train and deploy form
+
+_NETWORK_KINDS = ("repvgg", "repvgg", "repvgg_oabn", "qarepvgg", "csla", "repopt_target")
+
+
+@st.composite
+def _network_cases(draw) -> dict:
+    n_blocks = draw(st.integers(1, 3))
+    cin = cin0 = draw(st.integers(1, 4))
+    specs = []
+    for j in range(n_blocks):
+        kind = draw(st.sampled_from(_NETWORK_KINDS))
+        cout = cin if draw(st.booleans()) else draw(st.integers(1, 4))
+        stride = draw(st.sampled_from([1, 2]))
+        groups = 1
+        if kind in ("repvgg", "repvgg_oabn", "qarepvgg") and cin % 2 == 0 and cout % 2 == 0 and draw(st.booleans()):
+            groups = 2
+        extra = dict(bn_momentum=draw(st.sampled_from([0.1, 0.5])), bn_eps=draw(st.sampled_from([1e-5, 1e-3])))
+        if kind == "repvgg_oabn":
+            kind = "repvgg"
+            extra.update(oabn_threshold=draw(st.sampled_from([1.0, 0.5, 2.0])))
+        if kind == "csla":
+            can = cin == cout and stride == 1
+            extra["identity"] = draw(st.sampled_from(IDENTITY_MODES)) if can else "none"
+        prefix = "stage0" if j == 0 else f"stage1.{j - 1}"
+        specs.append(BlockSpec(kind, prefix, cin, cout, stride, groups, **extra))
+        cin = cout
+    batch = draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    return _build_network_case(tuple(specs), draw(st.integers(2, 3)), cin0, batch, h, w, draw(st.booleans()),
+                               draw(seeds))
+
+
+def _build_network_case(specs, num_classes, cin0, batch, h, w, dead, seed) -> dict:
+    """Random BN affine, running statistics, CSLA scales (as §1.train-iteration's cases); ``dead``: one dead
+    channel (running variance 0, t ≈ γ/sqrt(eps)) in every BN of the first block, which only the deploy form
+    sees (in later blocks too they would compound to logits ~1e10: ill-conditioned, not a realistic network)."""
+    rng = case_rng(seed)
+    spec = NetworkSpec(tuple(specs), num_classes)
+    net = spec.reference_network({f"{b.prefix}.scale_{n}.weight": np.ones(b.out_channels) for b in specs
+                                  for n in ("conv", "1x1", "identity")})
+    params, buffers = net.init(rng)
+    _randomize_state(rng, net, params, buffers, specs)
+    if dead:
+        for k, v in buffers.items():
+            if k.startswith(specs[0].prefix + ".") and k.endswith("running_var"):
+                v[rng.integers(0, v.size)] = 0.0
+    # the train form needs n = N·H·W >= 2 values per BN channel (SPEC §0.batch-norm) at the smallest map
+    shrink = 2 ** sum(b.stride == 2 for b in specs)
+    if batch * -(-h // shrink) * -(-w // shrink) < 2:
+        w = shrink + 1
+    x = rng.standard_normal((batch, cin0, h, w))
+    return dict(network=spec, batch=batch, hw=(h, w), dead=dead, seed=seed, params=params, buffers=buffers, x=x)
+
+
+def _check_network(adapter, case, cmp: Checker) -> None:
+    spec, params, buffers, x = case["network"], case["params"], case["buffers"], case["x"]
+    net = spec.reference_network(params)
+    out = call(adapter, "network_forward_train", spec, params, with_num_batches_tracked(buffers), x)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise Mismatch("network_forward_train", "must return (logits, buffers)")
+    out = NetworkForwardResult(*out)
+    logits, new_buffers, _ = net.forward(params, buffers, x, training=True)
+    cmp.close("train-form logits", out.logits, logits)
+    cmp.close_tree("train-form buffers", without_num_batches_tracked(out.buffers), {**buffers, **new_buffers})
+
+    out = call(adapter, "network_forward_deployed", spec, params, with_num_batches_tracked(buffers), x)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise Mismatch("network_forward_deployed", "must return (logits, deployed params or None)")
+    out = DeployedNetworkResult(*out)
+    deployed_net, deployed = deploy_network(net, params, buffers)
+    eval_logits, _, _ = net.forward(params, buffers, x, training=False)
+    # the fusion theorem at network level: the port's deployed network is the reference's eval-mode network …
+    cmp.close("deploy-form logits vs the reference's eval-mode multi-branch network", out.logits, eval_logits)
+    # … and the reference's deployed one
+    cmp.close("deploy-form logits vs the reference's deployed network", out.logits,
+              deployed_net.forward(deployed, {}, x, training=False)[0])
+    if out.params is not None:
+        cmp.close_tree("deployed params", out.params, deployed)
+
+
+@special("RepVGG: identity with groups 2, then stride 2; a batch of 1")
+def _network_example_repvgg() -> dict:
+    specs = (BlockSpec("repvgg", "stage0", 2, 2, 1, 2), BlockSpec("repvgg", "stage1.0", 2, 3, 2))
+    return _build_network_case(specs, 3, 2, 1, 4, 5, False, 0)
+
+
+@special("RepVGG with dead channels (σ² = 0: t0 ≈ 316 in the deployed kernel)")
+def _network_example_dead() -> dict:
+    specs = (BlockSpec("repvgg", "stage0", 3, 3, 1), BlockSpec("repvgg", "stage1.0", 3, 3, 1, bn_eps=1e-3))
+    return _build_network_case(specs, 2, 3, 2, 3, 3, True, 1)
+
+
+@special("OABN identity (s = 0.5) with a dead channel: the deployed t̃0 is clipped", needs="OABN")
+def _network_example_oabn() -> dict:
+    specs = (BlockSpec("repvgg", "stage0", 2, 2, 1, oabn_threshold=0.5),
+             BlockSpec("repvgg", "stage1.0", 2, 2, 1, 2, oabn_threshold=1.0))
+    return _build_network_case(specs, 2, 2, 2, 3, 4, True, 2)
+
+
+@special("QARepVGG blocks (post BN folded in the deploy form), groups 2 and stride 2", needs="QARepVGG")
+def _network_example_qarepvgg() -> dict:
+    specs = (BlockSpec("qarepvgg", "stage0", 2, 2, 1, 2), BlockSpec("qarepvgg", "stage1.0", 2, 4, 2, 2))
+    return _build_network_case(specs, 3, 2, 2, 4, 4, False, 3)
+
+
+@special("CSLA blocks with trainable, constant and no identity (W' with its BN folded)", needs="CSLA")
+def _network_example_csla() -> dict:
+    specs = (BlockSpec("csla", "stage0", 2, 2, 1, identity="trainable"),
+             BlockSpec("csla", "stage1.0", 2, 2, 1, identity="constant"), BlockSpec("csla", "stage1.1", 2, 3, 2))
+    return _build_network_case(specs, 2, 2, 2, 4, 3, True, 4)
+
+
+@special("RepOpt target blocks (K = t·W, b = β − μ·t), strides 1 and 2", needs="RepOpt target")
+def _network_example_target() -> dict:
+    specs = (BlockSpec("repopt_target", "stage0", 3, 2, 1), BlockSpec("repopt_target", "stage1.0", 2, 2, 2))
+    return _build_network_case(specs, 2, 3, 3, 3, 3, False, 5)
+
+
+register(Clause(
+    id="§1.network", section="§1", title="a whole network: train-form forward and deploy-form forward",
+    checks="train form: the training-mode forward of 1–3 chained blocks (logits and every updated BN running "
+           "statistic) against reference.network.Network.forward(training=True); deploy form: every block fused "
+           "with its running statistics (RepVGG with the OABN-clipped t̃0, QARepVGG with the post BN folded, CSLA "
+           "W' and the RepOpt target conv with their BN folded) and the deployed network run — its logits against "
+           "the reference's eval-mode multi-branch network (the fusion theorem at network level) AND the "
+           "reference's deployed network (reference.deploy.deploy_network), and the deployed rbr_reparam.* "
+           "parameters when returned; every block kind, strides 1/2, groups 1/2, OABN identity, dead channels "
+           "(t ≈ 316), batches of 1.",
+    tolerance="continuous (rtol 1e-9, atol 1e-11): a forward pass in another summation order; the deployed and "
+              "the multi-branch network are algebraically equal, so the same bound holds between them.",
+    methods=("network_forward_train", "network_forward_deployed"), strategy=_network_cases, check=_check_network,
+    budget=0.5,
+    examples=(_network_example_repvgg, _network_example_dead, _network_example_oabn, _network_example_qarepvgg,
+              _network_example_csla, _network_example_target),
+))
+
 
 # ============================================================ §1 one training iteration
 
