@@ -393,7 +393,8 @@ def test_verify_reports_coverage_and_exit_status(tmp_path, monkeypatch, capsys):
         "    grad_mult_mask = ReferenceAdapter.grad_mult_mask\n")
     assert main(["--impl", "one_clause_port:Port", "--max-examples", "3"]) == 0
     out = capsys.readouterr().out
-    assert "coverage: 1 of 13 clauses provided by this adapter; not checked (not provided): §1.train-iteration" in out
+    assert (f"coverage: 1 of {len(CLAUSES)} clauses provided by this adapter; not checked (not provided): "
+            "§1.train-iteration") in out
     assert "verdict: every provided clause passed (not complete: see --strict)" in out
     assert main(["--impl", "one_clause_port:Port", "--max-examples", "3", "--strict"]) == 1
     assert "exit status 1: --strict: clauses not provided" in capsys.readouterr().out
@@ -473,3 +474,64 @@ def test_an_adapter_that_chokes_on_num_batches_tracked_gets_a_hint():
     res = run_conformance(Strict(), clauses=["§2.fusion"], max_examples=2)["§2.fusion"]
     assert res.status == "FAIL" and "num_batches_tracked" in res.message
     assert "without_num_batches_tracked" in res.message
+
+
+# ------------------------------------------------------- §5 calibrators: every calibrator is checked
+
+
+def test_calibrators_clause_checks_each_of_the_five_calibrators():
+    """Every case of §5.calibrators runs all five calibrators (plus its constructed tie streams), and the
+    report says how many runs of each were compared."""
+    from repspec.core.vocabulary import CALIBRATORS
+
+    report = run_conformance(ReferenceAdapter(), clauses=["§5.calibrators"], max_examples=N)
+    res = report["§5.calibrators"]
+    assert res.status == "pass" and set(res.checked_by) == set(CALIBRATORS), res.checked_by
+    generated = res.examples - len(get_clause("§5.calibrators").examples)
+    assert generated > 0 and all(n > generated for n in res.checked_by.values()), (res.checked_by, res.examples)
+    assert "checked §5.calibrators by method: entropy " in str(report)
+    assert json.loads(report.to_json())["clauses"][0]["checked_by"] == res.checked_by
+
+
+class _NoEntropy(ReferenceAdapter):
+    def calibrate(self, method, batches, *, bits, **options):
+        if method == "entropy":
+            raise NotProvided("no entropy calibrator")
+        return super().calibrate(method, batches, bits=bits, **options)
+
+
+def test_a_port_without_one_calibrator_fails_the_clause():
+    """Each case runs all five calibrators: declining one declines every generated case and the special
+    values that need no optional feature, so the clause fails (the other four are still compared)."""
+    res = run_conformance(_NoEntropy(), clauses=["§5.calibrators"], max_examples=4)["§5.calibrators"]
+    assert res.status == "FAIL" and res.declined > 0 and "no entropy calibrator" in res.message, res.message
+
+
+def test_calibrator_tie_analysis_discards_near_ties_and_compares_exact_ones():
+    """On a mismatch, a near-tie of general data is tie-discarded; an exact tie (dyadic MSEs, KL = 0 with
+    dyadic Q) is a failure: there the tie rule decides."""
+    from repspec.conformance.clauses import TOLERANCES, Ambiguous, Checker, ErrorStats
+    from repspec.conformance.clauses import quantization as Q
+    from repspec.reference import calibrate as rc
+
+    cmp = Checker(TOLERANCES["float64"], ErrorStats())
+    # entropy, histogram [1, 3, 0, 3, 1, 1, 1] (kept), 1 bit: KL(i = 2) and KL(i = 5) tie above 0 — sums of
+    # logs, rounded in any order, so a port may pick either
+    counts, nb = [1, 3, 0, 3, 1, 1, 1], 7
+    x = np.concatenate([np.full(c, (j + 0.5) / nb) for j, c in enumerate(counts[:-1])] + [[1.0]])
+    s = rc.entropy_scores(x, 1, nb, "keep")
+    kl = dict(zip(s.bins.tolist(), s.kl))
+    assert abs(kl[2] - kl[5]) <= 1e-15 and kl[2] == s.kl.min() > 0
+    run = dict(method="entropy", mode="general", bits=1, options={"num_bins": nb, "zero_bin": "keep"}, batches=[x])
+    with pytest.raises(Ambiguous, match="KL divergences within"):
+        Q._entropy_tie_or_raise(run, np.array([x.min(), s.thresholds[s.bins == 5][0]]), cmp)
+    # entropy, KL = 0 at i = 2 and 3 with dyadic Q: exact, the smallest i must win
+    zero = dict(method="entropy", mode="general", bits=1, options={"num_bins": 3, "zero_bin": "keep"},
+                batches=[np.array([0.5, 1.0])])
+    assert Q._entropy_tie_or_raise(zero, np.array([0.5, 1.0]), cmp) is None
+    # mse, α = 1 and 7/8 tie exactly on dyadic data: compared in a tie stream, discarded as general data
+    mse = dict(method="mse", mode="tie", bits=2, options={"candidates": 8},
+               batches=[np.array([2.0, 1.75, -1.0, -0.875, 0.0])])
+    assert Q._mse_tie_or_raise(mse, np.array([-0.875, 1.75]), cmp) is None
+    with pytest.raises(Ambiguous, match="clipping ratios"):
+        Q._mse_tie_or_raise({**mse, "mode": "general"}, np.array([-0.875, 1.75]), cmp)
