@@ -24,6 +24,7 @@ inputs (finite, non-empty) before computing anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,7 +46,11 @@ __all__ = [
     "moving_average_minmax",
     "percentile",
     "clipping_mse",
+    "MSEScores",
+    "mse_scores",
     "mse_optimal",
+    "EntropyScores",
+    "entropy_scores",
     "entropy_kl",
     "calibrate",
 ]
@@ -152,6 +157,30 @@ def _mse_ratios(candidates) -> np.ndarray:
     return np.unique(np.append(ratios, 1.0))[::-1]
 
 
+class MSEScores(NamedTuple):
+    """Every candidate of :func:`mse_optimal`, in the order it scans them."""
+
+    ratios: np.ndarray  # (R,) clipping ratios α, descending, 1 first
+    mse: np.ndarray  # (R,) clipping_mse(x, α·lo0, α·hi0, bits)
+    lo0: float  # min(min x, 0)
+    hi0: float  # max(max x, 0)
+
+
+def mse_scores(x, bits, candidates=DEFAULT_MSE_CANDIDATES) -> MSEScores:
+    """The MSE of every candidate range ``[α·lo0, α·hi0]`` of :func:`mse_optimal` (same ratios, same order).
+
+    >>> s = mse_scores(np.array([0.0, 3.0, 4.0]), 1, candidates=4)  # levels {0, 4α}: α = 1 and 3/4 tie
+    >>> s.ratios.tolist(), s.mse.tolist()
+    ([1.0, 0.75, 0.5, 0.25], [0.3333333333333333, 0.3333333333333333, 1.6666666666666667, 4.333333333333333])
+    """
+    x = _flat(x)
+    bits = check_bits(bits)
+    ratios = _mse_ratios(candidates)
+    lo0, hi0 = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    mse = np.array([clipping_mse(x, a * lo0, a * hi0, bits) for a in ratios])
+    return MSEScores(ratios, mse, lo0, hi0)
+
+
 def mse_optimal(x, bits, candidates=DEFAULT_MSE_CANDIDATES) -> tuple[float, float]:
     """MSE-optimal clipping *[repspec grid]*.
 
@@ -169,16 +198,12 @@ def mse_optimal(x, bits, candidates=DEFAULT_MSE_CANDIDATES) -> tuple[float, floa
     >>> round(lo, 12), round(hi, 12)
     (-0.4, 1.2)
     """
-    x = _flat(x)
-    bits = check_bits(bits)
-    ratios = _mse_ratios(candidates)
-    lo0, hi0 = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scores = mse_scores(x, bits, candidates)
     best, best_mse = 1.0, np.inf
-    for a in ratios:  # descending: a strict '<' keeps the largest ratio on ties
-        mse = clipping_mse(x, a * lo0, a * hi0, bits)
+    for a, mse in zip(scores.ratios, scores.mse):  # descending: a strict '<' keeps the largest ratio on ties
         if mse < best_mse:
             best, best_mse = float(a), mse
-    return best * lo0, best * hi0
+    return best * scores.lo0, best * scores.hi0
 
 
 # -------------------------------------------------------------------------- entropy
@@ -209,6 +234,44 @@ def _kl_candidate(hist: np.ndarray, i: int, nq: int) -> float:
         return np.inf
     pn, qn = p[pos] / p.sum(), q[pos] / q.sum()
     return float(np.sum(pn * np.log(pn / qn)))
+
+
+class EntropyScores(NamedTuple):
+    """Every threshold candidate of :func:`entropy_kl` (empty arrays for all-zero ``x``)."""
+
+    bins: np.ndarray  # (T,) the threshold bins i = nq … num_bins
+    thresholds: np.ndarray  # (T,) T_i = edges[i]
+    kl: np.ndarray  # (T,) KL(P_i ‖ Q_i), +inf where some P > 0 = Q
+    hist: np.ndarray  # (num_bins,) the histogram of |x| the candidates are scored on (zero-bin rule applied)
+    nq: int  # quantized levels per side
+
+
+def entropy_scores(x, bits, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAULT_ZERO_BIN) -> EntropyScores:
+    """Steps 1–4 of :func:`entropy_kl`: the histogram, the zero-bin rule and the KL of every threshold.
+
+    >>> s = entropy_scores(np.array([0.0, 1.0, 3.0, 4.0]), 1, num_bins=4)  # nq = 2 levels, bins i = 2, 3, 4
+    >>> s.bins.tolist(), s.thresholds.tolist(), s.hist.tolist()
+    ([2, 3, 4], [2.0, 3.0, 4.0], [1, 1, 0, 2])
+    """
+    x = _flat(x)
+    bits = check_bits(bits)
+    num_bins = check_int(num_bins, "num_bins", min_value=1)
+    zero_bin = check_choice(zero_bin, "zero_bin", ZERO_BIN_MODES)
+    nq = 2 ** (bits - 1) if float(x.min()) < 0 else 2**bits
+    if num_bins < nq:
+        raise ValueError(f"num_bins must be >= the number of quantized levels per side ({nq} for bits={bits}), "
+                         f"got {num_bins}")
+    a = np.abs(x)
+    amax = float(a.max())
+    if amax == 0.0:
+        empty = np.zeros(0)
+        return EntropyScores(np.zeros(0, dtype=np.int64), empty, empty, np.zeros(num_bins, dtype=np.int64), nq)
+    hist, edges = np.histogram(a, bins=num_bins, range=(0.0, amax))
+    if zero_bin == "replace" and num_bins > 1:
+        hist[0] = hist[1]
+    bins = np.arange(nq, num_bins + 1)
+    kl = np.array([_kl_candidate(hist, int(i), nq) for i in bins])
+    return EntropyScores(bins, edges[bins], kl, hist, nq)
 
 
 def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAULT_ZERO_BIN) -> tuple[float, float]:
@@ -256,27 +319,14 @@ def entropy_kl(x, bits, num_bins: int = DEFAULT_NUM_BINS, zero_bin: str = DEFAUL
     (0.0, 1.0)
     """
     x = _flat(x)
-    bits = check_bits(bits)
-    num_bins = check_int(num_bins, "num_bins", min_value=1)
-    zero_bin = check_choice(zero_bin, "zero_bin", ZERO_BIN_MODES)
+    scores = entropy_scores(x, bits, num_bins, zero_bin)
     xmin, xmax = float(x.min()), float(x.max())
-    nq = 2 ** (bits - 1) if xmin < 0 else 2**bits
-    if num_bins < nq:
-        raise ValueError(f"num_bins must be >= the number of quantized levels per side ({nq} for bits={bits}), "
-                         f"got {num_bins}")
-    a = np.abs(x)
-    amax = float(a.max())
-    if amax == 0.0:
+    if scores.bins.size == 0:  # all zeros
         return xmin, xmax
-    hist, edges = np.histogram(a, bins=num_bins, range=(0.0, amax))
-    if zero_bin == "replace" and num_bins > 1:
-        hist[0] = hist[1]
-    best_i, best_kl = num_bins, np.inf
-    for i in range(nq, num_bins + 1):
-        kl = _kl_candidate(hist, i, nq)
+    t, best_kl = float(scores.thresholds[-1]), np.inf  # i = num_bins: T = A
+    for ti, kl in zip(scores.thresholds, scores.kl):  # ascending i: a strict '<' keeps the smallest i on ties
         if kl < best_kl:
-            best_i, best_kl = i, kl
-    t = float(edges[best_i])
+            t, best_kl = float(ti), kl
     return max(-t, xmin), min(t, xmax)
 
 

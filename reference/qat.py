@@ -332,6 +332,19 @@ class QATBlock:
                 inner[k] = v
         return inner, wq, aq
 
+    def quantized_kernel_bias(self, params, buffers) -> tuple[np.ndarray, np.ndarray]:
+        """The deployed ``(K̂, b)`` of this block, as an eval-mode forward computes them (SPEC §5.quantized-layers).
+
+        ``(K, b)`` is the fusion with frozen statistics (SPEC §2, §4; ``K = t·W``, ``b = β − μ·t``
+        for the RepOpt target block); ``K̂`` is ``K`` fake-quantized by the weight quantizer in eval
+        mode (no k-means refit, no state change), or ``K`` itself without one. ``b`` is never quantized.
+        """
+        inner_buffers, wstate, _ = self._split(buffers)
+        kernel, bias = _fuse(self.inner, params, inner_buffers)
+        if self.weight_quantizer is not None:
+            kernel, _ = self.weight_quantizer.forward(kernel, wstate, training=False)
+        return kernel, bias
+
     def forward(self, params, buffers, x, *, training: bool):
         x = as_float_array(x, "x", ndim=4)
         inner_buffers, wstate, astate = self._split(buffers)

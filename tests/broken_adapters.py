@@ -421,6 +421,143 @@ class EvalBiasUnclippedAdapter(ReferenceAdapter):
         t = bn_factor(gamma, running_var, eps)
         shift = (running_mean * (np.clip(t, -threshold, threshold) - t))[None, :, None, None]
         return out._replace(y=out.y + shift)
+# ---- §5 calibrators, zero range, scale underflow, what is quantized, state size
+
+
+class MSETiesToSmallestAdapter(ReferenceAdapter):
+    """MSE calibrator scanning the ratios in ascending order with ``<``: a tie goes to the SMALLEST α."""
+
+    name = "broken: mse ties to the smallest clipping ratio"
+
+    def calibrate(self, method, batches, *, bits, **options):
+        if method != "mse":
+            return super().calibrate(method, batches, bits=bits, **options)
+        from repspec.reference import calibrate as rc
+
+        x = np.concatenate([np.ravel(b) for b in batches])
+        s = rc.mse_scores(x, bits, options.get("candidates", rc.DEFAULT_MSE_CANDIDATES))
+        best = s.ratios[::-1][int(np.argmin(s.mse[::-1]))]  # argmin: the first minimum of the ascending scan
+        return float(best) * s.lo0, float(best) * s.hi0
+
+
+class EntropyKeepsZeroBinAdapter(ReferenceAdapter):
+    """Entropy calibrator ported from TensorRT's original algorithm: the zero bin is never replaced."""
+
+    name = "broken: entropy keeps the zero bin by default"
+
+    def calibrate(self, method, batches, *, bits, **options):
+        if method == "entropy":
+            options = {**options, "zero_bin": "keep"}
+        return super().calibrate(method, batches, bits=bits, **options)
+
+
+def _eps_floor_qparams(lo, hi, bits):
+    """PyTorch observers' guard: ``scale = max(scale, float32 eps)``, so a zero range keeps a tiny grid."""
+    qmax = ref_quant.activation_qmax(bits)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / qmax, float(np.finfo(np.float32).eps))
+    return scale, int(np.clip(np.rint(-lo / scale), 0, qmax)), qmax
+
+
+class ZeroRangeEpsScaleAdapter(ReferenceAdapter):
+    """Activation quantizer that floors the scale at float32's eps (PyTorch's MinMaxObserver) instead of
+    representing a zero range exactly."""
+
+    name = "broken: zero range floored at float32 eps"
+
+    def activation_qparams(self, lo, hi, *, bits):
+        return _eps_floor_qparams(lo, hi, bits)[:2]
+
+    def quantize_activation(self, x, *, lo, hi, bits):
+        scale, zp, qmax = _eps_floor_qparams(lo, hi, bits)
+        return np.clip(np.rint(np.asarray(x) / scale) + zp, 0, qmax).astype(np.int64)
+
+    def fake_quantize_activation(self, x, *, lo, hi, bits):
+        scale, zp, _ = _eps_floor_qparams(lo, hi, bits)
+        return (self.quantize_activation(x, lo=lo, hi=hi, bits=bits) - zp) * scale
+
+    def fake_quantize_activation_backward(self, dy, x, *, lo, hi, bits):
+        scale, zp, qmax = _eps_floor_qparams(lo, hi, bits)
+        return np.where((np.asarray(x) >= -zp * scale) & (np.asarray(x) <= (qmax - zp) * scale), dy, 0.0)
+
+
+class NoMinScaleAdapter(ReferenceAdapter):
+    """Quantizers without the 2^−126 rule (the starting SPEC): a tiny computed scale is used as it is."""
+
+    name = "broken: scales below 2^-126 kept"
+
+    @staticmethod
+    def _weight_scale(w, bits, per_channel):
+        qmax = ref_quant.weight_qmax(bits)
+        a = np.abs(np.asarray(w))
+        return a.reshape(a.shape[0], -1).max(axis=1) / qmax if per_channel else float(a.max()) / qmax
+
+    @staticmethod
+    def _act_qparams(lo, hi, bits):
+        qmax = ref_quant.activation_qmax(bits)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = (hi - lo) / qmax
+        return (0.0, 0) if scale == 0 else (scale, int(np.clip(np.rint(-lo / scale), 0, qmax)))
+
+    def weight_qparams(self, w, *, bits, per_channel):
+        return self._weight_scale(w, bits, per_channel)
+
+    def quantize_weight(self, w, *, bits, per_channel):
+        return ref_quant.quantize_weight(w, self._weight_scale(w, bits, per_channel), bits)
+
+    def fake_quantize_weight(self, w, *, bits, per_channel):
+        scale = self._weight_scale(w, bits, per_channel)
+        return ref_quant.dequantize(ref_quant.quantize_weight(w, scale, bits), scale)
+
+    def activation_qparams(self, lo, hi, *, bits):
+        return self._act_qparams(lo, hi, bits)
+
+    def quantize_activation(self, x, *, lo, hi, bits):
+        return ref_quant.quantize_activation(x, *self._act_qparams(lo, hi, bits), bits)
+
+    def fake_quantize_activation(self, x, *, lo, hi, bits):
+        return ref_quant.fake_quantize_activation(x, *self._act_qparams(lo, hi, bits), bits)
+
+    def fake_quantize_activation_backward(self, dy, x, *, lo, hi, bits):
+        lo_r, hi_r = ref_quant.activation_range(*self._act_qparams(lo, hi, bits), bits)
+        return ref_quant.fake_quantize_backward(dy, x, lo_r, hi_r)
+
+
+class QuantizesFirstBlockAdapter(ReferenceAdapter):
+    """Quantizes every block, the first one too (weights and input), as a naive PTQ/QAT pass does."""
+
+    name = "broken: first block quantized"
+
+    def quantized_network(self, network, params, buffers, x, *, weight_bits, per_channel, act_bits, act_ranges):
+        from repspec.conformance.adapter import QuantizedLayer, QuantizedNetworkResult
+        from repspec.reference.qat import UniformWeightQuantizer, make_qat_network
+
+        qnet, qbuffers = make_qat_network(network.reference_network(params), params,
+                                          without_num_batches_tracked(buffers),
+                                          weight_quantizer=UniformWeightQuantizer(weight_bits, per_channel),
+                                          act_bits=act_bits, act_ranges=act_ranges, keep_first_fp32=False)
+        out = super().quantized_network(network, params, buffers, x, weight_bits=weight_bits,
+                                        per_channel=per_channel, act_bits=act_bits, act_ranges=act_ranges)
+        first = network.blocks[0].prefix
+        block = dict(qnet.blocks)[first]
+        scope = {k[len(first) + 1:]: v for k, v in params.items() if k.startswith(first + ".")}
+        bscope = {k[len(first) + 1:]: v for k, v in qbuffers.items() if k.startswith(first + ".")}
+        kernel, bias = block.quantized_kernel_bias(scope, bscope)
+        logits, _, _ = qnet.forward(params, qbuffers, x, training=False)
+        layers = {**out.layers, first: QuantizedLayer(kernel, bias, weight_bits, per_channel, act_bits)}
+        return QuantizedNetworkResult(layers, logits)
+
+
+class StateSizeAcrossLayersAdapter(ReferenceAdapter):
+    """State size as the distinct values of all layers together: a value shared by two layers counts once."""
+
+    name = "broken: state size counts shared values once"
+
+    def state_size(self, kernels):
+        arrays = [np.asarray(k, dtype=np.float64) for k in kernels]
+        if any(a.size == 0 or not np.all(np.isfinite(a)) for a in arrays):
+            raise ValueError("kernels must be non-empty and finite")
+        return int(np.unique(np.concatenate([a.ravel() for a in arrays])).size)
 
 
 @dataclass(frozen=True)
@@ -445,10 +582,10 @@ BROKEN: dict[str, Broken] = {
     "first_step_dampened": _b(FirstStepDampenedAdapter, "§3.repopt-sgd-step", "§1.train-iteration"),
     "oabn_clips_gamma": _b(OABNClipsGammaAdapter, "§4.oabn", "§2.fusion", "§1.train-iteration"),
     "kmeans_ties_up": _b(KMeansTiesUpAdapter, "§5.kmeans-ties", "§5.kmeans"),
-    "zero_point_not_rounded": _b(ZeroPointNotRoundedAdapter, "§5.uniform-activation", "§5.ste"),
+    "zero_point_not_rounded": _b(ZeroPointNotRoundedAdapter, "§5.uniform-activation", "§5.ste", "§5.scale-underflow"),
     # beyond the required seven
     "round_half_away": _b(RoundHalfAwayAdapter, "§5.uniform-weight"),
-    "ste_code_mask": _b(TorchCodeMaskSTEAdapter, "§5.ste"),
+    "ste_code_mask": _b(TorchCodeMaskSTEAdapter, "§5.ste", "§5.scale-underflow"),
     "weight_ste_float_boundary": _b(WeightSTEFloatBoundaryAdapter, "§5.ste-weight"),
     "fusion_identity_ignores_groups": _b(FusionIgnoresGroupsIdentityAdapter, "§2.fusion", "§1.train-iteration"),
     "biased_running_var": _b(BiasedRunningVarAdapter, "§4.oabn", "§1.train-iteration"),
@@ -471,4 +608,12 @@ BROKEN: dict[str, Broken] = {
     "category_std_ddof_1": _b(SampleStdCategoriesAdapter, "§2.categories"),
     "oabn_factor_one_sided_clip": _b(OneSidedClipFactorAdapter, "§4.oabn-factor"),
     "oabn_eval_shift_unclipped": _b(EvalBiasUnclippedAdapter, "§4.oabn-eval"),
+    # §5 calibrators, zero range, scale underflow, what is quantized, state size
+    "mse_ties_to_smallest": _b(MSETiesToSmallestAdapter, "§5.calibrators"),
+    "entropy_keeps_zero_bin": _b(EntropyKeepsZeroBinAdapter, "§5.calibrators"),
+    "zero_range_eps_scale": _b(ZeroRangeEpsScaleAdapter, "§5.zero-range", "§5.scale-underflow", "§5.uniform-activation",
+                               "§5.ste"),
+    "no_min_scale": _b(NoMinScaleAdapter, "§5.scale-underflow"),
+    "first_block_quantized": _b(QuantizesFirstBlockAdapter, "§5.quantized-layers", message="first block stays FP32"),
+    "state_size_across_layers": _b(StateSizeAcrossLayersAdapter, "§5.state-size", message="must equal"),
 }

@@ -29,7 +29,10 @@ def test_the_foreign_port_passes_every_clause_it_provides():
     report = run_conformance(TinyRepAdapter(), max_examples=N)
     assert report.ok, str(report)
     assert report.passed() == PROVIDED, str(report)
-    assert report.skipped() == [c for c in clause_ids() if c not in PROVIDED]  # not provided: skipped, not failed
+    # every other clause needs a method tinyrep does not have (train_iteration, fuse_qarepvgg_block, kmeans_1d,
+    # calibrate, the qparams and codes methods, quantized_network, state_size)
+    assert report.skipped() == [c for c in clause_ids() if c not in PROVIDED]
+    assert {"§1.train-iteration", "§2.qarepvgg-fusion", "§5.kmeans"} <= set(report.skipped())
     gm = report["§3.grad-mult"]
     assert 0 < gm.declined < gm.examples and gm.declined_reasons == {"tinyrep has no AdamW mask (exponent 1)":
                                                                      gm.declined}

@@ -12,9 +12,11 @@ from repspec.reference.calibrate import (
     calibrate,
     clipping_mse,
     entropy_kl,
+    entropy_scores,
     minmax,
     moving_average_minmax,
     mse_optimal,
+    mse_scores,
     percentile,
 )
 from repspec.reference.quant import activation_qparams
@@ -73,6 +75,35 @@ def test_mse_optimal_ties_go_to_the_widest_range():
     assert mse_optimal(x, 1, candidates=[0.5]) == (0.0, 2.0)
     assert mse_optimal(x, 1, candidates=4) == (0.0, 1.5)  # α = 3/4 is strictly better
     assert mse_optimal(np.zeros(3), 4, candidates=[0.5, 0.25]) == (0.0, 0.0)
+
+
+@given(x=quant_arrays(max_cols=30), bits=st.integers(1, 6), n=st.sampled_from([1, 4, 7, 25]))
+@example(x=np.array([[0.0, 3.0, 4.0]]), bits=1, n=4)  # α = 1 and 3/4 tie exactly: α = 1
+def test_mse_scores_are_every_candidate_and_the_optimum_is_the_largest_tied_ratio(x, bits, n):
+    s = mse_scores(x, bits, candidates=n)
+    assert np.array_equal(s.ratios, np.arange(n, 0, -1) / n)
+    assert s.mse.tolist() == [clipping_mse(x, a * s.lo0, a * s.hi0, bits) for a in s.ratios]
+    best = float(s.ratios[np.flatnonzero(s.mse == s.mse.min())[0]])  # descending: the first tied is the largest
+    assert mse_optimal(x, bits, candidates=n) == (best * s.lo0, best * s.hi0)
+
+
+@given(x=quant_arrays(max_cols=40), bits=st.integers(1, 4), num_bins=st.sampled_from([16, 20, 64]),
+       zero_bin=st.sampled_from(["replace", "keep"]))
+@example(x=np.zeros((1, 3)), bits=2, num_bins=16, zero_bin="replace")
+def test_entropy_scores_are_every_threshold_and_the_range_is_the_smallest_tied_bin(x, bits, num_bins, zero_bin):
+    s = entropy_scores(x, bits, num_bins, zero_bin)
+    got = entropy_kl(x, bits, num_bins, zero_bin)
+    if not np.any(x):
+        assert s.bins.size == 0 and got == (float(x.min()), float(x.max()))
+        return
+    a = np.abs(x).ravel()
+    hist, edges = np.histogram(a, bins=num_bins, range=(0.0, a.max()))
+    if zero_bin == "replace" and num_bins > 1:
+        hist[0] = hist[1]
+    assert np.array_equal(s.hist, hist) and np.array_equal(s.bins, np.arange(s.nq, num_bins + 1))
+    assert np.array_equal(s.thresholds, edges[s.bins]) and s.kl.shape == s.bins.shape
+    t = float(s.thresholds[np.flatnonzero(s.kl == s.kl.min())[0]])  # ascending: the first tied is the smallest i
+    assert got == (max(-t, float(x.min())), min(t, float(x.max())))
 
 
 def test_mse_optimal_clips_outliers():

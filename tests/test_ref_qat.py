@@ -158,6 +158,34 @@ def test_cluster_qat_refits_on_schedule_and_warm_starts(seed, update_every, bits
         prev_c, prev_params = c, r.params
 
 
+@pytest.mark.parametrize("kind", INNER_KINDS)
+@pytest.mark.parametrize("wq", [None, "uniform", "uniform_per_channel", "kmeans"])
+@given(shape=S.block_shapes(), seed=S.seeds)
+def test_quantized_kernel_bias_is_what_the_eval_forward_computes_with(kind, wq, shape, seed):
+    """``quantized_kernel_bias``: the eval forward is exactly ``relu(conv(x̂, K̂) + b)`` with them; uniform K̂ is
+    ``fake_quantize_weight`` of the fused kernel; the quantizer state does not change."""
+    from repspec.reference.ops import conv2d, relu
+    from repspec.reference.quant import fake_quantize_weight
+
+    cin, cout, stride = shape
+    rng = S.rng_from(seed)
+    inner = _inner(kind, cin, cout, stride)
+    params, buffers = _randomize_bn(inner.init_params(rng), inner.init_buffers(), rng)
+    block = QATBlock(inner, _weight_quantizer(wq, 3), ActivationQuantizer(4))
+    qbuf = block.init_qat_buffers(params, buffers, act_range=(-0.5, 2.0))
+    k_hat, b = block.quantized_kernel_bias(params, qbuf)
+    x = rng.normal(size=(2, cin, 5, 4))
+    y, new_buffers, cache = block.forward(params, qbuf, x, training=False)
+    assert np.array_equal(y, relu(conv2d(cache.x_hat, k_hat, b, stride=stride, padding=1)))
+    assert np.array_equal(k_hat, cache.kernel_hat) and np.array_equal(b, cache.bias)
+    if wq is None:
+        assert np.array_equal(k_hat, cache.kernel)
+    elif wq.startswith("uniform"):
+        assert np.array_equal(k_hat, fake_quantize_weight(cache.kernel, 3, per_channel=wq == "uniform_per_channel"))
+    for k, v in new_buffers.items():
+        assert np.array_equal(v, qbuf[k]), f"{k} changed in eval mode"
+
+
 def test_quantized_kernel_uses_at_most_2_to_the_bits_values():
     rng = np.random.default_rng(0)
     inner = RepVGGBlock(4, 4, 1)

@@ -26,6 +26,13 @@ method                                 SPEC                          clauses
 ``fake_quantize_weight_backward``      §5 STE (weights)              ``§5.ste-weight``
 ``fake_quantize_activation``           §5 uniform activations        ``§5.uniform-activation``
 ``fake_quantize_activation_backward``  §5 STE (activations)          ``§5.ste``
+``calibrate``                          §5 PTQ calibrators            ``§5.calibrators``
+``weight_qparams``                     §5 weight scale               ``§5.zero-range``, ``§5.scale-underflow``
+``quantize_weight``                    §5 weight codes               ``§5.zero-range``, ``§5.scale-underflow``
+``activation_qparams``                 §5 scale, zero point          ``§5.zero-range``, ``§5.scale-underflow``
+``quantize_activation``                §5 activation codes           ``§5.zero-range``, ``§5.scale-underflow``
+``quantized_network``                  §5 what is quantized          ``§5.quantized-layers``
+``state_size``                         §5 state size                 ``§5.state-size``
 ``kmeans_fake_quantize``               §5 k-means assignment         ``§5.kmeans-ties``
 ``kmeans_1d``                          §5 1-D k-means                ``§5.kmeans``
 ``train_iteration``                    §1 one training iteration     ``§1.train-iteration``
@@ -37,14 +44,15 @@ method                                 SPEC                          clauses
 oracle, so it passes every clause by construction; the suite's own tests use it, and
 its source is the shortest complete example of an adapter). Network and optimizer
 descriptions for ``train_iteration`` are the plain dataclasses :class:`BlockSpec`,
-:class:`NetworkSpec` and :class:`SGDSpec`. See ``docs/porting.md``.
+:class:`NetworkSpec` and :class:`SGDSpec`; ``quantized_network`` returns a
+:class:`QuantizedNetworkResult` of :class:`QuantizedLayer` records. See ``docs/porting.md``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -60,6 +68,8 @@ __all__ = [
     "TrainIterationResult",
     "NetworkForwardResult",
     "DeployedNetworkResult",
+    "QuantizedLayer",
+    "QuantizedNetworkResult",
     "BlockSpec",
     "NetworkSpec",
     "SGDSpec",
@@ -88,6 +98,13 @@ ADAPTER_METHODS = (
     "fake_quantize_weight_backward",
     "fake_quantize_activation",
     "fake_quantize_activation_backward",
+    "calibrate",
+    "weight_qparams",
+    "quantize_weight",
+    "activation_qparams",
+    "quantize_activation",
+    "quantized_network",
+    "state_size",
     "kmeans_fake_quantize",
     "kmeans_1d",
     "train_iteration",
@@ -161,6 +178,27 @@ class DeployedNetworkResult(NamedTuple):
 
     logits: np.ndarray  # (N, num_classes) of the deployed network
     params: Mapping[str, np.ndarray] | None
+class QuantizedLayer(NamedTuple):
+    """One layer of :meth:`ConformanceAdapter.quantized_network` (a plain 5-tuple in this order is accepted).
+
+    ``kernel`` is what the deployed layer computes with: for a block the merged 3x3 kernel
+    ``(O, I/g, 3, 3)``, fake-quantized when ``weight_bits`` is set (FP otherwise); for the head its
+    weight ``(K, C)``. ``bias`` ``(O,)`` is never quantized. ``weight_bits`` / ``act_bits`` are None
+    for a layer whose weights / input stay FP32; ``per_channel`` is False when ``weight_bits`` is None.
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    weight_bits: int | None
+    per_channel: bool
+    act_bits: int | None
+
+
+class QuantizedNetworkResult(NamedTuple):
+    """What :meth:`ConformanceAdapter.quantized_network` returns (a plain 2-tuple is accepted)."""
+
+    layers: Mapping[str, QuantizedLayer]  # every block prefix and the head name
+    logits: np.ndarray  # (N, num_classes): the quantized network in eval mode on the given x
 
 
 # ------------------------------------------------------------- network description
@@ -431,6 +469,58 @@ class ConformanceAdapter(Protocol):
         """SPEC §5 STE: ``dy·[lo_repr ≤ x ≤ hi_repr]`` with the representable range of the quantizer."""
         ...
 
+    def calibrate(self, method: str, batches: Sequence[np.ndarray], *, bits: int, **options) -> tuple[float, float]:
+        """SPEC §5.calibrators: the range ``(lo, hi)`` that calibrator ``method`` chooses over ``batches``.
+
+        ``method`` ∈ {"minmax", "moving_average_minmax", "percentile", "mse", "entropy"}. ``batches`` is
+        a list of 1–4 float64 arrays of any shapes and sizes (1 element and up), in the order a deployed
+        calibrator sees them: feed them to your observer one at a time and read the range at the end
+        (an observer that needs two passes, as the entropy one does for ``max|x|``, iterates the list
+        again). ``bits`` (1..16) is used by ``mse`` and ``entropy``. ``options`` holds only what the
+        case sets — ``momentum`` (moving average), ``percentile``, ``candidates`` (mse: an int ``N`` or a
+        1-D array of ratios in ``(0, 1]``), ``num_bins`` and ``zero_bin`` (entropy) — and an absent one
+        takes the SPEC default (0.01, 99.99, 100, 2048, "replace")."""
+        ...
+
+    def weight_qparams(self, w: np.ndarray, *, bits: int, per_channel: bool):
+        """SPEC §5 weight scale ``max|w|/(2^(b−1)−1)``: a float (per tensor) or ``(O,)`` (per output channel,
+        axis 0); a scale below ``2^−126`` (float32's smallest normal) is 0 (§5.scale-underflow)."""
+        ...
+
+    def quantize_weight(self, w: np.ndarray, *, bits: int, per_channel: bool) -> np.ndarray:
+        """SPEC §5 integer weight codes ``clamp(rint(w/scale), −qmax, qmax)`` shaped like ``w``, with the scale
+        of :meth:`weight_qparams`; where the scale is 0 every code is 0 (§5.zero-range)."""
+        ...
+
+    def activation_qparams(self, lo: float, hi: float, *, bits: int) -> tuple[float, int]:
+        """SPEC §5 ``(scale, zero_point)`` for the calibrated range ``[lo, hi]`` (zero point an integer);
+        a zero range — ``lo = hi = 0`` or a scale below ``2^−126`` — is ``(0.0, 0)``."""
+        ...
+
+    def quantize_activation(self, x: np.ndarray, *, lo: float, hi: float, bits: int) -> np.ndarray:
+        """SPEC §5 integer activation codes ``clamp(rint(x/scale) + zp, 0, 2^b − 1)`` shaped like ``x``, with
+        the ``(scale, zp)`` of :meth:`activation_qparams`; a zero range maps every input to ``zp``."""
+        ...
+
+    def quantized_network(self, network: NetworkSpec, params: Mapping[str, np.ndarray],
+                          buffers: Mapping[str, np.ndarray], x: np.ndarray, *, weight_bits: int, per_channel: bool,
+                          act_bits: int, act_ranges: Mapping[str, tuple[float, float]]) -> QuantizedNetworkResult:
+        """SPEC §5.quantized-layers: the network quantized as deployed (QAT on merged weights, eval mode).
+
+        ``network`` (blocks of kind ``repvgg`` — OABN identity and groups included —, ``qarepvgg`` or
+        ``repopt_target``), ``params``, ``buffers`` as for :meth:`train_iteration`. The port decides which
+        layers it quantizes: ``weight_bits``/``per_channel`` for the uniform weight quantizer and
+        ``act_bits`` for the activation quantizer apply to every layer the SPEC quantizes, and
+        ``act_ranges`` gives a calibrated ``(lo, hi)`` for the input of **every** block (use it only where
+        the block's input is quantized). Returns the :class:`QuantizedLayer` of every block prefix and of
+        the head, and the eval-mode ``logits (N, K)`` of the quantized network on ``x (N, C, H, W)``."""
+        ...
+
+    def state_size(self, kernels: Sequence[np.ndarray]) -> int:
+        """SPEC §5.state-size: distinct values of each array (one per quantized layer), summed; ``−0.0 == 0.0``;
+        a NaN, an Inf or an empty array must raise ``ValueError``."""
+        ...
+
     def kmeans_fake_quantize(self, w: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         """SPEC §5: each value → its nearest centroid (``centroids`` sorted ascending; a value on a
         midpoint goes to the **lower** centroid)."""
@@ -598,6 +688,58 @@ class ReferenceAdapter(AdapterBase):
         scale, zp = activation_qparams(lo, hi, bits)
         lo_r, hi_r = activation_range(scale, zp, bits)
         return fake_quantize_backward(dy, x, lo_r, hi_r)
+
+    def calibrate(self, method, batches, *, bits, **options):
+        from repspec.reference.calibrate import calibrate
+
+        return calibrate(method, list(batches), bits, **options)
+
+    def weight_qparams(self, w, *, bits, per_channel):
+        from repspec.reference.quant import weight_qparams
+
+        return weight_qparams(w, bits, per_channel)
+
+    def quantize_weight(self, w, *, bits, per_channel):
+        from repspec.reference.quant import quantize_weight, weight_qparams
+
+        return quantize_weight(w, weight_qparams(w, bits, per_channel), bits)
+
+    def activation_qparams(self, lo, hi, *, bits):
+        from repspec.reference.quant import activation_qparams
+
+        return activation_qparams(lo, hi, bits)
+
+    def quantize_activation(self, x, *, lo, hi, bits):
+        from repspec.reference.quant import activation_qparams, quantize_activation
+
+        scale, zp = activation_qparams(lo, hi, bits)
+        return quantize_activation(x, scale, zp, bits)
+
+    def quantized_network(self, network, params, buffers, x, *, weight_bits, per_channel, act_bits, act_ranges):
+        from repspec.reference.qat import UniformWeightQuantizer, make_qat_network
+
+        qnet, qbuffers = make_qat_network(network.reference_network(params), params,
+                                          without_num_batches_tracked(buffers),
+                                          weight_quantizer=UniformWeightQuantizer(weight_bits, per_channel),
+                                          act_bits=act_bits, act_ranges=act_ranges)
+        layers = {}
+        for prefix, block in qnet.blocks:
+            scope = len(prefix) + 1
+            kernel, bias = block.quantized_kernel_bias(
+                {k[scope:]: v for k, v in params.items() if k.startswith(prefix + ".")},
+                {k[scope:]: v for k, v in qbuffers.items() if k.startswith(prefix + ".")})
+            wq, aq = block.weight_quantizer, block.act_quantizer
+            layers[prefix] = QuantizedLayer(kernel, bias, None if wq is None else wq.bits,
+                                            False if wq is None else wq.per_channel, None if aq is None else aq.bits)
+        head = network.head_name
+        layers[head] = QuantizedLayer(params[f"{head}.weight"], params[f"{head}.bias"], None, False, None)
+        logits, _, _ = qnet.forward(params, qbuffers, x, training=False)
+        return QuantizedNetworkResult(layers, logits)
+
+    def state_size(self, kernels):
+        from repspec.reference.analysis import state_size
+
+        return state_size(list(kernels))
 
     def kmeans_fake_quantize(self, w, centroids):
         from repspec.reference.kmeans import kmeans_fake_quantize

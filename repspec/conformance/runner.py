@@ -141,6 +141,7 @@ class ClauseResult:
     declined_reasons: dict = field(default_factory=dict)  # NotProvided message -> count
     tie_reasons: dict = field(default_factory=dict)  # Ambiguous message -> count
     special_declined: list = field(default_factory=list)  # "name (needs feature)" of declined special cases
+    checked_by: dict = field(default_factory=dict)  # clause.case_label's label -> checked cases (when it has one)
     max_abs_err: float | None = 0.0  # largest error seen (over passing comparisons, or the failure's own)
     max_rel_err: float | None = 0.0
     seconds: float = 0.0
@@ -243,6 +244,12 @@ class Report:
         """Why cases were declined or tie-discarded, per clause, with counts."""
         out = []
         for r in self.results:
+            if r.checked_by and r.status in (PASS, FAIL):
+                from .clauses import CLAUSES
+
+                what = CLAUSES[r.clause_id].case_label[0] if r.clause_id in CLAUSES else "label"
+                out.append(f"checked {r.clause_id} by {what}: "
+                           + ", ".join(f"{label} {n}" for label, n in r.checked_by.items()))
             if r.declined:
                 out.append(f"declined {r.clause_id}: {r.declined} case(s): {_count_text(r.declined_reasons)}")
             if r.special_declined:
@@ -386,6 +393,7 @@ def _run_clause(clause, adapter, *, max_examples: int, seed: int, profile: Mappi
     explicit_cases = [make() for make in makers]
     special = {id(c): make for c, make in zip(explicit_cases, makers)}
     declined, ties = Counter(), Counter()
+    checked_by: dict[str, int] = {}
     special_declined: list = []
     declined_cases: dict = {}
     counts = {"run": 0, "declined_generated": 0, "ties_generated": 0, "generated": 0}
@@ -396,6 +404,10 @@ def _run_clause(clause, adapter, *, max_examples: int, seed: int, profile: Mappi
             counts["generated"] += 1
         try:
             clause.check(adapter, case, Checker(profile, stats))
+            if clause.case_label is not None:
+                labels = clause.case_label[1](case)
+                for label in [labels] if isinstance(labels, str) else labels:
+                    checked_by[label] = checked_by.get(label, 0) + 1
         except NotProvided as exc:
             declined[str(exc) or "NotProvided"] += 1
             if id(case) not in special:
@@ -452,6 +464,7 @@ def _run_clause(clause, adapter, *, max_examples: int, seed: int, profile: Mappi
     res.declined_reasons, res.tie_reasons = dict(declined), dict(ties)
     res.examples = counts["run"] - res.declined - res.tie_discarded
     res.special_declined = [_special_label(m) for m in special_declined]
+    res.checked_by = dict(sorted(checked_by.items()))
     if res.status != PASS:
         return res
     res.max_abs_err, res.max_rel_err = stats.max_abs, stats.max_rel

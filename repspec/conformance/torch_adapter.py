@@ -1,7 +1,7 @@
 """``repspec.torch_impl`` as a conformance adapter — the first port checked by the suite (issue 6).
 
 Every method converts the NumPy float64 inputs to float64 tensors, runs the
-``repspec.torch_impl`` modules (blocks, OABN, RepOptimizerSGD, quant, kmeans), and converts
+``repspec.torch_impl`` modules (blocks, OABN, RepOptimizerSGD, quant, observers, kmeans, qat), and converts
 back. Nothing here re-implements the spec: where a piece of ``torch_impl`` is missing,
 the method raises :class:`~repspec.conformance.adapter.NotProvided` and its clauses are
 reported as skipped.
@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import (AdapterBase, DeployedNetworkResult, NetworkForwardResult, NetworkSpec, NotProvided,
-                      OABNEvalResult, OABNResult, SGDSpec, TrainIterationResult, without_num_batches_tracked)
+from .adapter import (AdapterBase, DeployedNetworkResult, NetworkForwardResult, NetworkSpec, NotProvided, OABNEvalResult, OABNResult,
+                      QuantizedLayer, QuantizedNetworkResult, SGDSpec, TrainIterationResult,
+                      without_num_batches_tracked)
 
 __all__ = ["TorchAdapter", "cuda", "float32"]
 
@@ -241,6 +242,76 @@ class TorchAdapter(AdapterBase):
         xt = self._t(x, requires_grad=True)
         q.fake_quantize_activation(xt, scale, zp, bits).backward(self._t(dy))
         return self._np(xt.grad)
+
+    # -------------------------------------------------------------- §5 calibrators, qparams, codes
+    def calibrate(self, method, batches, *, bits, **options):
+        obs = _torch_impl("observers")
+        observer = obs.make_observer(method, bits, **options)
+        tensors = [self._t(b) for b in batches]
+        for p in range(observer.passes):  # streaming: one batch at a time (entropy makes two passes)
+            if p:
+                observer.next_pass()
+            for t in tensors:
+                observer.observe(t)
+        return observer.compute_range()
+
+    def weight_qparams(self, w, *, bits, per_channel):
+        q = _torch_impl("quant")
+        scale = self._np(q.weight_scale(self._t(w), bits, per_channel))
+        return float(scale) if scale.ndim == 0 else scale
+
+    def quantize_weight(self, w, *, bits, per_channel):
+        q = _torch_impl("quant")
+        wt = self._t(w)
+        codes = q.quantize_weight_codes(wt, q.weight_scale(wt, bits, per_channel), bits)
+        return codes.cpu().numpy()
+
+    def activation_qparams(self, lo, hi, *, bits):
+        scale, zp = self._act(_torch_impl("quant"), lo, hi, bits)
+        return float(scale), int(zp)
+
+    def quantize_activation(self, x, *, lo, hi, bits):
+        q = _torch_impl("quant")
+        scale, zp = self._act(q, lo, hi, bits)
+        return q.quantize_activation_codes(self._t(x), scale, zp, bits).cpu().numpy()
+
+    # -------------------------------------------------------------- §5 what is quantized, state size
+    def quantized_network(self, network: NetworkSpec, params, buffers, x, *, weight_bits, per_channel, act_bits,
+                          act_ranges):
+        from repspec.torch_impl.modules.models import VGGNet
+
+        qat = _torch_impl("qat")
+        blocks = [self._block(b, params) for b in network.blocks]
+        # the chain as a VGGNet with one block per stage, so torch_impl's make_qat_model decides what it
+        # quantizes; block i is "stage0" / f"stage{i}.0" there
+        torch_names = ["stage0"] + [f"stage{i}.0" for i in range(1, len(blocks))]
+        net = VGGNet(lambda cin, cout, stride, stage, index: blocks[stage], [1] * len(blocks),
+                     [b.out_channels for b in network.blocks], [b.stride for b in network.blocks],
+                     network.num_classes, network.blocks[0].in_channels)
+        to_torch = {f"{network.head_name}.{n}": f"linear.{n}" for n in ("weight", "bias")}
+        for b, name in zip(network.blocks, torch_names):
+            for k in list(params) + list(buffers):
+                if k.startswith(b.prefix + "."):
+                    to_torch[k] = f"{name}.{k[len(b.prefix) + 1:]}"
+        self._load(net, {to_torch[k]: v for k, v in params.items()}, {to_torch[k]: v for k, v in buffers.items()})
+        ranges = {name: act_ranges[b.prefix] for b, name in zip(network.blocks, torch_names) if b.prefix in act_ranges}
+        with torch.no_grad(), self._exact():
+            model = qat.make_qat_model(net, weight_quantizer=qat.UniformWeightQuantizer(weight_bits, per_channel),
+                                       act_bits=act_bits, act_ranges=ranges, inplace=True, progress=False).eval()
+            logits = model(self._t(x))
+            layers = {}
+            for b, (name, block) in zip(network.blocks, model.named_blocks()):
+                kernel, bias = block.quantized_kernel_bias()
+                wq, aq = block.weight_quant, block.act_quant
+                layers[b.prefix] = QuantizedLayer(self._np(kernel), self._np(bias), None if wq is None else wq.bits,
+                                                  False if wq is None else wq.per_channel,
+                                                  None if aq is None else aq.bits)
+        head = model.linear
+        layers[network.head_name] = QuantizedLayer(self._np(head.weight), self._np(head.bias), None, False, None)
+        return QuantizedNetworkResult(layers, self._np(logits))
+
+    def state_size(self, kernels):
+        return _torch_impl("quant").state_size([self._t(k) for k in kernels])
 
     # -------------------------------------------------------------- §5 k-means
     def kmeans_fake_quantize(self, w, centroids):

@@ -126,6 +126,8 @@ def _copy_tree(v):
 def _same_tree(a, b) -> bool:
     if isinstance(b, np.ndarray):
         return isinstance(a, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+    if isinstance(b, (list, tuple)) and b and isinstance(b[0], np.ndarray):  # a list of batches
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b))
     if isinstance(b, Mapping):
         return isinstance(a, Mapping) and set(a) == set(b) and all(_same_tree(a[k], b[k]) for k in b)
     return True
@@ -360,6 +362,9 @@ class Clause:
     budget: float = 1.0  # fraction of max_examples this clause runs (expensive clauses < 1)
     plausible_note: str = ""
     extra: dict = field(default_factory=dict)
+    # (what, case -> label or labels): the report counts the checked cases per label, e.g. ("method", …)
+    # shows how often each of the five calibrators of §5.calibrators was checked
+    case_label: tuple[str, Callable[[dict], Any]] | None = None
 
 
 CLAUSES: dict[str, Clause] = {}
