@@ -13,6 +13,7 @@ argument), so the chapters' function bodies read as their formulas.
 ``deploy``      SPEC §1/§2 a whole network in deploy form (every block fused)
 ``repopt_sgd``  SPEC §3 RepOpt-SGD in one file: ``W'``, ``W'_0``, Grad Mult, weight decay, step
 ``repopt``      SPEC §3 CSLA, HyperSearch and target blocks, network helpers
+``scales``      SPEC §3 scale layout, the original per-block scale tuples
 ``optim``       SPEC §3 optimizer classes, AdamW (+ masked variant)
 ``oabn``        SPEC §4 outlier-aware batch norm
 ``quant``       SPEC §5 uniform (fake) quantization, straight-through gradients
@@ -40,6 +41,7 @@ from . import (
     repopt,
     repopt_sgd,
     repvgg,
+    scales,
 )
 from .analysis import *  # noqa: F401,F403
 from .calibrate import *  # noqa: F401,F403
@@ -56,6 +58,7 @@ from .quant import *  # noqa: F401,F403
 from .repopt import *  # noqa: F401,F403
 from .repopt_sgd import *  # noqa: F401,F403
 from .repvgg import *  # noqa: F401,F403
+from .scales import *  # noqa: F401,F403
 
 # the chapters stay reachable as modules: the function calibrate.calibrate must not
 # shadow the chapter calibrate (docs write repspec.reference.calibrate.mse_optimal)
@@ -63,7 +66,7 @@ import importlib as _importlib  # noqa: E402
 
 calibrate = _importlib.import_module(__name__ + ".calibrate")  # noqa: F811
 
-CHAPTERS = (ops, kernels, network, repvgg, repopt_sgd, repopt, optim, oabn, quant, calibrate, kmeans, qat, deploy,
+CHAPTERS = (ops, kernels, network, repvgg, repopt_sgd, repopt, scales, optim, oabn, quant, calibrate, kmeans, qat, deploy,
             analysis, gradcheck)
 
 __all__ = sorted(({name for chapter in CHAPTERS for name in chapter.__all__} - {"calibrate"}) | {"CHAPTERS"})

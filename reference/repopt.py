@@ -34,6 +34,7 @@ from ._checks import (as_float_array, check_bool, check_conv_config, check_ident
 from .kernels import conv_default_init, per_channel
 from .repopt_sgd import IDENTITY_MODES, csla_equivalent_kernel, grad_mult_mask, reinit_target_kernel
 from .network import Network
+from .scales import parse_block_prefix, vgg_scale_layout
 from .ops import (
     batch_norm_eval,
     batch_norm_eval_backward,
@@ -59,6 +60,8 @@ __all__ = [
     "target_network",
     "csla_to_target_params",
     "network_grad_mult_masks",
+    "hypersearch_network",
+    "extract_scales",
 ]
 
 Arrays = dict[str, np.ndarray]
@@ -490,3 +493,49 @@ def network_grad_mult_masks(network: Network, params: Mapping[str, np.ndarray], 
         masks[f"{prefix}.conv.weight"] = grad_mult_mask(a3, a1, block.in_channels,
                                                         identity=_block_identity_mode(block), exponent=exponent)
     return masks
+
+
+def hypersearch_network(num_blocks, widths, strides, *, in_channels: int, num_classes: int,
+                        bn_momentum: float = 0.1, bn_eps: float = 1e-5) -> Network:
+    """The HyperSearch network of a VGG skeleton (SPEC §3.hypersearch, §3.architectures; official
+    ``RepOptVGG(mode='hs')``).
+
+    Block ``i`` of stage ``k`` (prefix ``stage{k}.{i}``, stage0 a single block ``stage0``) is a
+    :class:`HyperSearchBlock` whose ``α3 = α1`` start at :func:`hypersearch_scale_init` ``(k, i)``
+    and whose ``d`` (iff the block has an identity branch) starts at 1; the first block of a stage
+    has the stage's stride. ``network.init(rng)`` gives the initial parameters, and
+    :func:`extract_scales` reads the scales from them (the schedule) or from trained ones.
+
+    >>> net = hypersearch_network((1, 3), (4, 4), (1, 1), in_channels=3, num_classes=2)
+    >>> [(p, round(b.conv_scale_init, 4)) for p, b in net.blocks]
+    [('stage0', 1.0), ('stage1.0', 1.0), ('stage1.1', 1.4142), ('stage1.2', 1.0)]
+    """
+    layout = vgg_scale_layout(num_blocks, widths, strides, in_channels=in_channels)
+    blocks, cin = [], check_int(in_channels, "in_channels", min_value=1)
+    for prefix, cout, _ in layout:
+        stage, index = parse_block_prefix(prefix)
+        stride = strides[stage] if index == 0 else 1
+        blocks.append((prefix, HyperSearchBlock(cin, cout, stride, conv_scale_init=hypersearch_scale_init(stage, index),
+                                                bn_momentum=bn_momentum, bn_eps=bn_eps)))
+        cin = cout
+    return Network(tuple(blocks), num_classes)
+
+
+def extract_scales(network: Network, params: Mapping[str, np.ndarray]) -> Arrays:
+    """The RepOpt scales of a (trained) HyperSearch or CSLA network (SPEC §3.hypersearch, §3.scale-files).
+
+    ``{"{prefix}.scale_conv.weight": α3, "{prefix}.scale_1x1.weight": α1[, "{prefix}.scale_identity.weight": d]}``
+    per block in network order, float64 copies of ``params``' entries: the learned scales *are*
+    the RepOptimizer's constants (official ``extract_scales``, which keeps them as per-block
+    tuples: :func:`repspec.reference.scales.scales_to_official`). ``scale_identity`` is present
+    exactly for the blocks with an identity branch.
+    """
+    out: Arrays = {}
+    for prefix, block in _linear_add_blocks(network):
+        kinds = ("conv", "1x1", "identity") if block._has_identity() else ("conv", "1x1")
+        for kind in kinds:
+            key = f"{prefix}.scale_{kind}.weight"
+            if key not in params:
+                raise ValueError(f"params is missing {key!r}")
+            out[key] = check_vector(params[key], key, block.out_channels).copy()
+    return out

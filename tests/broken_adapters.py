@@ -558,6 +558,112 @@ class StateSizeAcrossLayersAdapter(ReferenceAdapter):
         if any(a.size == 0 or not np.all(np.isfinite(a)) for a in arrays):
             raise ValueError("kernels must be non-empty and finite")
         return int(np.unique(np.concatenate([a.ravel() for a in arrays])).size)
+# ---- SPEC §3: the CSLA block, W', W'_0, the decay map, the constant identity, HyperSearch, scale files, AdamW
+
+
+class ConstantIdentityAsUnitAdapter(ReferenceAdapter):
+    """A CSLA block whose constant identity adds ``x`` (an ``nn.Identity``), not ``d·x``: the official code has
+    no constant mode, and a port that maps "not trained" to "the plain identity" drops ``d``."""
+
+    name = "broken: constant identity adds x, not d·x"
+
+    def csla_block(self, params, buffers, x, dy, *, identity, **kw):
+        if identity == "constant":
+            params = {**params, "scale_identity.weight": np.ones_like(params["scale_identity.weight"])}
+        return super().csla_block(params, buffers, x, dy, identity=identity, **kw)
+
+
+class KernelPadAtCornerAdapter(ReferenceAdapter):
+    """``W'`` with ``K1`` padded to the 3x3 kernel's corner (``np.pad(k1, ((0, 0), (0, 0), (0, 2), (0, 2)))``,
+    the F.pad argument order mixed up) instead of its centre."""
+
+    name = "broken: pad(K1) at the corner"
+
+    def csla_equivalent_kernel(self, conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity=None):
+        k1 = np.pad(np.asarray(conv_1x1_weight), ((0, 0), (0, 0), (0, 2), (0, 2)))
+        w = np.asarray(scale_conv)[:, None, None, None] * conv_weight + np.asarray(scale_1x1)[:, None, None, None] * k1
+        if scale_identity is not None:
+            o = len(scale_identity)
+            w[np.arange(o), np.arange(o), 1, 1] += scale_identity
+        return w
+
+
+class ReinitScalesSwappedAdapter(ReferenceAdapter):
+    """``W'_0`` built from the original ``(…, 1x1, conv)`` tuple read as ``(…, conv, 1x1)``: α1 on K3, α3 on K1."""
+
+    name = "broken: W'_0 with the scales swapped"
+
+    def reinit_target_kernel(self, scale_conv, scale_1x1, scale_identity, **kw):
+        return super().reinit_target_kernel(scale_1x1, scale_conv, scale_identity, **kw)
+
+
+class DecayAllVectorsOffAdapter(ReferenceAdapter):
+    """The generic "no decay for 1-D parameters and biases" rule without the official exception for
+    ``*identity.weight``: the identity scale ``d`` is not decayed (and §3.theorem no longer holds)."""
+
+    name = "broken: identity scale d not weight-decayed"
+
+    def weight_decay_map(self, network, params, *, weight_decay):
+        return {k: 0.0 if (np.ndim(params[k]) <= 1 or k.endswith(".bias")) else float(weight_decay)
+                for k in network.trainable_names(params)}
+
+
+class Float32WeightDecayAdapter(ReferenceAdapter):
+    """RepOpt-SGD with λ held as a float32 scalar (a hyper-parameter stored as ``torch.tensor(wd)`` or in a
+    float32 config): the step is within 1e-9 of the reference and both §3.theorem paths decay alike, but the
+    decay of a constant identity's ``diag(d)·I_c`` is ``lr·fl32(λ)·d``, not ``lr·λ·d``."""
+
+    name = "broken: weight decay kept in float32"
+
+    def repopt_sgd_step(self, param, grad, momentum_buffer, *, weight_decay, **kw):
+        return super().repopt_sgd_step(param, grad, momentum_buffer, weight_decay=float(np.float32(weight_decay)),
+                                       **kw)
+
+
+class HyperSearchGlobalIndexAdapter(ReferenceAdapter):
+    """HyperSearch init that counts blocks across the whole network (``sqrt(2/j)`` with j the network-wide
+    index, stage0 = 0) instead of within each stage: every stage but the first starts off the schedule."""
+
+    name = "broken: HyperSearch init by network-wide block index"
+
+    def hypersearch_scales(self, num_blocks, widths, strides, *, in_channels, num_classes, params=None):
+        out = super().hypersearch_scales(num_blocks, widths, strides, in_channels=in_channels,
+                                         num_classes=num_classes, params=params)
+        if params is not None:
+            return out
+        j = 0
+        for k, n in enumerate(num_blocks):
+            for i in range(n):
+                prefix = "stage0" if k == 0 else f"stage{k}.{i}"
+                init = 1.0 if j == 0 else float(np.sqrt(2.0 / j))
+                for kind in ("conv", "1x1"):
+                    key = f"{prefix}.scale_{kind}.weight"
+                    out[key] = np.full_like(out[key], init)
+                j += 1
+        return out
+
+
+class OfficialTuplesInDictOrderAdapter(ReferenceAdapter):
+    """The original per-block tuples read and written in the scale dict's order ``(conv, 1x1[, identity])``
+    instead of the original ``([identity,] 1x1, conv)``: its own round trip is exact, the mapping is not."""
+
+    name = "broken: original scale tuples in (conv, 1x1, identity) order"
+
+    def scales_to_official(self, scales, layout):
+        return [tuple(reversed(t)) for t in super().scales_to_official(scales, layout)]
+
+    def scales_from_official(self, tuples, layout):
+        return super().scales_from_official([tuple(reversed(t)) for t in tuples], layout)
+
+
+class AdamWMaskOnceAdapter(ReferenceAdapter):
+    """Masked AdamW that multiplies only the gradient by ``M`` (``torch.optim.AdamW`` on ``M⊙g``), whatever
+    ``mask_placement`` says: the official RepOptimizerAdamW also multiplies the step."""
+
+    name = "broken: AdamW mask on the gradient only"
+
+    def adamw_step(self, param, grad, state, *, mask_placement, **kw):
+        return super().adamw_step(param, grad, state, mask_placement="grad", **kw)
 
 
 @dataclass(frozen=True)
@@ -576,10 +682,12 @@ def _b(adapter, expected, *others, **kw) -> Broken:
 
 #: broken adapter → the clause that must catch it, and the clauses that may also fail
 BROKEN: dict[str, Broken] = {
-    "wd_masked": _b(WeightDecayMaskedAdapter, "§3.repopt-sgd-step", "§3.theorem", "§1.train-iteration"),
+    "wd_masked": _b(WeightDecayMaskedAdapter, "§3.repopt-sgd-step", "§3.theorem", "§1.train-iteration",
+                    "§3.constant-identity"),
     "no_identity_plus_one": _b(NoIdentityPlusOneAdapter, "§3.grad-mult", "§3.theorem"),
-    "mask_by_input_channel": _b(InputChannelMaskAdapter, "§3.grad-mult", "§3.theorem"),
-    "first_step_dampened": _b(FirstStepDampenedAdapter, "§3.repopt-sgd-step", "§1.train-iteration"),
+    "mask_by_input_channel": _b(InputChannelMaskAdapter, "§3.grad-mult", "§3.theorem", "§3.constant-identity"),
+    "first_step_dampened": _b(FirstStepDampenedAdapter, "§3.repopt-sgd-step", "§1.train-iteration",
+                                "§3.constant-identity"),
     "oabn_clips_gamma": _b(OABNClipsGammaAdapter, "§4.oabn", "§2.fusion", "§1.train-iteration"),
     "kmeans_ties_up": _b(KMeansTiesUpAdapter, "§5.kmeans-ties", "§5.kmeans"),
     "zero_point_not_rounded": _b(ZeroPointNotRoundedAdapter, "§5.uniform-activation", "§5.ste", "§5.scale-underflow"),
@@ -598,9 +706,9 @@ BROKEN: dict[str, Broken] = {
     "grads_after_step": _b(GradsAfterStepAdapter, "§1.train-iteration", message="read p.grad AFTER optimizer.step()"),
     "step_only_4d": _b(Only4DStepAdapter, "§3.repopt-sgd-step", "§3.theorem", "§1.train-iteration",
                        message="must accept a parameter of any shape"),
-    "theorem_drift_1e-12": _b(TheoremDriftAdapter, "§3.theorem", message="round-off bound"),
-    "scales_swapped": _b(SwappedScalesAdapter, "§3.grad-mult", "§3.theorem", message="SWAPPED"),
-    "float32_step": _b(Float32StepAdapter, "§3.repopt-sgd-step", "§3.theorem",
+    "theorem_drift_1e-12": _b(TheoremDriftAdapter, "§3.theorem", "§3.constant-identity", message="round-off bound"),
+    "scales_swapped": _b(SwappedScalesAdapter, "§3.grad-mult", "§3.theorem", "§3.constant-identity", message="SWAPPED"),
+    "float32_step": _b(Float32StepAdapter, "§3.repopt-sgd-step", "§3.theorem", "§3.constant-identity",
                        message="torch.set_default_dtype(torch.float64)"),
     # SPEC §1 networks, §2 fusion backward and categories, §4 OABN factor and eval mode
     "deploy_oabn_unclipped": _b(DeployUnclippedOABNAdapter, "§1.network"),
@@ -616,4 +724,14 @@ BROKEN: dict[str, Broken] = {
     "no_min_scale": _b(NoMinScaleAdapter, "§5.scale-underflow"),
     "first_block_quantized": _b(QuantizesFirstBlockAdapter, "§5.quantized-layers", message="first block stays FP32"),
     "state_size_across_layers": _b(StateSizeAcrossLayersAdapter, "§5.state-size", message="must equal"),
+    # SPEC §3: the CSLA block, W', W'_0, the decay map, the constant identity, HyperSearch, scale files, AdamW
+    "constant_identity_as_unit": _b(ConstantIdentityAsUnitAdapter, "§3.csla"),
+    "kernel_pad_at_corner": _b(KernelPadAtCornerAdapter, "§3.equivalent-kernel"),
+    "reinit_scales_swapped": _b(ReinitScalesSwappedAdapter, "§3.reinit"),
+    "identity_scale_not_decayed": _b(DecayAllVectorsOffAdapter, "§3.weight-decay", message="must equal the reference"),
+    "weight_decay_float32": _b(Float32WeightDecayAdapter, "§3.constant-identity", "§3.repopt-sgd-step",
+                               message="round-off bound"),
+    "hypersearch_global_index": _b(HyperSearchGlobalIndexAdapter, "§3.hypersearch"),
+    "official_tuples_dict_order": _b(OfficialTuplesInDictOrderAdapter, "§3.scale-files", message="REVERSED"),
+    "adamw_mask_once": _b(AdamWMaskOnceAdapter, "§3.adamw", message="multiplies the step by M"),
 }

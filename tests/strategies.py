@@ -267,3 +267,20 @@ def qat_layouts(draw, max_blocks: int = 3, max_channels: int = 6):
     return dict(num_blocks=tuple(num_blocks), widths=tuple(widths), strides=tuple(stage_strides),
                 in_channels=in_channels, hw=hw, batch=batch,
                 num_classes=draw(st.integers(2, 3)))
+
+
+@st.composite
+def vgg_skeletons(draw, max_stages: int = 4, max_blocks: int = 4, max_width: int = 4):
+    """A VGG skeleton (SPEC §3.architectures) as ``dict(num_blocks, widths, strides, in_channels)``:
+    stage0 one block, then up to ``max_stages − 1`` stages of 1..max_blocks blocks; widths equal to the
+    previous one half the time (identity branches), strides 1/2."""
+    in_channels = draw(st.integers(1, max_width))
+    num_blocks, widths, stage_strides = [1], [], []
+    for k in range(draw(st.integers(1, max_stages))):
+        if k:
+            num_blocks.append(draw(st.integers(1, max_blocks)))
+        prev = widths[-1] if widths else in_channels
+        widths.append(prev if draw(st.booleans()) else draw(st.integers(1, max_width)))
+        stage_strides.append(draw(strides))
+    return dict(num_blocks=tuple(num_blocks), widths=tuple(widths), strides=tuple(stage_strides),
+                in_channels=in_channels)

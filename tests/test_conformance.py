@@ -391,6 +391,86 @@ def testtheorem_bound_is_derived_not_flat():
     assert drift.ok, "the 1e-12 drift passes the step clause (1e-9): only the theorem bound can see it"
 
 
+# ------------------------------------------------------------------ the protocol is documented and implemented
+
+
+def test_every_adapter_method_is_documented_and_implemented():
+    """Each protocol method: a row in adapter.py's table and docs/porting.md's, a ReferenceAdapter and a
+    TorchAdapter implementation, and at least one clause that needs it."""
+    from repspec.conformance import adapter as adapter_module
+    from repspec.conformance.adapter import ADAPTER_METHODS, ConformanceAdapter
+
+    page = open(os.path.join(os.path.dirname(__file__), "..", "docs", "porting.md"), encoding="utf-8").read()
+    needed = {m for c in CLAUSES.values() for m in c.methods}
+    torch_adapter = pytest.importorskip("repspec.conformance.torch_adapter")
+    for m in ADAPTER_METHODS:
+        assert f"``{m}``" in adapter_module.__doc__, f"{m} has no row in adapter.py's table"
+        assert f"| `{m}(" in page, f"{m} has no row in docs/porting.md's adapter table"
+        assert m in ConformanceAdapter.__dict__, f"{m} is not in the ConformanceAdapter protocol"
+        assert m in ReferenceAdapter.__dict__ and m in torch_adapter.TorchAdapter.__dict__, m
+        assert m in needed, f"no clause needs {m}"
+
+
+# ------------------------------------------------------------------ SPEC §3: W'_0 draws, the B1 layout
+
+
+def test_b1_special_value_is_the_published_scale_files_layout():
+    """§3.scale-files' B1 special value has exactly the keys and shapes of the real published file, blocks in its
+    order (within a block the file lists its keys alphabetically, 1x1 before conv: key order carries no meaning)."""
+    torch = pytest.importorskip("torch")
+    from repspec.conformance.clauses.repopt import _scale_file_example_b1
+
+    published = torch.load(os.path.join(os.path.dirname(__file__), "data", "RepOpt-VGG-B1-scales.pth"),
+                           weights_only=True, map_location="cpu")
+    case = _scale_file_example_b1()
+    assert {k: v.shape for k, v in case["scales"].items()} == {k: tuple(v.shape) for k, v in published.items()}
+
+    def blocks(keys):
+        return list(dict.fromkeys(k.rsplit(".scale_", 1)[0] for k in keys))
+
+    assert blocks(case["scales"]) == blocks(published) == [p for p, _, _ in case["layout"]]
+    assert len(published) == 79
+
+
+class _ReinitDraw(ReferenceAdapter):
+    """W'_0 whose imaginary kernels the adapter draws itself (``conv_weight`` None) with ``draw(rng, shape, fan_in)``."""
+
+    def __init__(self, draw, fresh_generator=False):
+        self.draw, self.fresh = draw, fresh_generator
+        self.calls = 0
+
+    def reinit_target_kernel(self, scale_conv, scale_1x1, scale_identity, *, in_channels, conv_weight,
+                             conv_1x1_weight, use_identity_scales, seed):
+        if conv_weight is None:
+            self.calls += 1
+            rng = np.random.default_rng(seed + self.calls if self.fresh else seed)
+            o = len(scale_conv)
+            conv_weight = self.draw(rng, (o, in_channels, 3, 3), 9 * in_channels)
+            conv_1x1_weight = self.draw(rng, (o, in_channels, 1, 1), in_channels)
+        return super().reinit_target_kernel(scale_conv, scale_1x1, scale_identity, in_channels=in_channels,
+                                            conv_weight=conv_weight, conv_1x1_weight=conv_1x1_weight,
+                                            use_identity_scales=use_identity_scales, seed=seed)
+
+
+def _uniform(rng, shape, fan_in):
+    return rng.uniform(-1.0, 1.0, shape) / np.sqrt(fan_in)
+
+
+@pytest.mark.parametrize("adapter, message", [
+    (_ReinitDraw(_uniform), None),  # conv_default_init, deterministic: passes
+    (_ReinitDraw(_uniform, fresh_generator=True), "same seed"),
+    (_ReinitDraw(lambda rng, shape, fan_in: rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)), "conv_default_init"),
+    (_ReinitDraw(lambda rng, shape, fan_in: 0.1 * _uniform(rng, shape, fan_in)), "not drawn from U"),
+], ids=["default-init", "not-deterministic", "kaiming-normal", "too-narrow"])
+def test_reinit_checks_a_port_s_own_draw(adapter, message):
+    """The seeded-draw part of §3.reinit: the same seed twice, the init bound, the spread (special value: 48 taps)."""
+    res = run_conformance(adapter, clauses=["§3.reinit"], max_examples=N)["§3.reinit"]
+    if message is None:
+        assert res.status == "pass", res.message
+    else:
+        assert res.status == "FAIL" and message in f"{res.quantity}: {res.message}", res.message
+
+
 # ------------------------------------------------------------------ issue 9: verify
 
 

@@ -21,8 +21,8 @@ from .third_party.tinyrep_adapter import TinyRepAdapter, hwio_to_oihw, oihw_to_h
 
 ROOT = Path(__file__).resolve().parent.parent
 N = min(settings().max_examples, 25)
-PROVIDED = ["§2.fusion", "§3.grad-mult", "§3.repopt-sgd-step", "§3.theorem", "§4.oabn", "§5.uniform-weight",
-            "§5.uniform-activation", "§5.ste", "§5.ste-weight", "§5.kmeans-ties"]
+PROVIDED = ["§2.fusion", "§3.grad-mult", "§3.repopt-sgd-step", "§3.theorem", "§3.constant-identity", "§4.oabn",
+            "§5.uniform-weight", "§5.uniform-activation", "§5.ste", "§5.ste-weight", "§5.kmeans-ties"]
 
 
 def test_the_foreign_port_passes_every_clause_it_provides():

@@ -125,6 +125,49 @@ def test_reinit_from_scales_matches_reference():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing changed
 
 
+# ------------------------------------------------------- the original per-block tuples, an explicit layout
+
+
+def test_official_tuples_of_the_published_file_match_the_reference(b1_scales):
+    """The published B1 file through torch_impl's converters with an explicit layout, against the registry's
+    layout and against the reference converter (SPEC §3.scale-files), exactly."""
+    from repspec.reference.scales import scales_from_official as ref_from_official
+    from repspec.reference.scales import scales_to_official as ref_to_official
+    from repspec.reference.scales import vgg_scale_layout
+    from repspec.torch_impl.optimizers.scales import scales_from_official, scales_to_official
+
+    layout = vgg_scale_layout((1, 4, 6, 16, 1), (64, 128, 256, 512, 2048), (2, 2, 2, 2, 2), in_channels=3)
+    tuples = scales_to_official(b1_scales, list(layout))
+    by_name = scales_to_official(b1_scales, "repopt_vgg_b1")
+    assert len(tuples) == 28 and all(a is b for t, u in zip(tuples, by_name) for a, b in zip(t, u))
+    as_np = {k: v.double().numpy() for k, v in b1_scales.items()}
+    want = ref_to_official(as_np, layout)
+    assert [len(t) for t in tuples] == [len(t) for t in want]
+    assert all(np.array_equal(a.double().numpy(), b) for t, u in zip(tuples, want) for a, b in zip(t, u))
+    back = scales_from_official(tuples, list(layout))
+    assert list(back) == list(b1_scales) and all(torch.equal(back[k], v) for k, v in b1_scales.items())
+    ref_back = ref_from_official(want, layout)
+    assert list(ref_back) == list(back) and all(np.array_equal(ref_back[k], as_np[k]) for k in as_np)
+
+
+def test_explicit_layout_is_validated():
+    from repspec.torch_impl.optimizers.scales import scales_from_official
+
+    one = [(torch.ones(2), torch.ones(2))]
+    for layout, err, match in (([("stage0.0", 2, False)], ValueError, "prefix must be 'stage0'"),
+                               ([("stage1", 2, False)], ValueError, "prefix must be"),
+                               ([("stage0", 0, False)], ValueError, "out_channels must be a positive integer"),
+                               ([("stage0", 2, 0)], TypeError, "has_identity must be a bool"),
+                               ([("stage0", 2)], TypeError, r"layout\[0\] must be"),
+                               ([], ValueError, "layout must not be empty")):
+        with pytest.raises(err, match=match):
+            scales_from_official(one, layout)
+    with pytest.raises(ValueError, match="unique"):
+        scales_from_official(one * 2, [("stage1.0", 2, False), ("stage1.0", 2, False)])
+    with pytest.raises(ScaleFileError, match=r"tuple 0 \(block 'stage0'\) must have 3 entries"):
+        scales_from_official(one, [("stage0", 2, True)])
+
+
 # ------------------------------------------------------------------ save / load
 
 

@@ -17,8 +17,19 @@ method                                 SPEC                          clauses
 ``merged_weight_categories``           §2 categories A/B/C           ``§2.categories``
 ``category_statistics``                §2 category statistics        ``§2.categories``
 ``identity_ratio``                     §2 identity ratio ``t0``      ``§2.categories``
-``grad_mult_mask``                     §3 Grad Mult                  ``§3.grad-mult``, ``§3.theorem``
-``repopt_sgd_step``                    §3 RepOpt-SGD step            ``§3.repopt-sgd-step``, ``§3.theorem``
+``grad_mult_mask``                     §3 Grad Mult                  ``§3.grad-mult``, ``§3.theorem``,
+                                                                     ``§3.constant-identity``
+``repopt_sgd_step``                    §3 RepOpt-SGD step            ``§3.repopt-sgd-step``, ``§3.theorem``,
+                                                                     ``§3.constant-identity``
+``csla_block``                         §3 CSLA block fwd + bwd       ``§3.csla``
+``csla_equivalent_kernel``             §3 ``W'`` of a CSLA block     ``§3.equivalent-kernel``
+``reinit_target_kernel``               §3 ``W'_0`` of the target     ``§3.reinit``
+``weight_decay_map``                   §3 official decay map         ``§3.weight-decay``
+``adamw_step``                         §3 (masked) AdamW step        ``§3.adamw``
+``hypersearch_block``                  §3 HyperSearch block          ``§3.hypersearch``
+``hypersearch_scales``                 §3 HS init / extraction       ``§3.hypersearch``
+``scales_to_official``                 §3 dict → original tuples     ``§3.scale-files``
+``scales_from_official``               §3 original tuples → dict     ``§3.scale-files``
 ``oabn_factor``                        §4 clipped factor ``t̃``       ``§4.oabn-factor``
 ``oabn_train``                         §4 OABN train fwd + bwd       ``§4.oabn``
 ``oabn_eval``                          §4 OABN eval fwd + bwd        ``§4.oabn-eval``
@@ -65,6 +76,7 @@ __all__ = [
     "ReferenceAdapter",
     "OABNResult",
     "OABNEvalResult",
+    "BlockResult",
     "TrainIterationResult",
     "NetworkForwardResult",
     "DeployedNetworkResult",
@@ -91,6 +103,15 @@ ADAPTER_METHODS = (
     "identity_ratio",
     "grad_mult_mask",
     "repopt_sgd_step",
+    "csla_block",
+    "csla_equivalent_kernel",
+    "reinit_target_kernel",
+    "weight_decay_map",
+    "adamw_step",
+    "hypersearch_block",
+    "hypersearch_scales",
+    "scales_to_official",
+    "scales_from_official",
     "oabn_factor",
     "oabn_train",
     "oabn_eval",
@@ -113,7 +134,7 @@ ADAPTER_METHODS = (
 )
 
 #: the block kinds a :class:`BlockSpec` may name (SPEC §2 and §3)
-BLOCK_KINDS = ("repvgg", "qarepvgg", "csla", "repopt_target")
+BLOCK_KINDS = ("repvgg", "qarepvgg", "csla", "repopt_target", "hypersearch")
 
 
 class NotProvided(NotImplementedError):
@@ -144,6 +165,14 @@ class OABNEvalResult(NamedTuple):
     dx: np.ndarray  # (N, C, H, W) ∂L/∂x for the given upstream gradient dy
     dgamma: np.ndarray  # (C,)
     dbeta: np.ndarray  # (C,)
+class BlockResult(NamedTuple):
+    """What :meth:`ConformanceAdapter.csla_block` and :meth:`~ConformanceAdapter.hypersearch_block` return
+    (a plain 4-tuple in this order is accepted)."""
+
+    y: np.ndarray  # (N, O, Ho, Wo) forward output relu(BN(z))
+    buffers: Mapping[str, np.ndarray]  # {"bn.running_mean", "bn.running_var"} after the forward (eval: unchanged)
+    dx: np.ndarray  # (N, I, H, W) ∂L/∂x for the upstream gradient dy
+    grads: Mapping[str, np.ndarray]  # ∂L/∂θ for exactly the block's trainable local names
 
 
 class TrainIterationResult(NamedTuple):
@@ -220,6 +249,9 @@ class BlockSpec:
       ``"constant"`` (d fixed) or ``"none"``. Its scales are read from the parameters.
     - ``"repopt_target"``: SPEC §3 target block ``relu(BN(conv3x3(x; W')))``
       (``conv.weight``, ``bn.*``), usually trained with Grad Mult masks.
+    - ``"hypersearch"``: SPEC §3 HyperSearch block: the CSLA forward with **trainable**
+      ``scale_conv.weight``, ``scale_1x1.weight`` and (iff ``in == out and stride == 1``)
+      ``scale_identity.weight``.
 
     ``groups`` is for ``repvgg``/``qarepvgg`` only (1 otherwise).
     """
@@ -270,7 +302,7 @@ class NetworkSpec:
     def reference_network(self, params: Mapping[str, np.ndarray]):
         """The equivalent :class:`repspec.reference.network.Network` (CSLA scales read from ``params``)."""
         from repspec.reference.network import Network
-        from repspec.reference.repopt import CSLABlock, RepOptTargetBlock
+        from repspec.reference.repopt import CSLABlock, HyperSearchBlock, RepOptTargetBlock
         from repspec.reference.repvgg import QARepVGGBlock, RepVGGBlock
 
         blocks = []
@@ -287,6 +319,8 @@ class NetworkSpec:
                                   scale_conv=params[f"{b.prefix}.scale_conv.weight"],
                                   scale_1x1=params[f"{b.prefix}.scale_1x1.weight"], identity=b.identity,
                                   scale_identity=d, **bn)
+            elif b.kind == "hypersearch":
+                block = HyperSearchBlock(b.in_channels, b.out_channels, b.stride, **bn)
             else:
                 block = RepOptTargetBlock(b.in_channels, b.out_channels, b.stride, **bn)
             blocks.append((b.prefix, block))
@@ -427,6 +461,89 @@ class ConformanceAdapter(Protocol):
         ``new_buffer`` is None iff ``momentum == 0``."""
         ...
 
+    # ---- §3: the CSLA block, W', W'_0, the decay map, AdamW, HyperSearch and scale files
+
+    def csla_block(self, params: Mapping[str, np.ndarray], buffers: Mapping[str, np.ndarray], x: np.ndarray,
+                   dy: np.ndarray, *, in_channels: int, out_channels: int, stride: int, identity: str,
+                   training: bool, bn_momentum: float, bn_eps: float) -> BlockResult:
+        """SPEC §3.csla: ``y = relu(BN(α3·conv3x3(x; K3) + α1·conv1x1(x; K1) + d·x))`` and its backward.
+
+        ``params``: ``conv.weight (O, I, 3, 3)``, ``conv_1x1.weight (O, I, 1, 1)``, the constants
+        ``scale_conv.weight``, ``scale_1x1.weight (O,)``, ``scale_identity.weight (O,)`` iff
+        ``identity != "none"`` (``"trainable"``: d is trained; ``"constant"``: d is fixed), ``bn.weight``,
+        ``bn.bias``; ``buffers``: ``bn.running_mean``, ``bn.running_var``, ``bn.num_batches_tracked``.
+        conv3x3 padding 1, conv1x1 padding 0, both with ``stride``. ``training``: BN on batch statistics
+        (and the running statistics updated) or on the running ones. Returns ``BlockResult(y, buffers, dx,
+        grads)`` with ``grads`` for exactly the trainable names (``conv.weight``, ``conv_1x1.weight``,
+        ``scale_identity.weight`` iff trainable, ``bn.weight``, ``bn.bias``)."""
+        ...
+
+    def csla_equivalent_kernel(self, conv_weight: np.ndarray, conv_1x1_weight: np.ndarray, scale_conv: np.ndarray,
+                               scale_1x1: np.ndarray, scale_identity: np.ndarray | None = None) -> np.ndarray:
+        """SPEC §3.equivalent-kernel: ``W' = α3·K3 + α1·pad(K1) + diag(d)·I_c`` ``(O, I, 3, 3)``; ``K3 (O, I, 3, 3)``,
+        ``K1 (O, I, 1, 1)``, scales ``(O,)`` by output channel; ``scale_identity`` None: no identity term
+        (given: ``I == O``)."""
+        ...
+
+    def reinit_target_kernel(self, scale_conv: np.ndarray, scale_1x1: np.ndarray, scale_identity: np.ndarray | None,
+                             *, in_channels: int, conv_weight: np.ndarray | None, conv_1x1_weight: np.ndarray | None,
+                             use_identity_scales: bool, seed: int) -> np.ndarray:
+        """SPEC §3.reinit: ``W'_0 = α3·K3_0 + α1·pad(K1_0) + diag(d_0)·I_c`` ``(O, in_channels, 3, 3)``.
+
+        ``scale_identity`` None: the block has no identity branch (no identity term); else ``d_0`` is it,
+        or 1 with ``use_identity_scales=False``. The imaginary kernels ``K3_0 (O, I, 3, 3)``,
+        ``K1_0 (O, I, 1, 1)`` are handed in (``conv_weight``, ``conv_1x1_weight``), or both are None: then
+        the port draws them with its own generator seeded with ``seed`` (conv default init
+        ``U(±1/sqrt(fan_in))``, K3 before K1) — the same ``seed`` must give the same ``W'_0``."""
+        ...
+
+    def weight_decay_map(self, network: NetworkSpec, params: Mapping[str, np.ndarray], *,
+                         weight_decay: float) -> Mapping[str, float]:
+        """SPEC §3.weight-decay: ``{name: λ or 0}`` for every trainable parameter of ``network``
+        (``network.trainable_names(params)``) under the official ``set_weight_decay`` rule."""
+        ...
+
+    def adamw_step(self, param: np.ndarray, grad: np.ndarray, state: Mapping[str, Any] | None, *, lr: float,
+                   betas: tuple[float, float], eps: float, weight_decay: float, grad_mult_mask: np.ndarray | None,
+                   mask_placement: str) -> tuple[np.ndarray, Mapping[str, Any]]:
+        """SPEC §3.adamw: one (masked) AdamW step, amsgrad off, on a parameter of any shape.
+
+        ``state`` None before the first step, else ``{"step": t (a whole number ≥ 1), "exp_avg", "exp_avg_sq"}``
+        (torch's keys); ``grad_mult_mask`` an exponent-1 Grad Mult mask shaped like ``param`` or None;
+        ``mask_placement`` ``"grad_and_update"`` (the official RepOptimizerAdamW) or ``"grad"``. Returns
+        ``(new_param, new_state)`` with ``new_state["step"] = t + 1``."""
+        ...
+
+    def hypersearch_block(self, params: Mapping[str, np.ndarray], buffers: Mapping[str, np.ndarray], x: np.ndarray,
+                          dy: np.ndarray, *, in_channels: int, out_channels: int, stride: int, training: bool,
+                          bn_momentum: float, bn_eps: float) -> BlockResult:
+        """SPEC §3.hypersearch: the HyperSearch block, the CSLA forward with trainable ``α3, α1`` and ``d``
+        (iff ``in == out and stride == 1``), and its backward; names as :meth:`csla_block`, and ``grads``
+        include ``scale_conv.weight``, ``scale_1x1.weight`` (and ``scale_identity.weight``)."""
+        ...
+
+    def hypersearch_scales(self, num_blocks: tuple[int, ...], widths: tuple[int, ...], strides: tuple[int, ...], *,
+                           in_channels: int, num_classes: int,
+                           params: Mapping[str, np.ndarray] | None = None) -> Mapping[str, np.ndarray]:
+        """SPEC §3.hypersearch: the scale dict ``{stage{k}[.{i}].scale_{conv|1x1|identity}.weight: (C,)}`` of the
+        HyperSearch network of a VGG skeleton (§3.architectures: stage ``k`` has ``num_blocks[k]`` blocks of
+        width ``widths[k]``, the first with stride ``strides[k]``; ``num_blocks[0] == 1``).
+
+        ``params`` None: of the freshly built network (the init schedule); else ``params`` (every parameter of
+        that network, head ``linear.*`` included) are loaded first: the scales of the trained network."""
+        ...
+
+    def scales_to_official(self, scales: Mapping[str, np.ndarray],
+                           layout: tuple[tuple[str, int, bool], ...]) -> list[tuple[np.ndarray, ...]]:
+        """SPEC §3.scale-files: the scale dict → the original per-block list, in ``layout`` order;
+        ``layout = ((prefix, out_channels, has_identity), …)``; tuples ``(d, α1, α3)`` with an identity
+        branch, ``(α1, α3)`` without."""
+        ...
+
+    def scales_from_official(self, tuples: list[tuple[np.ndarray, ...]],
+                             layout: tuple[tuple[str, int, bool], ...]) -> Mapping[str, np.ndarray]:
+        """SPEC §3.scale-files: the inverse of :meth:`scales_to_official` (plain lists/tuples of float64
+        arrays in, the scale dict out)."""
     def oabn_factor(self, gamma: np.ndarray, var: np.ndarray, *, eps: float, threshold: float) -> np.ndarray:
         """SPEC §4.oabn-factor: ``t̃ = clip(γ/sqrt(σ² + eps), −s, s)`` per channel, ``(C,)`` from ``gamma (C,)``,
         ``var (C,)``; ``threshold = inf`` is the plain BN factor. A ``threshold`` that is NaN, 0 or negative
@@ -645,6 +762,72 @@ class ReferenceAdapter(AdapterBase):
         return sgd_step(param, grad, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, grad_mult_mask=grad_mult_mask)
 
+    # ---- §3: the CSLA block, W', W'_0, the decay map, AdamW, HyperSearch and scale files
+
+    @staticmethod
+    def _linear_add_block(block, params, buffers, x, dy, training):
+        buffers = without_num_batches_tracked(buffers)
+        y, new_buffers, cache = block.forward(params, buffers, x, training=training)
+        dx, grads = block.backward(params, cache, dy)
+        return BlockResult(y, {**buffers, **new_buffers}, dx, grads)
+
+    def csla_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, identity, training,
+                   bn_momentum, bn_eps):
+        from repspec.reference.repopt import CSLABlock
+
+        block = CSLABlock(in_channels, out_channels, stride, scale_conv=params["scale_conv.weight"],
+                          scale_1x1=params["scale_1x1.weight"], identity=identity,
+                          scale_identity=params.get("scale_identity.weight"), bn_momentum=bn_momentum, bn_eps=bn_eps)
+        return self._linear_add_block(block, params, buffers, x, dy, training)
+
+    def csla_equivalent_kernel(self, conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity=None):
+        from repspec.reference.repopt_sgd import csla_equivalent_kernel
+
+        return csla_equivalent_kernel(conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity)
+
+    def reinit_target_kernel(self, scale_conv, scale_1x1, scale_identity, *, in_channels, conv_weight,
+                             conv_1x1_weight, use_identity_scales, seed):
+        from repspec.reference.repopt_sgd import reinit_target_kernel
+
+        return reinit_target_kernel(scale_conv, scale_1x1, scale_identity, in_channels=in_channels,
+                                    conv_weight=conv_weight, conv_1x1_weight=conv_1x1_weight,
+                                    rng=np.random.default_rng(seed), use_identity_scales=use_identity_scales)
+
+    def weight_decay_map(self, network, params, *, weight_decay):
+        from repspec.reference.repopt_sgd import official_weight_decay
+
+        return official_weight_decay({k: params[k] for k in network.trainable_names(params)}, weight_decay)
+
+    def adamw_step(self, param, grad, state, *, lr, betas, eps, weight_decay, grad_mult_mask, mask_placement):
+        from repspec.reference.optim import adamw_step
+
+        return adamw_step(param, grad, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                          grad_mult_mask=grad_mult_mask, mask_placement=mask_placement)
+
+    def hypersearch_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, training, bn_momentum,
+                          bn_eps):
+        from repspec.reference.repopt import HyperSearchBlock
+
+        block = HyperSearchBlock(in_channels, out_channels, stride, bn_momentum=bn_momentum, bn_eps=bn_eps)
+        return self._linear_add_block(block, params, buffers, x, dy, training)
+
+    def hypersearch_scales(self, num_blocks, widths, strides, *, in_channels, num_classes, params=None):
+        from repspec.reference.repopt import extract_scales, hypersearch_network
+
+        net = hypersearch_network(num_blocks, widths, strides, in_channels=in_channels, num_classes=num_classes)
+        if params is None:  # the scales of a fresh network do not depend on the kernels' random draw
+            params, _ = net.init(np.random.default_rng(0))
+        return extract_scales(net, params)
+
+    def scales_to_official(self, scales, layout):
+        from repspec.reference.scales import scales_to_official
+
+        return scales_to_official(scales, layout)
+
+    def scales_from_official(self, tuples, layout):
+        from repspec.reference.scales import scales_from_official
+
+        return scales_from_official(tuples, layout)
     def oabn_factor(self, gamma, var, *, eps, threshold):
         from repspec.reference.oabn import oabn_factor
 

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import (AdapterBase, DeployedNetworkResult, NetworkForwardResult, NetworkSpec, NotProvided, OABNEvalResult, OABNResult,
-                      QuantizedLayer, QuantizedNetworkResult, SGDSpec, TrainIterationResult,
-                      without_num_batches_tracked)
+from .adapter import (AdapterBase, BlockResult, DeployedNetworkResult, NetworkForwardResult, NetworkSpec, NotProvided,
+                      OABNEvalResult, OABNResult, QuantizedLayer, QuantizedNetworkResult,
+                      SGDSpec, TrainIterationResult, without_num_batches_tracked)
 
 __all__ = ["TorchAdapter", "cuda", "float32"]
 
@@ -177,6 +177,138 @@ class TorchAdapter(AdapterBase):
         opt.step()
         buf = opt.state[p].get("momentum_buffer")
         return self._np(p), None if buf is None else self._np(buf)
+
+    # ---- §3: the CSLA block, W', W'_0, the decay map, AdamW, HyperSearch and scale files
+    def _run_block(self, block: nn.Module, params, buffers, x, dy, training: bool) -> BlockResult:
+        from repspec.torch_impl.modules.interop import module_arrays
+
+        block = self._load(block, params, buffers).train(training)
+        xt = self._t(x, requires_grad=True)
+        with self._exact():
+            y = block(xt)
+            y.backward(self._t(dy))
+        grads = {n: self._np(p.grad) if p.grad is not None else np.zeros(tuple(p.shape))
+                 for n, p in block.named_parameters() if p.requires_grad}
+        _, new_buffers = module_arrays(block)
+        return BlockResult(self._np(y), new_buffers, self._np(xt.grad), grads)
+
+    def csla_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, identity, training,
+                   bn_momentum, bn_eps):
+        from repspec.torch_impl.modules.blocks import CSLABlock
+
+        d = params.get("scale_identity.weight", 1.0) if identity != "none" else 1.0
+        block = CSLABlock(in_channels, out_channels, stride, scale_conv=params["scale_conv.weight"],
+                          scale_1x1=params["scale_1x1.weight"], identity=identity, scale_identity=d, bn_eps=bn_eps,
+                          bn_momentum=bn_momentum)
+        return self._run_block(block, params, buffers, x, dy, training)
+
+    def csla_equivalent_kernel(self, conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity=None):
+        from repspec.torch_impl.modules.kernels import csla_equivalent_kernel
+
+        with torch.no_grad():
+            return self._np(csla_equivalent_kernel(self._t(conv_weight), self._t(conv_1x1_weight), self._t(scale_conv),
+                                                   self._t(scale_1x1),
+                                                   None if scale_identity is None else self._t(scale_identity)))
+
+    def reinit_target_kernel(self, scale_conv, scale_1x1, scale_identity, *, in_channels, conv_weight,
+                             conv_1x1_weight, use_identity_scales, seed):
+        from repspec.torch_impl.modules.blocks import RepOptTargetBlock
+        from repspec.torch_impl.optimizers.repoptimizer import reinit_from_scales
+
+        o = len(scale_conv)
+        # torch_impl reads "has an identity branch" off the block's geometry (in == out, stride 1); W'_0 does
+        # not depend on the stride, so a block without an identity branch but in == out gets stride 2
+        stride = 1 if scale_identity is not None or in_channels != o else 2
+        holder = nn.Module()
+        holder.add_module("stage0", RepOptTargetBlock(in_channels, o, stride).to(device=self.device, dtype=self.dtype))
+        scales = {"stage0.scale_conv.weight": self._t(scale_conv), "stage0.scale_1x1.weight": self._t(scale_1x1)}
+        if scale_identity is not None:
+            scales["stage0.scale_identity.weight"] = self._t(scale_identity)
+        if conv_weight is None and conv_1x1_weight is None:
+            reinit_from_scales(holder, scales, torch.Generator().manual_seed(int(seed)),
+                               use_identity_scales=use_identity_scales)
+        else:
+            reinit_from_scales(holder, scales, use_identity_scales=use_identity_scales,
+                               kernels={"stage0": (self._t(conv_weight), self._t(conv_1x1_weight))})
+        return self._np(holder.stage0.conv.weight)
+
+    def _network(self, network: NetworkSpec, params, buffers):
+        """``(module, reference name -> torch name)`` of a :class:`NetworkSpec` built from torch_impl blocks."""
+        net = _Net([self._block(b, params) for b in network.blocks], network.blocks[-1].out_channels,
+                   network.num_classes)
+        to_torch: dict[str, str] = {}
+        for i, b in enumerate(network.blocks):
+            for name in list(params) + list(buffers or ()):
+                if name.startswith(b.prefix + "."):
+                    to_torch[name] = f"blocks.{i}.{name[len(b.prefix) + 1:]}"
+        for n in ("weight", "bias"):
+            to_torch[f"{network.head_name}.{n}"] = f"head.{n}"
+        self._load(net, {to_torch[k]: v for k, v in params.items()},
+                   None if buffers is None else {to_torch[k]: v for k, v in buffers.items()})
+        return net, to_torch
+
+    def weight_decay_map(self, network, params, *, weight_decay):
+        from repspec.torch_impl.optimizers.repoptimizer import weight_decay_groups
+
+        net, to_torch = self._network(network, params, None)
+        from_torch = {v: k for k, v in to_torch.items()}
+        name_of = {id(p): from_torch[n] for n, p in net.named_parameters()}
+        return {name_of[id(p)]: float(g["weight_decay"]) for g in weight_decay_groups(net, weight_decay)
+                for p in g["params"]}
+
+    def adamw_step(self, param, grad, state, *, lr, betas, eps, weight_decay, grad_mult_mask, mask_placement):
+        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerAdamW
+
+        p = nn.Parameter(self._t(param))
+        masks = None if grad_mult_mask is None else {p: self._t(grad_mult_mask)}
+        opt = RepOptimizerAdamW([p], lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                grad_mult_masks=masks, mask_placement=mask_placement)
+        if state:
+            opt.state[p].update(step=torch.tensor(float(state["step"]), dtype=torch.float32),
+                                exp_avg=self._t(state["exp_avg"]), exp_avg_sq=self._t(state["exp_avg_sq"]))
+        p.grad = self._t(grad)
+        with self._exact():
+            opt.step()
+        st = opt.state[p]
+        return self._np(p), {"step": float(st["step"]), "exp_avg": self._np(st["exp_avg"]),
+                             "exp_avg_sq": self._np(st["exp_avg_sq"])}
+
+    def hypersearch_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, training, bn_momentum,
+                          bn_eps):
+        from repspec.torch_impl.modules.blocks import HyperSearchBlock
+
+        block = HyperSearchBlock(in_channels, out_channels, stride, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        return self._run_block(block, params, buffers, x, dy, training)
+
+    def hypersearch_scales(self, num_blocks, widths, strides, *, in_channels, num_classes, params=None):
+        from repspec.torch_impl.modules.interop import load_reference_arrays
+        from repspec.torch_impl.modules.models import create_model
+        from repspec.torch_impl.optimizers.hypersearch import extract_scales
+
+        # built in the adapter's dtype: a model built in float32 and cast afterwards keeps float32-rounded
+        # initial scales (sqrt(2) off by 2e-8)
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            model = create_model("hs_vgg_tiny8", num_classes, in_channels=in_channels, num_blocks=tuple(num_blocks),
+                                 widths=tuple(widths), strides=tuple(strides)).to(device=self.device)
+        finally:
+            torch.set_default_dtype(old)
+        if params is not None:
+            load_reference_arrays(model, params, None)
+        return {k: self._np(v) for k, v in extract_scales(model).items()}
+
+    def scales_to_official(self, scales, layout):
+        from repspec.torch_impl.optimizers.scales import scales_to_official
+
+        tuples = scales_to_official({k: self._t(v) for k, v in scales.items()}, list(layout))
+        return [tuple(self._np(v) for v in entry) for entry in tuples]
+
+    def scales_from_official(self, tuples, layout):
+        from repspec.torch_impl.optimizers.scales import scales_from_official
+
+        out = scales_from_official([tuple(self._t(v) for v in entry) for entry in tuples], list(layout))
+        return {k: self._np(v) for k, v in out.items()}
 
     # -------------------------------------------------------------- §4 OABN
     def _oabn(self, gamma, beta, running_mean, running_var, *, threshold, eps, gradient="clip", momentum=0.1):
@@ -343,6 +475,8 @@ class TorchAdapter(AdapterBase):
                                 scale_identity=d, **bn)
         if b.kind == "repopt_target":
             return tb.RepOptTargetBlock(b.in_channels, b.out_channels, b.stride, **bn)
+        if b.kind == "hypersearch":
+            return tb.HyperSearchBlock(b.in_channels, b.out_channels, b.stride, **bn)
         raise NotProvided(f"block kind {b.kind!r}")
 
     def _network(self, network: NetworkSpec, params, buffers) -> tuple["_Net", dict[str, str]]:

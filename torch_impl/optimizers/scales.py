@@ -18,6 +18,7 @@ branch, ``scale_identity`` of the same length.
 from __future__ import annotations
 
 import json
+import numbers
 import pickle
 import re
 from collections import OrderedDict
@@ -177,8 +178,33 @@ def initial_scales(model: nn.Module, *, dtype: torch.dtype = torch.float64) -> "
 
 # ------------------------------------------------------- the original per-block tuples
 
+def _explicit_layout(layout) -> list[tuple[str, int, bool]]:
+    """A layout given as ``[(prefix, out_channels, has_identity), …]``, checked entry by entry."""
+    out = []
+    for j, entry in enumerate(layout):
+        if not isinstance(entry, (tuple, list)) or len(entry) != 3:
+            raise TypeError(f"layout[{j}] must be (prefix, out_channels, has_identity), got {entry!r}")
+        prefix, channels, identity = entry
+        m = re.match(r"^stage(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?$", prefix) if isinstance(prefix, str) else None
+        if m is None or (m.group(1) == "0") != (m.group(2) is None):
+            raise ValueError(f"layout[{j}] prefix must be 'stage0' or 'stage{{k}}.{{i}}' with k >= 1, got {prefix!r}")
+        if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
+            raise ValueError(f"layout[{j}] out_channels must be a positive integer, got {channels!r}")
+        if not isinstance(identity, bool):
+            raise TypeError(f"layout[{j}] has_identity must be a bool, got {type(identity).__name__}")
+        out.append((prefix, int(channels), identity))
+    if not out:
+        raise ValueError("layout must not be empty")
+    if len({p for p, _, _ in out}) != len(out):
+        raise ValueError(f"layout prefixes must be unique, got {[p for p, _, _ in out]}")
+    return out
+
+
 def _layout(model) -> list[tuple[str, int, bool]]:
-    """``[(prefix, out_channels, has_identity)]`` in model order, of a model or a registry name."""
+    """``[(prefix, out_channels, has_identity)]`` in model order, of a model, a registry name or an
+    explicit layout (a list of such triples)."""
+    if isinstance(model, (list, tuple)):
+        return _explicit_layout(model)
     if isinstance(model, str):
         from ..modules.models import expected_scale_keys  # noqa: PLC0415
 
@@ -199,7 +225,8 @@ def scales_from_official(tuples, model, *, dtype: torch.dtype | None = None) -> 
     and is, as the original ``extract_scales`` / ``RepOptVGGHandler`` expect,
     ``(scale_identity, scale_1x1, scale_conv)`` for a block with an identity branch and
     ``(scale_1x1, scale_conv)`` otherwise. ``model`` is a RepOpt-VGG / CSLA / HyperSearch
-    model or a registry name (``'repopt_vgg_b1'``). Tensors are copied (``dtype`` casts
+    model, a registry name (``'repopt_vgg_b1'``) or an explicit layout, a list of
+    ``(prefix, out_channels, has_identity)`` in model order (no model needed). Tensors are copied (``dtype`` casts
     them). Every entry is checked against the layout (count, tuple length, shape) before
     anything is returned; :func:`scales_to_official` is the inverse.
     """
@@ -232,7 +259,7 @@ def scales_from_official(tuples, model, *, dtype: torch.dtype | None = None) -> 
 
 def scales_to_official(scales: Mapping[str, Tensor], model) -> list[tuple[Tensor, ...]]:
     """repspec's keyed scales → the original per-block list of ``(identity, 1x1, conv)`` /
-    ``(1x1, conv)`` tuples, model order (inverse of :func:`scales_from_official`)."""
+    ``(1x1, conv)`` tuples, model order (inverse of :func:`scales_from_official`; ``model`` as there)."""
     validate_scales(scales, source="scales_to_official")
     out = []
     for prefix, o, identity in _layout(model):

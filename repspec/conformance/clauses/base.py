@@ -202,7 +202,10 @@ def _float32_hint(actual: np.ndarray, expected: np.ndarray, profile) -> str:
         with np.errstate(over="ignore"):
             as32 = actual.astype(np.float32).astype(np.float64)
             exp32 = expected.astype(np.float32).astype(np.float64)
-        if np.array_equal(as32, actual) and not np.array_equal(exp32, expected):
+            # values with few significant bits (0, small integers, halves …) are float32 numbers in any
+            # precision: the hint needs one that float16 cannot hold (more than 11 significant bits)
+            as16 = actual.astype(np.float16).astype(np.float64)
+        if np.array_equal(as32, actual) and not np.array_equal(exp32, expected) and not np.array_equal(as16, actual):
             return FLOAT32_HINT
     return ""
 
