@@ -479,25 +479,11 @@ class TorchAdapter(AdapterBase):
             return tb.HyperSearchBlock(b.in_channels, b.out_channels, b.stride, **bn)
         raise NotProvided(f"block kind {b.kind!r}")
 
-    def _network(self, network: NetworkSpec, params, buffers) -> tuple["_Net", dict[str, str]]:
-        """torch_impl blocks chained as ``network`` with ``params``/``buffers`` loaded, and the map
-        torch name -> reference name (``blocks.{i}.x`` <-> ``{prefix}.x``, ``head.*`` <-> ``{head_name}.*``)."""
-        net = _Net([self._block(b, params) for b in network.blocks], network.blocks[-1].out_channels,
-                   network.num_classes)
-        to_torch: dict[str, str] = {}  # reference name -> torch name
-        for i, b in enumerate(network.blocks):
-            for name in list(params) + list(buffers):
-                if name.startswith(b.prefix + "."):
-                    to_torch[name] = f"blocks.{i}.{name[len(b.prefix) + 1:]}"
-        for n in ("weight", "bias"):
-            to_torch[f"{network.head_name}.{n}"] = f"head.{n}"
-        self._load(net, {to_torch[k]: v for k, v in params.items()}, {to_torch[k]: v for k, v in buffers.items()})
-        return net, {v: k for k, v in to_torch.items()}
-
     def network_forward_train(self, network: NetworkSpec, params, buffers, x):
         from repspec.torch_impl.modules.interop import module_arrays
 
-        net, from_torch = self._network(network, params, buffers)
+        net, to_torch = self._network(network, params, buffers)
+        from_torch = {v: k for k, v in to_torch.items()}
         with torch.no_grad(), self._exact():
             logits = net.train()(self._t(x))
         _, new_buffers = module_arrays(net)
@@ -523,7 +509,8 @@ class TorchAdapter(AdapterBase):
         from repspec.torch_impl.modules.interop import module_arrays
         from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerSGD
 
-        net, from_torch = self._network(network, params, buffers)
+        net, to_torch = self._network(network, params, buffers)
+        from_torch = {v: k for k, v in to_torch.items()}
         net.train()
         named = dict(net.named_parameters())
         trainable = {from_torch[k]: p for k, p in named.items() if p.requires_grad}
