@@ -96,6 +96,10 @@ def test_analyze_writes_table_json_and_pngs(trained, tmp_path, capsys):
     code, stdout, _ = _run(capsys, ["analyze", "--checkpoint", str(trained), "--out", str(out)])
     assert code == 0 and "Merged-weight statistics" in stdout
     assert (out / "report.json").is_file() and (out / "layer_stats.csv").is_file()
+    # README's rule for JSON outputs: a missing value is null, never the string "nan" (nor NaN)
+    report = json.loads((out / "report.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert report["rows"][0]["t0_max_abs"] is None  # stage0 changes width: no identity branch, no t0
+    assert not [v for row in report["rows"] for v in row.values() if v in ("nan", "inf", "-inf")]
     pngs = list(out.glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
 
