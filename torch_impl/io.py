@@ -23,7 +23,7 @@ import torch
 from repspec.core.outputs import normal_mode, old_prefix, owned_directory, tmp_prefix, write_output_manifest
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_save_json", "atomic_save_safetensors",
-           "atomic_directory", "json_default"]
+           "atomic_directory", "replace_directory", "json_default"]
 
 
 def _check_path(path) -> Path:
@@ -187,11 +187,31 @@ def atomic_directory(out, *, kind: str = "output", **info) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_directory(tmp, out)
+
+
+def replace_directory(tmp, out) -> None:
+    """Rename the finished directory ``tmp`` to ``out``. An existing ``out`` (its owner checked that
+    repspec wrote it) is first moved aside, under a name :func:`repspec.core.outputs.sweep_leftovers`
+    knows, and removed once ``tmp`` is in its place: a process killed between the two renames
+    leaves the old output whole, for the next run to put back. An exception there (Ctrl-C) puts
+    the old output back at once and removes ``tmp``: nothing half-replaced, no temporary left."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
     old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=old_prefix(out.name), dir=out.parent))
-        os.replace(out, old / "content") if any(out.iterdir()) else out.rmdir()
-    os.replace(tmp, out)
+    try:
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=old_prefix(out.name), dir=out.parent))
+            os.replace(out, old / "content") if any(out.iterdir()) else out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            if (old / "content").exists() and not out.exists():
+                os.replace(old / "content", out)
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -89,4 +89,4 @@ def main(argv: list[str] | None = None) -> int:
         return refused
     args = build_parser(argv).parse_args(argv)
     command = _BY_NAME[args.command]
-    return _common.run_guarded(command.NAME, lambda: _checked_run(command, args))
+    return _common.run_guarded(command.NAME, lambda: _checked_run(command, args), lambda: command.outputs(args))

@@ -3,7 +3,8 @@ options several commands take, the checks made before torch is imported, and the
 rule as the command line applies it (:mod:`repspec.core.outputs` states the rule itself).
 
 Exit statuses: 0 done; 1 a check that ran and said no (``theorem``, ``verify``); 2 a user
-error, printed as one line; 130 Ctrl-C.
+error, printed as one line; 130 Ctrl-C. An interruption removes this process's temporaries
+next to the command's outputs and keeps every complete output and checkpoint.
 
 Nothing here imports torch: every function runs before a command's handler.
 """
@@ -11,6 +12,7 @@ Nothing here imports torch: every function runs before a command's handler.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -37,11 +39,25 @@ def fail(cmd: str, message: str) -> int:
     return EXIT_USER_ERROR
 
 
-def run_guarded(cmd: str, work) -> int:
-    """Run ``work()`` and turn what it raises into one line on stderr and an exit status."""
+def discard_own_temporaries(targets) -> None:
+    """After an interruption: remove this process's temporaries next to (and inside) each target,
+    and put back an output that was moved aside to be replaced. The writers clean up after
+    themselves; this catches what an interruption at an unlucky instant (between creating a
+    temporary and entering the block that removes it) leaves. The removal notes are not
+    printed: the interruption's message is the one line."""
+    for target in targets:
+        if target not in (None, "-"):
+            with contextlib.suppress(OSError):
+                sweep_leftovers(target, own=True)
+
+
+def run_guarded(cmd: str, work, targets) -> int:
+    """Run ``work()`` and turn what it raises into one line on stderr and an exit status;
+    ``targets()`` names the command's outputs (cleaned up after an interruption)."""
     try:
         return work()
     except KeyboardInterrupt:
+        discard_own_temporaries(targets())
         print(f"repspec {cmd}: interrupted; finished outputs and checkpoints are intact, nothing was left "
               f"half-written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -115,6 +115,7 @@ def run(args) -> int:
     from repspec.core.runtime import reproducibility_info
     from repspec.torch_impl.modules.models import create_model
     from repspec.torch_impl.training.data import make_loaders
+    from repspec.torch_impl.io import replace_directory
     from repspec.torch_impl.training.train import seed_everything, train_classifier
 
     device = setup_torch(args)
@@ -137,15 +138,20 @@ def run(args) -> int:
     extra = {"model": args.model, "num_classes": info.num_classes, "model_overrides": overrides,
              "dataset": info.to_dict(), "data": _data_record(args, info), "run": run_config(args),
              "reproducibility": repro, "scales": scales_record, "extensions": extensions}
-    history = train_classifier(
-        model, train_loader, optimizer=optimizer, scheduler=scheduler, epochs=args.epochs, device=device,
-        eval_loader=test_loader, checkpoint_path=work, checkpoint_every=len(train_loader), resume=args.resume,
-        checkpoint_extra=extra, progress=not args.no_progress, seed=args.seed,
-        on_resume=_extension_cycle(args, optimizer, scheduler),
-        epoch_callback=lambda r: print(f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} "
-                                       f"acc {r['train_acc']:.4f}, test acc {r['eval_acc']:.4f}"))
-    if work != out:
-        replace_directory(work, out)
+    try:
+        history = train_classifier(
+            model, train_loader, optimizer=optimizer, scheduler=scheduler, epochs=args.epochs, device=device,
+            eval_loader=test_loader, checkpoint_path=work, checkpoint_every=len(train_loader), resume=args.resume,
+            checkpoint_extra=extra, progress=not args.no_progress, seed=args.seed,
+            on_resume=_extension_cycle(args, optimizer, scheduler),
+            epoch_callback=lambda r: print(f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} "
+                                           f"acc {r['train_acc']:.4f}, test acc {r['eval_acc']:.4f}"))
+        if work != out:
+            replace_directory(work, out)
+    except BaseException:
+        if work != out:  # the new run did not finish: the old checkpoint stays and the new run's place goes
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     acc = history.final_eval_acc
     print(f"final test accuracy {'n/a' if acc is None else format(acc, '.4f')}; checkpoint {out}")
     return 0
@@ -251,18 +257,3 @@ def _data_record(args, info) -> dict:
             "image_size": int(info.image_size[0]), "seed": args.seed,
             **{k: v for k, v in info.to_dict().items() if k in (
                 "num_classes", "mean", "std", "train_size", "test_size", "classes")}}
-
-
-def replace_directory(tmp: Path, out: Path) -> None:
-    """Rename finished directory ``tmp`` to ``out`` (an existing repspec ``out`` is moved aside, then removed)."""
-    import tempfile
-
-    from repspec.core.outputs import old_prefix
-
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=old_prefix(out.name), dir=out.parent))
-        os.replace(out, old / "content")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
