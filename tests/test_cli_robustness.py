@@ -751,3 +751,30 @@ def test_a_real_ctrl_c_during_training_exits_130_and_the_checkpoint_resumes(tmp_
 
     assert load_checkpoint_extra(out)["train_state"]["epoch"] >= 1  # complete and verified
     assert not [p for p in tmp_path.rglob("*") if ".repspec-tmp" in p.name]
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
+def test_sigterm_during_training_exits_143_in_one_line_like_ctrl_c(tmp_path, overwrite):
+    """SIGTERM takes Ctrl-C's path: one line, exit status 143, temporaries removed, complete
+    checkpoints kept (a new run's resumes; with --overwrite the old one is untouched)."""
+    from repspec.torch_impl.training.checkpoint import load_checkpoint_extra
+
+    out = tmp_path / "t"
+    train = [sys.executable, "-m", "repspec", "train", "--model", "repvgg_tiny8", "--out", str(out), *TINY]
+    if overwrite:
+        subprocess.run(train + ["--epochs", "1"], check=True, capture_output=True, cwd=ROOT, timeout=300)
+    before = snapshot(tmp_path)
+    proc = subprocess.Popen(train + ["--epochs", "200"] + (["--overwrite"] if overwrite else []),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("epoch 2:"):  # epoch 1's checkpoint is saved by now; epoch 2's may be in progress
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.strip().count("\n") == 0 and "terminated" in err and "Traceback" not in err, err
+    assert not [p for p in tmp_path.rglob("*") if ".repspec-" in p.name]
+    if overwrite:
+        assert snapshot(tmp_path) == before
+    else:
+        assert load_checkpoint_extra(out)["train_state"]["epoch"] >= 1  # complete and verified

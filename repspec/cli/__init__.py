@@ -28,7 +28,8 @@ code: ``--checkpoint X.pth --model NAME`` (read with ``weights_only=True``, load
 Every argument and every output path is checked before torch is imported or data is
 loaded (:mod:`repspec.core.outputs` states the output rule: repspec replaces only what it
 wrote, and only with ``--overwrite``); the handlers import torch inside their bodies.
-Errors print one line and exit with status 2; Ctrl-C exits with 130; outputs are written
+Errors print one line and exit with status 2; Ctrl-C exits with 130 and SIGTERM with 143,
+both removing this run's temporaries and keeping complete checkpoints; outputs are written
 next to their target and renamed in.
 """
 
@@ -89,4 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         return refused
     args = build_parser(argv).parse_args(argv)
     command = _BY_NAME[args.command]
-    return _common.run_guarded(command.NAME, lambda: _checked_run(command, args), lambda: command.outputs(args))
+    with _common.sigterm_as_interrupt():
+        return _common.run_guarded(command.NAME, lambda: _checked_run(command, args),
+                                   lambda: command.outputs(args))

@@ -3,8 +3,9 @@ options several commands take, the checks made before torch is imported, and the
 rule as the command line applies it (:mod:`repspec.core.outputs` states the rule itself).
 
 Exit statuses: 0 done; 1 a check that ran and said no (``theorem``, ``verify``); 2 a user
-error, printed as one line; 130 Ctrl-C. An interruption removes this process's temporaries
-next to the command's outputs and keeps every complete output and checkpoint.
+error, printed as one line; 130 Ctrl-C; 143 SIGTERM. An interruption (Ctrl-C or SIGTERM)
+removes this process's temporaries next to the command's outputs and keeps every complete
+output and checkpoint.
 
 Nothing here imports torch: every function runs before a command's handler.
 """
@@ -15,6 +16,7 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,10 +25,16 @@ from repspec.core.runtime import DEFAULT_THREADS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, as an interrupt: every cleanup that Ctrl-C runs
+    (temporaries removed, complete checkpoints kept) runs for it too."""
 
 
 # ------------------------------------------------------------------ errors and interruptions
@@ -37,6 +45,26 @@ def fail(cmd: str, message: str) -> int:
     line = " ".join(str(message).split())
     print(f"repspec {cmd}: error: {line}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises :class:`Terminated` (once: a second SIGTERM during the
+    cleanup is ignored, so that the cleanup finishes). Outside the main thread, where Python
+    cannot install a handler, SIGTERM keeps its default action."""
+    def raise_terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def discard_own_temporaries(targets) -> None:
@@ -56,11 +84,12 @@ def run_guarded(cmd: str, work, targets) -> int:
     ``targets()`` names the command's outputs (cleaned up after an interruption)."""
     try:
         return work()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         discard_own_temporaries(targets())
-        print(f"repspec {cmd}: interrupted; finished outputs and checkpoints are intact, nothing was left "
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"repspec {cmd}: {what}; finished outputs and checkpoints are intact, nothing was left "
               f"half-written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except (CLIError, OutputError) as e:
         return fail(cmd, str(e))
     except FloatingPointError as e:
