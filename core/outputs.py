@@ -250,9 +250,13 @@ def check_output(path, *, option: str = "--out", kind: str, inputs=(), overwrite
     return p
 
 
-def sweep_leftovers(target) -> list[str]:
+def sweep_leftovers(target, *, own: bool = False) -> list[str]:
     """Remove the temporaries of killed runs next to ``target`` (and inside it, for a
-    directory); returns one line per thing removed or left (a live process's)."""
+    directory); returns one line per thing removed or left (a live process's).
+
+    ``own`` also removes this process's temporaries (the command line calls it so after an
+    interruption, when the work that made them is abandoned); an output this process had
+    moved aside to replace it, and not yet replaced, is put back."""
     target = Path(target)
     notes = []
     places = [target.absolute().parent]
@@ -266,8 +270,9 @@ def sweep_leftovers(target) -> list[str]:
             if not m or (place == places[0] and m.group("name") != target.name and m.group("name") != "probe"):
                 continue
             pid = int(m.group("pid"))
-            alive = pid == os.getpid()
-            if not alive:
+            if pid == os.getpid():
+                alive = not own
+            else:
                 try:
                     os.kill(pid, 0)
                     alive = True

@@ -96,12 +96,16 @@ def test_analyze_writes_table_json_and_pngs(trained, tmp_path, capsys):
     code, stdout, _ = _run(capsys, ["analyze", "--checkpoint", str(trained), "--out", str(out)])
     assert code == 0 and "Merged-weight statistics" in stdout
     assert (out / "report.json").is_file() and (out / "layer_stats.csv").is_file()
+    # README's rule for JSON outputs: a missing value is null, never the string "nan" (nor NaN)
+    report = json.loads((out / "report.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert report["rows"][0]["t0_max_abs"] is None  # stage0 changes width: no identity branch, no t0
+    assert not [v for row in report["rows"] for v in row.values() if v in ("nan", "inf", "-inf")]
     pngs = list(out.glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
 
 
 def test_convert_deploy_equals_training_model(trained, tmp_path, capsys):
-    from repspec.cli import _build_from_checkpoint
+    from repspec.cli._loading import build_from_checkpoint
     from repspec.torch_impl.training.checkpoint import read_state_dict
 
     out = tmp_path / "deploy.safetensors"
@@ -109,7 +113,7 @@ def test_convert_deploy_equals_training_model(trained, tmp_path, capsys):
     assert code == 0
     state = read_state_dict(out)
     assert all(".rbr_dense." not in k and ".bn." not in k for k in state)
-    model, _ = _build_from_checkpoint(trained)
+    model, _ = build_from_checkpoint(trained)
     from repspec.torch_impl.modules.deploy import convert_to_deploy
 
     deploy = convert_to_deploy(model)
@@ -167,7 +171,7 @@ def test_theorem_demo(capsys):
 
 def test_demo_pipeline_on_a_tiny_config(tmp_path, capsys):
     """The demo's whole pipeline (train, PTQ by calibrator, PTQ vs bits, QAT vs ClusterQAT, plots)."""
-    from repspec.experiments import DemoConfig, run_demo
+    from repspec.experiments.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(image_size=8, epochs=1, hs_epochs=1, qat_epochs=1, oabn_thresholds=(1.0,),
                      calibrators=("minmax", "entropy"), ptq_bits=(8, 4), qat_bits=(3,), qat_models=("repvgg",),

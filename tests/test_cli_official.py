@@ -305,6 +305,34 @@ def test_quantize_refuses_models_with_se_blocks(official, tmp_path, capsys, monk
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("holds", ["a pickled object", "a TorchScript archive"])
+@pytest.mark.parametrize("command", ["convert", "train --scales"])
+def test_a_refused_pth_is_one_line_naming_the_file_and_torch_says_nothing(tmp_path, holds, command):
+    """In a fresh process (pytest would catch torch's warning): a .pth that torch.load(weights_only=True)
+    refuses gives exactly one line naming the file, exit status 2; none of torch's warning, its
+    multi-line message or its advice to load the file with weights_only=False reaches stderr."""
+    path = tmp_path / "model.pth"
+    if holds == "a pickled object":
+        torch.save({"model": Payload(tmp_path / "executed")}, path)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # torch deprecates TorchScript; such files still exist
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    argv = {"convert": ["convert", "--checkpoint", path, "--model", "repvgg_tiny8", "--out",
+                        tmp_path / "d.safetensors"],
+            "train --scales": ["train", "--model", "repopt_vgg_tiny8", "--scales", path, "--out", tmp_path / "t",
+                               *DIGITS, "--epochs", "1", *FAST]}[command]
+    proc = subprocess.run([sys.executable, "-m", "repspec", *map(str, argv)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    err = _one_error_line(proc.returncode, proc.stderr, argv[0])
+    assert repr(str(path)) in err and "weights_only=True" in err, err
+    assert "Warning" not in err and "\x1b" not in err and "set to `False`" not in err, err
+    assert not (tmp_path / "executed").exists(), "the pickle's payload ran"
+    assert not (tmp_path / "d.safetensors").exists() and not (tmp_path / "t").exists()
+
+
 def test_checks_before_torch_and_verify_onnx_without_hypothesis(official, tmp_path):
     """In a fresh process: bad .pth arguments are refused before torch is imported, and
     `verify --onnx` runs with Hypothesis and pytest unimportable."""

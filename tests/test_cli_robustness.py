@@ -407,6 +407,49 @@ def test_ctrl_c_during_training_exits_130_with_a_complete_checkpoint(tmp_path, c
     assert not [p for p in tmp_path.rglob("*") if ".repspec-tmp" in p.name]
 
 
+def test_ctrl_c_before_the_first_checkpoint_of_an_overwrite_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    """``train --overwrite`` trains into a temporary directory beside the old checkpoint; interrupted
+    before its first checkpoint, that (empty) directory goes and the old checkpoint is untouched."""
+    import repspec.torch_impl.training.train as train_module
+
+    out = tmp_path / "t"
+    assert main(["train", "--model", "repvgg_tiny8", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+
+    def interrupted_at_once(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_classifier", interrupted_at_once)
+    code, _, err = _run(capsys, ["train", "--model", "repvgg_tiny8", "--epochs", "2", "--out", out, "--overwrite",
+                                 *TINY])
+    assert code == 130 and err.count("\n") == 1 and "interrupted" in err, err
+    assert not [p.name for p in tmp_path.iterdir() if ".repspec-" in p.name]
+    assert snapshot(tmp_path) == before
+
+
+def test_ctrl_c_while_an_output_is_replaced_puts_the_old_one_back(ckpt, analysis, tmp_path, capsys, monkeypatch):
+    """Interrupted between moving the old output aside and renaming the new one in, the run puts the
+    old output back and leaves no temporary (the next run would otherwise have to restore it)."""
+    out = tmp_path / "an"
+    shutil.copytree(analysis, out)
+    before = snapshot(tmp_path)
+    real_replace, interrupted = os.replace, []
+
+    def replace(a, b):
+        if Path(b) == out and not interrupted:  # the new output's rename: the old one is aside by now
+            interrupted.append(b)
+            raise KeyboardInterrupt
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = _run(capsys, ["analyze", "--checkpoint", ckpt, "--out", out, "--overwrite", "--no-progress"])
+    monkeypatch.undo()
+    assert code == 130 and err.count("\n") == 1 and "interrupted" in err, err
+    assert not [p.name for p in tmp_path.iterdir() if ".repspec-" in p.name]
+    assert snapshot(tmp_path) == before
+
+
 def test_help_has_defaults_every_flag_documented_and_a_version(capsys):
     parser = build_parser(["verify"])
     sub = parser._subparsers._group_actions[0]
@@ -708,3 +751,30 @@ def test_a_real_ctrl_c_during_training_exits_130_and_the_checkpoint_resumes(tmp_
 
     assert load_checkpoint_extra(out)["train_state"]["epoch"] >= 1  # complete and verified
     assert not [p for p in tmp_path.rglob("*") if ".repspec-tmp" in p.name]
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
+def test_sigterm_during_training_exits_143_in_one_line_like_ctrl_c(tmp_path, overwrite):
+    """SIGTERM takes Ctrl-C's path: one line, exit status 143, temporaries removed, complete
+    checkpoints kept (a new run's resumes; with --overwrite the old one is untouched)."""
+    from repspec.torch_impl.training.checkpoint import load_checkpoint_extra
+
+    out = tmp_path / "t"
+    train = [sys.executable, "-m", "repspec", "train", "--model", "repvgg_tiny8", "--out", str(out), *TINY]
+    if overwrite:
+        subprocess.run(train + ["--epochs", "1"], check=True, capture_output=True, cwd=ROOT, timeout=300)
+    before = snapshot(tmp_path)
+    proc = subprocess.Popen(train + ["--epochs", "200"] + (["--overwrite"] if overwrite else []),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("epoch 2:"):  # epoch 1's checkpoint is saved by now; epoch 2's may be in progress
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.strip().count("\n") == 0 and "terminated" in err and "Traceback" not in err, err
+    assert not [p for p in tmp_path.rglob("*") if ".repspec-" in p.name]
+    if overwrite:
+        assert snapshot(tmp_path) == before
+    else:
+        assert load_checkpoint_extra(out)["train_state"]["epoch"] >= 1  # complete and verified

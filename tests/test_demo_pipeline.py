@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from repspec.experiments import DemoConfig, render_results, run_demo
+from repspec.experiments.demo import DemoConfig, render_results, run_demo
 
 TINY = DemoConfig(image_size=8, epochs=1, hs_epochs=1, qat_epochs=1, oabn_thresholds=(1.0, 0.5),
                   calibrators=("minmax",), ptq_bits=(8, 4), qat_bits=(4,), qat_models=("repvgg",),

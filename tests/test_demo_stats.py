@@ -1,4 +1,4 @@
-"""repspec.stats and the demo's claims logic, on synthetic data (no training).
+"""repspec.experiments.stats and the demo's claims logic, on synthetic data (no training).
 
 Tolerances: the statistics are float64 arithmetic on a handful of values; comparisons
 with SciPy or closed forms use rtol 1e-12. Coverage is checked within 4 binomial
@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats as sst
 
-from repspec import stats
-from repspec.experiments import (DemoConfig, aggregate, compare_verdicts, evaluate_claims, format_claims,
-                                 format_table, render_results)
+from repspec.experiments import stats
+from repspec.experiments.demo import (DemoConfig, aggregate, compare_verdicts, evaluate_claims, format_claims,
+                                      format_table, render_results)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +26,7 @@ import torch
 from repspec.core.outputs import normal_mode, old_prefix, owned_directory, tmp_prefix, write_output_manifest
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_save_json", "atomic_save_safetensors",
-           "atomic_directory", "json_default"]
+           "atomic_directory", "replace_directory", "json_default", "load_weights_only", "WeightsOnlyRefusal"]
 
 
 def _check_path(path) -> Path:
@@ -187,11 +190,70 @@ def atomic_directory(out, *, kind: str = "output", **info) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_directory(tmp, out)
+
+
+def replace_directory(tmp, out) -> None:
+    """Rename the finished directory ``tmp`` to ``out``. An existing ``out`` (its owner checked that
+    repspec wrote it) is first moved aside, under a name :func:`repspec.core.outputs.sweep_leftovers`
+    knows, and removed once ``tmp`` is in its place: a process killed between the two renames
+    leaves the old output whole, for the next run to put back. An exception there (Ctrl-C) puts
+    the old output back at once and removes ``tmp``: nothing half-replaced, no temporary left."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
     old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=old_prefix(out.name), dir=out.parent))
-        os.replace(out, old / "content") if any(out.iterdir()) else out.rmdir()
-    os.replace(tmp, out)
+    try:
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=old_prefix(out.name), dir=out.parent))
+            os.replace(out, old / "content") if any(out.iterdir()) else out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            if (old / "content").exists() and not out.exists():
+                os.replace(old / "content", out)
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------ reading .pth files
+
+
+class WeightsOnlyRefusal(pickle.UnpicklingError):
+    """``torch.load(weights_only=True)`` refused a file and ran nothing in it. The message is one
+    clause saying what the file holds (``"holds pickled objects other than tensors ..."``), to
+    follow "it"; torch's own text is left out: it runs to several lines and advises loading the
+    file with ``weights_only=False``, which would run whatever the pickle holds."""
+
+
+#: the global torch's refusal names (``GLOBAL __main__.Evil was not an allowed global``,
+#: ``unsupported GLOBAL posix.system whose module posix is blocked``)
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_weights_only(path):
+    """``torch.load(path, map_location="cpu", weights_only=True)`` without torch's noise on stderr.
+
+    Only tensors and plain containers are built. A file that holds anything else, or a
+    TorchScript archive (a compiled program, not a state dict), raises
+    :class:`WeightsOnlyRefusal` in one line; nothing in it runs. Other failures (not a torch
+    file, truncated, unreadable) raise what torch raises. torch's warnings while loading (e.g.
+    "received a zip file that looks like a TorchScript archive") are not shown: the refusal
+    says it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = _REFUSED_GLOBAL.search(str(exc))
+            raise WeightsOnlyRefusal("holds pickled objects other than tensors and plain containers"
+                                     + (f" (the first: {found.group(1)})" if found else "")) from None
+        except RuntimeError as exc:
+            if "TorchScript" not in str(exc):
+                raise
+            raise WeightsOnlyRefusal("is a TorchScript archive (a compiled program, not a state dict)") from None
 

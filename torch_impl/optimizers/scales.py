@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import pickle
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..io import atomic_save_json, atomic_save_safetensors
+from ..io import WeightsOnlyRefusal, atomic_save_json, atomic_save_safetensors, load_weights_only
 
 __all__ = [
     "SCALE_KEY_PATTERN",
@@ -362,11 +361,10 @@ def load_published_scales(path) -> "OrderedDict[str, Tensor]":
     if not path.is_file():
         raise FileNotFoundError(f"scale file {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ScaleFileError(f"{str(path)!r} was refused by torch.load(weights_only=True): it is not a plain "
-                             f"tensor state dict and was not unpickled ({first})") from None
+        obj = load_weights_only(path)
+    except WeightsOnlyRefusal as e:
+        raise ScaleFileError(f"{str(path)!r} was refused by torch.load(weights_only=True): it {e}, and was not "
+                             f"unpickled") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ScaleFileError(f"{str(path)!r}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(obj, Mapping) and len(obj) == 1:

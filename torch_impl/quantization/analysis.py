@@ -227,8 +227,12 @@ def layer_statistics(model, *, keep_first_fp32: bool = True) -> list[dict]:
 
 
 def _json_safe(v):
+    """``report.json``'s value for ``v``: JSON has no literal for NaN or ±Inf, so an undefined
+    statistic (NaN: an empty category, no identity factor) or an unbounded ratio (Inf) is
+    ``null``, repspec's rule for every JSON output. The CSV and Markdown tables write ``nan``
+    and ``inf`` instead, so that a spreadsheet still reads the column as numbers."""
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # "nan", "inf" — JSON has no literal for them
+        return None
     return v
 
 
@@ -291,7 +295,8 @@ def write_report(model, out_dir, *, per_layer: bool = True, aggregate: bool = Tr
 
     Files: ``layer_stats.csv``, ``layer_stats.md`` (the rows of :func:`layer_statistics`),
     ``report.json`` (rows, per-channel ``t0`` of every block that has one, and
-    ``state_size`` over the quantized layers), ``hist_<layer>.png`` per block
+    ``state_size`` over the quantized layers; NaN and Inf are ``null`` there, ``nan``/``inf``
+    in the CSV and Markdown), ``hist_<layer>.png`` per block
     (``per_layer``) and ``hist_all.png`` (``aggregate``: the quantized layers' A, B, C
     values pooled) — overlaid A/B/C histograms with log counts. Returns
     ``{file kind: path}`` (``hist_<layer>`` keys for the per-layer PNGs).
@@ -330,12 +335,12 @@ def write_report(model, out_dir, *, per_layer: bool = True, aggregate: bool = Tr
     for name, block in blocks.items():
         v = identity_ratio(block)
         if v is not None:
-            t0[name] = [float(x) for x in v.to("cpu", torch.float64)]
+            t0[name] = [_json_safe(float(x)) for x in v.to("cpu", torch.float64)]
     report = dict(rows=[{k: _json_safe(v) for k, v in r.items()} for r in rows], t0=t0,
                   state_size=state_size({n: kernels[n][0] for n in quantized}) if quantized else 0,
                   state_size_layers=quantized)
     p = out / "report.json"
-    p.write_text(json.dumps(report, indent=1))
+    p.write_text(json.dumps(report, indent=1, allow_nan=False))
     paths["json"] = p
 
     def split(name):

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from repspec.core.version import __version__ as repspec_version
-from ..io import atomic_save_json, atomic_write_bytes
+from ..io import WeightsOnlyRefusal, atomic_save_json, atomic_write_bytes, load_weights_only
 
 __all__ = [
     "CheckpointError",
@@ -448,8 +448,11 @@ def read_state_dict(path) -> dict[str, Tensor]:
     if p.suffix not in (".pt", ".pth", ".bin"):
         raise ValueError(f"unknown weight file type {p.suffix!r} for {str(p)!r}: use .safetensors, .pt or .pth")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends
+        obj = load_weights_only(p)
+    except WeightsOnlyRefusal as exc:
+        raise CheckpointError(f"refusing to load {str(p)!r}: it {exc}, which torch.load(weights_only=True) does "
+                              f"not build (nothing was executed)") from None
+    except Exception as exc:  # noqa: BLE001 - not a torch file, truncated, unreadable
         raise CheckpointError(f"refusing to load {str(p)!r}: it is not a plain weights file that loads with "
                               f"torch.load(weights_only=True) ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                               ) from None

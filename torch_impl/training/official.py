@@ -10,10 +10,12 @@ Entry points (the command line's ``--checkpoint file.pth --model NAME`` calls th
   (``RepOpt-VGG-{B1,B2,L1,L2}-scales.pth``) checked key by key against the architecture.
 - :func:`read_official_state_dict` ``(path)``: the state dict alone.
 
-Safety: files are read with ``torch.load(path, weights_only=True, map_location='cpu')``,
-which only rebuilds tensors and plain containers. A pickle that would construct any
-other object (run code, build a class instance) is refused *before* anything runs;
-:class:`OfficialCheckpointError` says so in one line.
+Safety: files are read with ``torch.load(path, weights_only=True, map_location='cpu')``
+(:func:`repspec.torch_impl.io.load_weights_only`), which only rebuilds tensors and plain
+containers. A pickle that would construct any other object (run code, build a class
+instance), or a TorchScript archive, is refused *before* anything runs;
+:class:`OfficialCheckpointError` says so in one line, without torch's warning or its
+multi-line advice.
 
 Wrappers and prefixes:
 
@@ -39,13 +41,13 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from ..io import WeightsOnlyRefusal, load_weights_only
 from ..modules.models import ARCHITECTURES, VGGNet, create_model, expected_scale_keys, list_models
 from ..optimizers.scales import ScaleFileError, load_published_scales
 
@@ -89,11 +91,11 @@ def read_official_state_dict(path) -> dict[str, Tensor]:
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        obj = load_weights_only(p)
+    except WeightsOnlyRefusal as exc:
         raise OfficialCheckpointError(
-            f"{str(p)!r} refused: it holds pickled objects other than tensors and plain containers, which "
-            f"torch.load(weights_only=True) does not build (nothing was executed): {_first_line(exc)}") from None
+            f"{str(p)!r} refused: it {exc}, which torch.load(weights_only=True) does not build (nothing was "
+            f"executed)") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise OfficialCheckpointError(f"{str(p)!r} is not a readable torch checkpoint "
                                       f"({type(exc).__name__}: {_first_line(exc)})") from None

@@ -18,7 +18,7 @@ and every model of that seed is initialized and shuffled with its own seed deriv
 ``(s, model label)`` (:func:`model_seed`), so models are compared **paired by seed**.
 Every cell of the table is the mean ± sample standard deviation over the seeds, and
 the seeds' five claims are tested one by one (:func:`evaluate_claims`, with
-:mod:`repspec.stats`): each test's effect, its 95% Student-t interval, the number of
+:mod:`repspec.experiments.stats`): each test's effect, its 95% Student-t interval, the number of
 seeds, a sign test, and a verdict computed from the interval.
 
 Outputs (``out_dir``, replaced atomically): ``results.json`` (configuration, every
@@ -430,9 +430,9 @@ def _has_number(node) -> bool:
 
 
 def _aggregate_node(nodes: list):
-    """Per-seed nodes of the same shape -> one node whose numbers are :func:`repspec.stats.summarize`
+    """Per-seed nodes of the same shape -> one node whose numbers are :func:`repspec.experiments.stats.summarize`
     dicts (plus the per-seed ``values``); strings that agree are kept; None where a seed lacks a value."""
-    from repspec.stats import summarize
+    from repspec.experiments.stats import summarize
 
     first = nodes[0]
     if isinstance(first, dict):
@@ -517,9 +517,9 @@ _ONE_SAMPLE = object()
 
 def _row(test: str, x, y=_ONE_SAMPLE, *, bound: float = 0.0, direction: str = "greater", unit: str = "pp",
          primary: bool = True, extra: dict | None = None) -> dict:
-    """One test row: :func:`repspec.stats.compare` of ``x − y`` (paired) or of ``x`` (``y`` omitted);
+    """One test row: :func:`repspec.experiments.stats.compare` of ``x − y`` (paired) or of ``x`` (``y`` omitted);
     ``"not run"`` when a series is missing (None: a model or value this run does not have)."""
-    from repspec.stats import compare
+    from repspec.experiments.stats import compare
 
     row = {"test": test, "primary": primary, "unit": unit, **(extra or {})}
     if x is None or y is None:
@@ -545,7 +545,7 @@ def _claim_verdict(rows: list[dict]) -> str:
 
 
 def evaluate_claims(results: dict) -> list[dict]:
-    """The seeds' five claims, each as test rows (:func:`repspec.stats.compare` over the seeds,
+    """The seeds' five claims, each as test rows (:func:`repspec.experiments.stats.compare` over the seeds,
     paired by seed) and a verdict computed from its primary rows: ``reproduced`` (every primary
     interval excludes the bound on the claimed side), ``partly reproduced``, ``contradicted`` or
     ``not reproduced (inconclusive)``. Supplementary rows (``primary: False``) are reported but
@@ -722,7 +722,7 @@ def format_claims(results: dict) -> str:
     """The claims table (Markdown) of ``results['claims']`` (or recomputed when absent)."""
     claims = results.get("claims") or evaluate_claims(results)
     n = len(results["seeds"])
-    lines = [f"| # | claim | test (paired by seed) | n | effect: mean [95% CI] | seeds on the claimed side "
+    lines = ["| # | claim | test (paired by seed) | n | effect: mean [95% CI] | seeds on the claimed side "
              "(sign test p) | verdict |", "|---|---|---|---|---|---|---|"]
     for c in claims:
         for i, r in enumerate(c["rows"]):
@@ -745,7 +745,7 @@ def format_claims(results: dict) -> str:
             line += f" Why this may be a matter of scale: {c['scale_note']}"
         lines.append(line)
     lines.append("")
-    lines.append("How the verdicts are computed (`repspec/stats.py`): each test's effect is taken per seed, paired "
+    lines.append("How the verdicts are computed (`repspec/experiments/stats.py`): each test's effect is taken per seed, paired "
                  "by seed; the interval is the two-sided 95% Student-t interval of its mean (`scipy.stats.t`); a "
                  "test is *reproduced* when the interval lies entirely on the claimed side of the bound (0 unless "
                  "stated) **and** the exact one-sided sign test towards that side (`scipy.stats.binomtest`, ties "
@@ -927,30 +927,3 @@ def _plot_categories(categories: dict[str, dict[str, np.ndarray]], seed: int, pa
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m repspec.experiments render RESULTS [--out DIR]`` or ``compare A B`` (verdicts that differ)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m repspec.experiments")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("render", help="re-render table.md/claims.md/readme_section.md from results.json")
-    r.add_argument("results")
-    r.add_argument("--out", default=None)
-    c = sub.add_parser("compare", help="list the verdicts that differ between two results.json")
-    c.add_argument("a")
-    c.add_argument("b")
-    args = p.parse_args(argv)
-    if args.cmd == "render":
-        print(f"rendered into {render_results(args.results, args.out)}")
-        return 0
-    diffs = compare_verdicts(load_results(args.a), load_results(args.b))
-    print("\n".join(diffs) if diffs else "every verdict agrees")
-    return 1 if diffs else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    sys.exit(main())
