@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from repspec.core.vocabulary import ADAMW_MASK_PLACEMENTS, IDENTITY_MODES, NESTEROV_ROUNDINGS
+from repspec.core.vocabulary import (ADAMW_MASK_PLACEMENTS, IDENTITY_MODES, NESTEROV_ROUNDINGS,
+                                     RENAMED_NESTEROV_ROUNDINGS)
 
 from .._validation import (check_adamw_hparams, check_bool, check_choice, check_nonneg_float, check_optional_bool,
                            check_sgd_hparams)
@@ -149,6 +151,10 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         self.state[p][MASK_KEY] = _check_mask(p, mask, "mask")
 
     # -- state dict: masks travel inside per-param state; validate before touching anything
+    def _upgrade_saved_group(self, group: dict) -> dict:
+        """A saved param group in this version's terms (renamed options); the default changes nothing."""
+        return group
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load optimizer state, masks included (SPEC §3).
 
@@ -158,7 +164,9 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         """
         if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
-        groups, saved_groups = self.param_groups, state_dict["param_groups"]
+        groups = self.param_groups
+        saved_groups = [self._upgrade_saved_group(dict(sg)) if isinstance(sg, Mapping) else sg
+                        for sg in state_dict["param_groups"]]
         if len(groups) != len(saved_groups):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
                              f"this optimizer has {len(groups)}")
@@ -176,7 +184,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                         raise ValueError(f"loaded state dict: grad_mult_mask of param {pid} (group {gi}) must have "
                                          f"shape {tuple(p.shape)}, got {got}")
         keep = {p: st[MASK_KEY] for p, st in self.state.items() if MASK_KEY in st}
-        super().load_state_dict(state_dict)
+        super().load_state_dict({**state_dict, "param_groups": saved_groups})
         for p, m in keep.items():
             if MASK_KEY not in self.state[p]:
                 self.state[p][MASK_KEY] = m
@@ -197,14 +205,21 @@ class _MaskedOptimizer(torch.optim.Optimizer):
 
 
 def _check_nesterov_rounding(value) -> str:
+    if isinstance(value, str) and value in RENAMED_NESTEROV_ROUNDINGS:
+        raise ValueError(
+            f"nesterov_rounding={value!r} is an earlier name; the modes are named after the code they reproduce: "
+            f"'torch' (torch.optim.SGD, d.add(buf, alpha=momentum)), 'original' (the original RepOptimizers step at "
+            f"its current head, d_p + buf * momentum) and 'original-legacy' (its earlier d_p.add(momentum, buf)); "
+            f"{value!r} had the arithmetic of {RENAMED_NESTEROV_ROUNDINGS[value]!r}")
     if not isinstance(value, str) or value not in NESTEROV_ROUNDINGS:
         raise ValueError(f"nesterov_rounding must be one of {NESTEROV_ROUNDINGS}, got {value!r}")
     return value
 
 
 def _nesterov_step(d: Tensor, buf: Tensor, momentum: float, rounding: str) -> Tensor:
-    """``d + μ·buf``: one fused ``add(buf, alpha=μ)`` ('torch'/'official') or ``d + round(μ·buf)`` ('separate')."""
-    if rounding == "separate":
+    """``d + μ·buf``: one fused ``add(buf, alpha=μ)`` ('torch', 'original-legacy') or ``d + round(μ·buf)``
+    ('original')."""
+    if rounding == "original":
         return d.add(buf.mul(momentum))
     return d.add(buf, alpha=momentum)
 
@@ -268,7 +283,7 @@ def _multi_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampen
                     else:
                         bufs[i].mul_(momentum).add_(d[j], alpha=1 - dampening)
                 group_bufs = [bufs[i] for i in idx]
-            if nesterov and nesterov_rounding == "separate":
+            if nesterov and nesterov_rounding == "original":
                 _foreach_add_owned(d, owned, torch._foreach_mul(group_bufs, momentum), 1.0)
             elif nesterov:
                 _foreach_add_owned(d, owned, group_bufs, momentum)
@@ -295,18 +310,23 @@ class RepOptimizerSGD(_MaskedOptimizer):
         foreach: multi-tensor (``torch._foreach_*``) path if True, per-tensor loop if
             False, torch's default (foreach on accelerators) if None. Both give the same
             result.
-        nesterov_rounding: how the Nesterov term ``d + μ·buf`` is rounded (per param group):
+        nesterov_rounding: how the Nesterov term ``d + μ·buf`` is rounded (per param group),
+            each mode named by the code it reproduces bit for bit (float32 and float64,
+            against transcriptions in ``tests/test_official_optim.py``):
 
-            - ``'torch'`` (default): ``d.add(buf, alpha=μ)``, as ``torch.optim.SGD``.
-            - ``'official'``: the original RepOptimizers expression ``d_p.add(momentum, buf)``.
-              That is torch's deprecated ``add(alpha, other)`` overload, which torch
-              dispatches to ``d_p.add(buf, alpha=momentum)`` — so it is the *same
-              arithmetic* as ``'torch'`` (checked bit for bit in float32 and float64
-              against an independent transcription of the original step,
-              ``tests/test_torch_optim.py``). Offered so that a port can state it.
-            - ``'separate'``: ``d + (μ·buf)`` with the product rounded on its own (what a
-              reader of the formula might implement); differs from the above by an ulp
-              here and there, which accumulates over steps.
+            - ``'torch'`` (default): ``d.add(buf, alpha=μ)``, one rounding, as
+              ``torch.optim.SGD``.
+            - ``'original'``: the original RepOptimizers ``repoptimizer_sgd.py`` at its
+              current head (commit ``c52651e``): ``d_p = d_p + buf * momentum``, the product
+              rounded on its own, then the sum.
+            - ``'original-legacy'``: the same file before that change (e.g. commit
+              ``1d41318``): ``d_p = d_p.add(momentum, buf)``, torch's deprecated
+              ``add(alpha, other)`` overload, which runs as ``d_p.add(buf, alpha=momentum)``:
+              the arithmetic of ``'torch'``.
+
+            The earlier names ``'official'`` (= ``'original-legacy'``) and ``'separate'``
+            (= ``'original'``) are refused with a message naming these; an optimizer state
+            saved under one of them loads under the new name (same arithmetic, with a warning).
 
     The original call order ``RepOptimizerSGD(grad_mult_map, params, lr=…, momentum=…,
     dampening=…, weight_decay=…, nesterov=…)`` (RepOptimizers' ``repoptimizer_sgd.py``)
@@ -384,12 +404,21 @@ class RepOptimizerSGD(_MaskedOptimizer):
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
 
+    def _upgrade_saved_group(self, group):
+        old = group.get("nesterov_rounding")
+        if isinstance(old, str) and old in RENAMED_NESTEROV_ROUNDINGS:
+            group["nesterov_rounding"] = RENAMED_NESTEROV_ROUNDINGS[old]
+            warnings.warn(f"loaded optimizer state: nesterov_rounding {old!r} (an earlier name) is loaded as "
+                          f"{group['nesterov_rounding']!r}, the same arithmetic", UserWarning, stacklevel=3)
+        return group
+
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("foreach", None)
             group.setdefault("nesterov_rounding", "torch")
+            self._upgrade_saved_group(group)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -705,15 +734,16 @@ def build_repoptimizer(model: nn.Module, scales: Mapping[str, Tensor] | None, lr
                        dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                        no_decay_bn: bool = True, identity: str = "trainable", update_rule: str = "sgd",
                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, amsgrad: bool = False,
-                       mask_placement: str = "grad_and_update",
-                       foreach: bool | None = None) -> RepOptimizerSGD | RepOptimizerAdamW:
+                       mask_placement: str = "grad_and_update", foreach: bool | None = None,
+                       nesterov_rounding: str = "torch") -> RepOptimizerSGD | RepOptimizerAdamW:
     """The RepOptimizer of a RepOpt-VGG model from its HyperSearch scales (SPEC §3).
 
     One Grad Mult mask per target conv (:func:`build_grad_mult_masks`, exponent 2 for
     ``update_rule='sgd'``, 1 for ``'adamw'``), param groups by
     :func:`weight_decay_groups`. ``scales=None`` takes ``model.repopt_scales`` (set by
-    ``create_model('repopt_vgg_…')`` and ``repopt_from_csla``). Everything is validated
-    before the optimizer exists.
+    ``create_model('repopt_vgg_…')`` and ``repopt_from_csla``). ``foreach`` and
+    ``nesterov_rounding`` are SGD's only (see :class:`RepOptimizerSGD`). Everything is
+    validated before the optimizer exists.
     """
     if scales is None:
         scales = getattr(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model,
@@ -724,13 +754,18 @@ def build_repoptimizer(model: nn.Module, scales: Mapping[str, Tensor] | None, lr
         raise ValueError(f"update_rule must be 'sgd' or 'adamw', got {update_rule!r}")
     if update_rule == "sgd":
         _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach)
+        _check_nesterov_rounding(nesterov_rounding)
     else:
         _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement)
+        if nesterov_rounding != "torch":
+            raise ValueError(f"nesterov_rounding is RepOptimizerSGD's option; update_rule='adamw' takes 'torch', "
+                             f"got {nesterov_rounding!r}")
     masks = build_grad_mult_masks(model, scales, identity=identity, exponent=2 if update_rule == "sgd" else 1)
     groups = weight_decay_groups(model, weight_decay, no_decay_bn=no_decay_bn)
     if update_rule == "sgd":
         return RepOptimizerSGD(groups, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                               weight_decay=weight_decay, grad_mult_masks=masks, foreach=foreach)
+                               weight_decay=weight_decay, grad_mult_masks=masks, foreach=foreach,
+                               nesterov_rounding=nesterov_rounding)
     return RepOptimizerAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                              grad_mult_masks=masks, mask_placement=mask_placement)
 
