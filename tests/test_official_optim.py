@@ -70,9 +70,10 @@ def original_repopt_sgd(params, masks, grads, *, lr, momentum, weight_decay, nes
     return ps
 
 
-def run_ours(params, masks, grads, *, foreach, **hp):
+def run_ours(params, masks, grads, *, foreach, fused=False, **hp):
     ps = [p.clone().requires_grad_() for p in params]
-    opt = RepOptimizerSGD(ps, grad_mult_masks={ps[j]: m for j, m in masks.items()}, foreach=foreach, **hp)
+    opt = RepOptimizerSGD(ps, grad_mult_masks={ps[j]: m for j, m in masks.items()}, foreach=foreach, fused=fused,
+                          **hp)
     for step_grads in grads:
         for p, g in zip(ps, step_grads):
             p.grad = g.clone()
@@ -82,14 +83,14 @@ def run_ours(params, masks, grads, *, foreach, **hp):
 
 @settings(deadline=None, max_examples=10)
 @given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
-       path=st.sampled_from(["single", "foreach"]), wd=st.sampled_from([0.0, 1e-4, 0.05]))
+       path=st.sampled_from(["single", "foreach", "fused"]), wd=st.sampled_from([0.0, 1e-4, 0.05]))
 def test_nesterov_roundings_match_the_versions_they_are_named_after(seed, dtype, path, wd):
     """'original' == the original step at its current head, 'original-legacy' == the step before that
-    change, bit for bit (float32 and float64; per-tensor and foreach paths); the default 'torch'
+    change, bit for bit (float32 and float64; per-tensor, foreach and fused CPU paths); the default 'torch'
     == torch.optim.SGD bit for bit."""
     params, masks, grads = _problem(seed, dtype)
     hp = dict(lr=0.1, momentum=0.9, weight_decay=wd, nesterov=True)
-    run = dict(foreach=path == "foreach")
+    run = dict(foreach=path == "foreach", fused=path == "fused")
     for version, mode in ORIGINAL_VERSIONS.items():
         want = original_repopt_sgd(params, masks, grads, version=version, **hp)
         got = run_ours(params, masks, grads, nesterov_rounding=mode, **run, **hp)
