@@ -433,8 +433,9 @@ def _cuda_fused_repopt_sgd(idx, params, grads, masks, bufs, *, lr, momentum, dam
     for ids in buckets.values():
         d = {i: grads[i] for i in ids}
         masked = [i for i in ids if masks[i] is not None]
-        if masked:
-            for i, t in zip(masked, torch._foreach_mul([grads[i] for i in masked], [masks[i] for i in masked])):
+        if masked:  # in the gradient's dtype: torch's fused kernel takes one dtype per call
+            for i, t in zip(masked, torch._foreach_mul([grads[i] for i in masked],
+                                                       [masks[i].to(grads[i].dtype) for i in masked])):
                 d[i] = t
         if momentum == 0:
             parts = [(ids, False)]
@@ -712,7 +713,8 @@ def _cuda_fused_repopt_adamw(items, *, lr, beta1, beta2, eps, weight_decay, amsg
         grads = [g for _, g, _, _ in group]
         masked = [j for j, (_, _, m, _) in enumerate(group) if m is not None]
         if masked:
-            for j, t in zip(masked, torch._foreach_mul([grads[j] for j in masked], [group[j][2] for j in masked])):
+            for j, t in zip(masked, torch._foreach_mul([grads[j] for j in masked],
+                                                       [group[j][2].to(grads[j].dtype) for j in masked])):
                 grads[j] = t
         steps = [st["step"] for _, _, _, st in group]
         torch._fused_adamw_(ps, grads, [st["exp_avg"] for *_, st in group], [st["exp_avg_sq"] for *_, st in group],
