@@ -21,6 +21,7 @@ __all__ = [
     "OABN_GRADIENTS",
     "ADAMW_MASK_PLACEMENTS",
     "NESTEROV_ROUNDINGS",
+    "RENAMED_NESTEROV_ROUNDINGS",
     "KMEANS_INITS",
     "OPTIMAL_METHODS",
     "WEIGHT_SCHEMES",
@@ -82,8 +83,15 @@ IDENTITY_MODES = ("trainable", "constant", "none")
 OABN_GRADIENTS = ("clip", "straight_through")
 #: where the masked AdamW applies the Grad Mult mask (SPEC §3.adamw)
 ADAMW_MASK_PLACEMENTS = ("grad_and_update", "grad")
-#: how RepOptimizerSGD rounds the Nesterov update ``d + μ·buf`` (SPEC §3.repopt-sgd-step)
-NESTEROV_ROUNDINGS = ("torch", "official", "separate")
+#: how RepOptimizerSGD rounds the Nesterov update ``d + μ·buf`` (SPEC §3.repopt-sgd-step), each named by
+#: the code it reproduces bit for bit: ``torch.optim.SGD`` (``d.add(buf, alpha=μ)``, one rounding), the
+#: original RepOptimizers ``repoptimizer_sgd.py`` at its current head (``d_p + buf * momentum``, two
+#: roundings) and the same file before that change (``d_p.add(momentum, buf)``, torch's deprecated
+#: overload of the one-rounding form)
+NESTEROV_ROUNDINGS = ("torch", "original", "original-legacy")
+#: earlier names of those modes -> the mode with the same arithmetic. A new optimizer refuses them
+#: (the message names the new modes); a saved optimizer state that holds one loads under the new name.
+RENAMED_NESTEROV_ROUNDINGS = {"official": "original-legacy", "separate": "original"}
 
 # ------------------------------------------------------------------------------ data
 

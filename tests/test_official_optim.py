@@ -1,4 +1,4 @@
-"""Issue 13 / issue 10: RepOptimizer construction and arithmetic as the original RepOptimizers code has them."""
+"""RepOptimizer construction and arithmetic as the original RepOptimizers code has them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from repspec.core.vocabulary import NESTEROV_ROUNDINGS, RENAMED_NESTEROV_ROUNDINGS
 from repspec.torch_impl import (
     RepOptimizerSGD,
     create_model,
@@ -24,16 +25,26 @@ from repspec.torch_impl.optimizers.scales import ScaleFileError
 
 def _problem(seed: int, dtype):
     g = torch.Generator().manual_seed(seed)
-    shapes = [(4, 3, 3, 3), (4,), (5, 4)]
+    shapes = [(4, 3, 3, 3), (4,), (5, 4), (67,)]  # 67: not a multiple of any vector width (the loops' tails)
     params = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
-    masks = {0: torch.rand(shapes[0], generator=g, dtype=dtype) * 2}
+    masks = {0: torch.rand(shapes[0], generator=g, dtype=dtype) * 2, 3: torch.rand(shapes[3], generator=g,
+                                                                                   dtype=dtype)}
     grads = [[torch.randn(s, generator=g, dtype=dtype) for s in shapes] for _ in range(12)]
     return params, masks, grads
 
 
-def original_repopt_sgd(params, masks, grads, *, lr, momentum, weight_decay, nesterov, separate=False):
-    """Independent transcription of RepOptimizers' ``repoptimizer_sgd.py`` ``step`` (the original's
-    operations in their order, incl. its ``d_p.add(momentum, buf)`` call); ``separate`` rounds μ·buf first."""
+#: the versions of RepOptimizers' ``repoptimizer/repoptimizer_sgd.py`` transcribed below, and the mode of each
+ORIGINAL_VERSIONS = {"head": "original", "legacy": "original-legacy"}
+
+
+def original_repopt_sgd(params, masks, grads, *, lr, momentum, weight_decay, nesterov, version):
+    """Independent transcription of RepOptimizers' ``repoptimizer_sgd.py`` ``step``: the original's operations
+    in their order. Its Nesterov line differs between versions:
+
+    - ``'head'`` (the current head, commit c52651e): ``d_p = d_p + buf * momentum``;
+    - ``'legacy'`` (before, e.g. commit 1d41318): ``d_p = d_p.add(momentum, buf)``, torch's deprecated
+      ``add(Number alpha, Tensor other)`` overload.
+    """
     ps = [p.clone() for p in params]
     bufs = [None] * len(ps)
     for step_grads in grads:
@@ -47,8 +58,8 @@ def original_repopt_sgd(params, masks, grads, *, lr, momentum, weight_decay, nes
                 else:
                     bufs[j].mul_(momentum).add_(d_p, alpha=1)
                 if nesterov:
-                    if separate:
-                        d_p = d_p + momentum * bufs[j]
+                    if version == "head":
+                        d_p = d_p + bufs[j] * momentum
                     else:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")  # the deprecated add(Number, Tensor) overload
@@ -59,9 +70,10 @@ def original_repopt_sgd(params, masks, grads, *, lr, momentum, weight_decay, nes
     return ps
 
 
-def run_ours(params, masks, grads, *, foreach, **hp):
+def run_ours(params, masks, grads, *, foreach, fused=False, **hp):
     ps = [p.clone().requires_grad_() for p in params]
-    opt = RepOptimizerSGD(ps, grad_mult_masks={ps[j]: m for j, m in masks.items()}, foreach=foreach, **hp)
+    opt = RepOptimizerSGD(ps, grad_mult_masks={ps[j]: m for j, m in masks.items()}, foreach=foreach, fused=fused,
+                          **hp)
     for step_grads in grads:
         for p, g in zip(ps, step_grads):
             p.grad = g.clone()
@@ -69,50 +81,87 @@ def run_ours(params, masks, grads, *, foreach, **hp):
     return [p.detach() for p in ps]
 
 
-@settings(deadline=None)
+@settings(deadline=None, max_examples=10)
 @given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
-       foreach=st.booleans(), wd=st.sampled_from([0.0, 1e-4, 0.05]))
-def test_nesterov_rounding_official_and_separate_match_independent_transcriptions(seed, dtype, foreach, wd):
-    """'official' == the original's arithmetic bit for bit; 'separate' == ``d + (μ·buf)`` bit for bit;
-    the default 'torch' == torch.optim.SGD bit for bit (unchanged)."""
+       path=st.sampled_from(["single", "foreach", "fused"]), wd=st.sampled_from([0.0, 1e-4, 0.05]))
+def test_nesterov_roundings_match_the_versions_they_are_named_after(seed, dtype, path, wd):
+    """'original' == the original step at its current head, 'original-legacy' == the step before that
+    change, bit for bit (float32 and float64; per-tensor, foreach and fused CPU paths); the default 'torch'
+    == torch.optim.SGD bit for bit."""
     params, masks, grads = _problem(seed, dtype)
     hp = dict(lr=0.1, momentum=0.9, weight_decay=wd, nesterov=True)
-    want = original_repopt_sgd(params, masks, grads, **hp)
-    got = run_ours(params, masks, grads, foreach=foreach, nesterov_rounding="official", **hp)
-    for j, (a, b) in enumerate(zip(got, want)):
-        assert torch.equal(a, b), f"official, param {j}: max abs diff {(a - b).abs().max().item():.3e}"
-    want_sep = original_repopt_sgd(params, masks, grads, separate=True, **hp)
-    got_sep = run_ours(params, masks, grads, foreach=foreach, nesterov_rounding="separate", **hp)
-    for j, (a, b) in enumerate(zip(got_sep, want_sep)):
-        assert torch.equal(a, b), f"separate, param {j}: max abs diff {(a - b).abs().max().item():.3e}"
-    # the default is unchanged: torch.optim.SGD without masks
+    run = dict(foreach=path == "foreach", fused=path == "fused")
+    for version, mode in ORIGINAL_VERSIONS.items():
+        want = original_repopt_sgd(params, masks, grads, version=version, **hp)
+        got = run_ours(params, masks, grads, nesterov_rounding=mode, **run, **hp)
+        for j, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), f"{mode} vs the {version} version, param {j}: max abs diff " \
+                                      f"{(a - b).abs().max().item():.3e}"
     ref = [p.clone().requires_grad_() for p in params]
-    sgd = torch.optim.SGD(ref, foreach=foreach, **hp)
+    sgd = torch.optim.SGD(ref, foreach=run["foreach"], **hp)
     for step_grads in grads:
         for p, g in zip(ref, step_grads):
             p.grad = g.clone()
         sgd.step()
-    got_default = run_ours(params, {}, grads, foreach=foreach, **hp)
+    got_default = run_ours(params, {}, grads, **run, **hp)
     for j, (a, b) in enumerate(zip(got_default, ref)):
         assert torch.equal(a, b.detach()), f"default vs torch.optim.SGD, param {j}"
 
 
-def test_separate_rounding_differs_from_the_fused_add():
-    """The 'separate' option is a different rounding (else the test above could not tell them apart)."""
+def test_the_two_original_versions_round_differently():
+    """The head's two roundings differ from the legacy one-rounding form (else the test above could not
+    tell the modes apart); the spelling ``d_p.add(buf, momentum)`` (positional alpha) does not run on this
+    torch, so the one-rounding form the legacy code ran is ``add(momentum, buf)``."""
     params, masks, grads = _problem(0, torch.float64)
     hp = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
-    a = run_ours(params, masks, grads, foreach=False, nesterov_rounding="official", **hp)
-    b = run_ours(params, masks, grads, foreach=False, nesterov_rounding="separate", **hp)
+    a = original_repopt_sgd(params, masks, grads, version="head", **hp)
+    b = original_repopt_sgd(params, masks, grads, version="legacy", **hp)
     assert any(not torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(TypeError):
+        torch.ones(2).add(torch.ones(2), 0.9)
 
 
 def test_nesterov_rounding_is_validated_and_stored_per_group():
     w = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match="nesterov_rounding must be one of"):
         RepOptimizerSGD([w], lr=0.1, nesterov_rounding="fma")
-    opt = RepOptimizerSGD([w], lr=0.1, momentum=0.9, nesterov=True, nesterov_rounding="official")
-    assert opt.param_groups[0]["nesterov_rounding"] == "official"
-    assert opt.state_dict()["param_groups"][0]["nesterov_rounding"] == "official"
+    for old, new in RENAMED_NESTEROV_ROUNDINGS.items():  # earlier names: refused, naming the modes
+        with pytest.raises(ValueError, match=rf"nesterov_rounding={old!r} is an earlier name.*'original-legacy'.*"
+                                             rf"had the arithmetic of {new!r}"):
+            RepOptimizerSGD([w], lr=0.1, momentum=0.9, nesterov=True, nesterov_rounding=old)
+    opt = RepOptimizerSGD([w], lr=0.1, momentum=0.9, nesterov=True, nesterov_rounding="original")
+    assert opt.param_groups[0]["nesterov_rounding"] == "original"
+    assert opt.state_dict()["param_groups"][0]["nesterov_rounding"] == "original"
+    with pytest.raises(ValueError, match="param group: nesterov_rounding must be one of"):
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "nesterov_rounding": "fused"})
+    assert len(opt.param_groups) == 1 and set(NESTEROV_ROUNDINGS) == {"torch", "original", "original-legacy"}
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED_NESTEROV_ROUNDINGS))
+def test_state_saved_under_an_earlier_mode_name_resumes_with_its_arithmetic(old):
+    """A state dict written before the renaming (its group says 'official' or 'separate') loads under the
+    new name, with a warning, and continues exactly as the mode of the same arithmetic."""
+    params, masks, grads = _problem(5, torch.float64)
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    new = RENAMED_NESTEROV_ROUNDINGS[old]
+    want = run_ours(params, masks, grads, foreach=False, nesterov_rounding=new, **hp)
+    ps = [p.clone().requires_grad_() for p in params]
+    first = RepOptimizerSGD(ps, grad_mult_masks={ps[j]: m for j, m in masks.items()}, nesterov_rounding=new, **hp)
+    for step_grads in grads[:6]:
+        for p, g in zip(ps, step_grads):
+            p.grad = g.clone()
+        first.step()
+    sd = first.state_dict()
+    sd["param_groups"][0]["nesterov_rounding"] = old  # as an earlier version saved it
+    resumed = RepOptimizerSGD(ps, lr=1.0)
+    with pytest.warns(UserWarning, match=rf"nesterov_rounding {old!r} \(an earlier name\) is loaded as {new!r}"):
+        resumed.load_state_dict(sd)
+    assert resumed.param_groups[0]["nesterov_rounding"] == new and sd["param_groups"][0]["nesterov_rounding"] == old
+    for step_grads in grads[6:]:
+        for p, g in zip(ps, step_grads):
+            p.grad = g.clone()
+        resumed.step()
+    assert all(torch.equal(a.detach(), b) for a, b in zip(ps, want))
 
 
 def test_original_call_order_is_accepted():
@@ -120,7 +169,7 @@ def test_original_call_order_is_accepted():
     params, masks, grads = _problem(3, torch.float64)
     hp = dict(lr=0.05, momentum=0.9, weight_decay=1e-4, nesterov=True)
     ps = [p.clone().requires_grad_() for p in params]
-    opt = RepOptimizerSGD({ps[0]: masks[0]}, ps, **hp)
+    opt = RepOptimizerSGD({ps[j]: m for j, m in masks.items()}, ps, **hp)
     assert torch.equal(opt.grad_mult_mask(ps[0]), masks[0])
     for step_grads in grads:
         for p, g in zip(ps, step_grads):

@@ -130,6 +130,26 @@ def test_round_trip_repoptimizer_masks_and_adamw(tmp_path):
     _same_opt_state(a, a2)
 
 
+def test_checkpoint_with_an_earlier_nesterov_rounding_name_resumes(tmp_path):
+    """A checkpoint whose RepOptimizerSGD group says 'official' (the one-rounding mode's earlier name) resumes
+    as 'original-legacy', with one warning, and continues exactly like the saving optimizer."""
+    m = create_model("repopt_vgg_tiny8", num_classes=10, seed=0)
+    opt = build_repoptimizer(m, m.repopt_scales, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                             nesterov_rounding="original-legacy")
+    _stepped(m, opt)
+    opt.param_groups[0]["nesterov_rounding"] = "official"  # as an earlier version saved it
+    save_checkpoint(tmp_path / "c", m, opt)
+    opt.param_groups[0]["nesterov_rounding"] = "original-legacy"
+    m2 = create_model("repopt_vgg_tiny8", num_classes=10, seed=1)
+    opt2 = build_repoptimizer(m2, m2.repopt_scales, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    with pytest.warns(UserWarning, match="nesterov_rounding 'official' .* is loaded as 'original-legacy'"):
+        load_checkpoint(tmp_path / "c", m2, opt2)
+    assert [g["nesterov_rounding"] for g in opt2.param_groups] == ["original-legacy", "original-legacy"]
+    _stepped(m, opt, steps=1)
+    _stepped(m2, opt2, steps=1)
+    _same_state(m.state_dict(), m2.state_dict())
+
+
 plain = st.recursive(
     st.none() | st.booleans() | st.integers(-2**62, 2**62) | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)

@@ -15,6 +15,17 @@ Why these numbers:
   relative to |f|; 1e-6 relative/absolute leaves two orders of margin.
 - float32 (``exact_math``): unit roundoff 6e-8; a few iterations of conv+BN with
   cancellation lose ~3 digits, so 1e-4 relative, 1e-5 absolute.
+- The RepOptimizers' ``fused=True`` mode (tests/test_torch_fused.py), every iteration:
+  ``fused_cpu_sgd`` / ``fused_cpu_adamw`` against the reference; ``fused_adamw_vs_unfused``
+  and ``fused_cuda`` against the unfused step. The CPU SGD loop is the unfused step bit for
+  bit (tested with ``torch.equal``), so it has the unfused bound. The CPU AdamW loop is the
+  unfused step except a correctly rounded ``sqrt`` (torch's vectorized CPU ``sqrt`` is off by
+  an ulp on some inputs; tested bit for bit against the unfused step with a correctly
+  rounded ``sqrt``): one ulp in ``sqrt(v)`` per step moves the update by about one ulp
+  relative, so parameters differ by a few ulps of ``|W|`` after the tests' ≤ 8 steps; the
+  moments, from the same given gradients, are equal. On CUDA the fused mode is torch's fused
+  kernel on ``M ⊙ g``, which rounds its own way (nvcc contracts products into FMAs): ≤ 1 ulp
+  per operation per step.
 """
 
 from __future__ import annotations
@@ -36,10 +47,22 @@ TOLERANCES: dict[str, dict[str, Tol]] = {
         "exact_math": Tol(1e-9, 1e-11, "same math, different summation order; SPEC §6 'order 1e-9 relative'"),
         "theorem": Tol(1e-9, 1e-11, "two algebraically equal paths in float64"),
         "finite_difference": Tol(1e-6, 1e-7, "central differences, h=1e-6: O(h^2) truncation + O(eps/h) rounding"),
+        "fused_cpu_sgd": Tol(1e-9, 1e-11, "fused CPU RepOpt-SGD vs the reference: the unfused step bit for bit "
+                                          "(tested), so its bound: same math, FMA vs two roundings"),
+        "fused_cpu_adamw": Tol(1e-9, 1e-11, "fused CPU RepOpt-AdamW vs the reference: the unfused step's bound; "
+                                            "its correctly rounded sqrt moves a step by ~1 ulp"),
+        "fused_adamw_vs_unfused": Tol(1e-13, 1e-15, "fused vs unfused CPU AdamW: sqrt(v) 1 ulp apart (torch's "
+                                                    "vectorized sqrt), ~1 ulp per update, <= 8 steps"),
+        "fused_cuda": Tol(1e-12, 1e-14, "fused vs unfused on CUDA: torch's fused kernel rounds its own way "
+                                        "(FMA contraction), <= 1 ulp per operation per step, <= 8 steps"),
     },
     "float32": {
         "exact_math": Tol(1e-4, 1e-5, "float32 unit roundoff 6e-8, amplified by BN 1/sigma and a few iterations"),
         "theorem": Tol(1e-4, 1e-5, "float32 through two algebraically equal paths"),
+        "fused_adamw_vs_unfused": Tol(1e-6, 1e-7, "fused vs unfused CPU AdamW in float32: sqrt(v) 1 ulp apart "
+                                                  "(torch's vectorized sqrt), a few ulps of |W| after <= 8 steps"),
+        "fused_cuda": Tol(1e-5, 1e-6, "fused vs unfused on CUDA in float32: torch's fused kernel rounds its own "
+                                      "way (FMA contraction), <= 1 ulp per operation per step, <= 8 steps"),
     },
 }
 

@@ -1,4 +1,4 @@
-"""Run the clauses against an adapter and report per clause (issue 6).
+"""Run the clauses against an adapter and report per clause.
 
 ``run_conformance(adapter, clauses=None, max_examples=25, seed=0) -> Report`` runs every
 clause's explicit edge cases and then ``max_examples`` Hypothesis-generated cases
@@ -33,7 +33,7 @@ from .adapter import ADAPTER_METHODS, NotProvided, describe
 
 # Hypothesis (a test-extra dependency) and the clause registry that builds on it are imported
 # lazily, so ``add_arguments``/``build_parser`` (used by ``repspec --help``) work with only the
-# runtime dependencies installed; ``verify`` then says what to install (issue 9).
+# runtime dependencies installed; ``verify`` then says what to install.
 
 __all__ = [
     "ClauseResult",
@@ -58,6 +58,7 @@ ALIASES = {
     "torch": "repspec.conformance.torch_adapter:TorchAdapter",
     "torch-cuda": "repspec.conformance.torch_adapter:cuda",
     "torch-float32": "repspec.conformance.torch_adapter:float32",
+    "torch-fused": "repspec.conformance.torch_adapter:fused",
 }
 
 PASS, FAIL, SKIP, ERROR = "pass", "FAIL", "skipped", "ERROR"

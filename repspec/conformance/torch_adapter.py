@@ -1,4 +1,4 @@
-"""``repspec.torch_impl`` as a conformance adapter — the first port checked by the suite (issue 6).
+"""``repspec.torch_impl`` as a conformance adapter — the first port checked by the suite.
 
 Every method converts the NumPy float64 inputs to float64 tensors, runs the
 ``repspec.torch_impl`` modules (blocks, OABN, RepOptimizerSGD, quant, observers, kmeans, qat), and converts
@@ -6,12 +6,13 @@ back. Nothing here re-implements the spec: where a piece of ``torch_impl`` is mi
 the method raises :class:`~repspec.conformance.adapter.NotProvided` and its clauses are
 reported as skipped.
 
-``TorchAdapter(device="cpu", foreach=None, dtype=torch.float64)``: ``device`` where the
+``TorchAdapter(device="cpu", foreach=None, dtype=torch.float64, fused=False)``: ``device`` where the
 tensors live (e.g. ``"cuda"``; TF32 is switched off while a method runs), ``foreach``
 RepOptimizerSGD's multi-tensor switch (None: torch's default for the device), ``dtype``
 the compute dtype (float64 is the contract; ``torch.float32`` goes with the advisory
-``--profile float32``). Factories for ``--impl``: ``TorchAdapter`` (CPU, float64),
-``cuda`` (``…torch_adapter:cuda``), ``float32`` (CPU, float32).
+``--profile float32``), ``fused`` RepOptimizerSGD's one-pass step. Factories for ``--impl``:
+``TorchAdapter`` (CPU, float64), ``cuda`` (``…torch_adapter:cuda``), ``float32`` (CPU,
+float32), ``fused`` (CPU, float64, ``fused=True``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .adapter import (AdapterBase, BlockResult, DeployedNetworkResult, NetworkFo
                       OABNEvalResult, OABNResult, QuantizedLayer, QuantizedNetworkResult,
                       SGDSpec, TrainIterationResult, without_num_batches_tracked)
 
-__all__ = ["TorchAdapter", "cuda", "float32"]
+__all__ = ["TorchAdapter", "cuda", "float32", "fused"]
 
 _F64 = torch.float64
 
@@ -45,14 +46,19 @@ class TorchAdapter(AdapterBase):
     """The PyTorch implementation (``repspec.torch_impl``) behind the adapter protocol, in float64."""
 
     def __init__(self, device: str | torch.device = "cpu", foreach: bool | None = None,
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, fused: bool = False):
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused must be a bool, got {type(fused).__name__}")
+        if fused and foreach:
+            raise ValueError("fused=True and foreach=True are exclusive")
         self.device = torch.device(device)
         self.foreach = foreach
+        self.fused = fused
         self.dtype = dtype
         opts = [self.device.type] + ([f"foreach={foreach}"] if foreach is not None else []) + \
-            (["float32"] if dtype == torch.float32 else [])
+            (["float32"] if dtype == torch.float32 else []) + (["fused"] if fused else [])
         self.name = f"torch_impl ({', '.join(opts)})"
 
     # ------------------------------------------------------------------ helpers
@@ -170,7 +176,8 @@ class TorchAdapter(AdapterBase):
         p = nn.Parameter(self._t(param))
         masks = None if grad_mult_mask is None else {p: self._t(grad_mult_mask)}
         opt = RepOptimizerSGD([p], lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                              weight_decay=weight_decay, grad_mult_masks=masks, foreach=self.foreach)
+                              weight_decay=weight_decay, grad_mult_masks=masks, foreach=self.foreach,
+                              fused=self.fused)
         if momentum_buffer is not None:
             opt.state[p]["momentum_buffer"] = self._t(momentum_buffer)
         p.grad = self._t(grad)
@@ -521,7 +528,8 @@ class TorchAdapter(AdapterBase):
         masks = {trainable[k]: self._t(m) for k, m in (optimizer.grad_mult_masks or {}).items()}
         opt = RepOptimizerSGD([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()], lr=optimizer.lr,
                               momentum=optimizer.momentum, dampening=optimizer.dampening,
-                              nesterov=optimizer.nesterov, grad_mult_masks=masks or None, foreach=self.foreach)
+                              nesterov=optimizer.nesterov, grad_mult_masks=masks or None, foreach=self.foreach,
+                              fused=self.fused)
         for name, st in opt_state.items():
             if "momentum_buffer" in st:
                 opt.state[trainable[name]]["momentum_buffer"] = self._t(st["momentum_buffer"])
@@ -570,3 +578,9 @@ def float32() -> TorchAdapter:
 
     Use it with ``--profile float32`` (advisory tolerances)."""
     return TorchAdapter(dtype=torch.float32)
+
+
+def fused() -> TorchAdapter:
+    """``--impl repspec.conformance.torch_adapter:fused`` (alias ``torch-fused``): CPU, float64, the
+    RepOptimizer's ``fused=True`` step (the unfused step's bits on CPU, so the float64 profile unchanged)."""
+    return TorchAdapter(fused=True)

@@ -9,13 +9,16 @@
     W = W − lr·d
 
 Without masks it is bit-for-bit ``torch.optim.SGD`` (same operations in the same
-order, single-tensor and ``torch._foreach_*`` paths). The masks live in the
+order, single-tensor and ``torch._foreach_*`` paths). ``fused=True`` runs the whole step in
+one pass per tensor: on CPU a compiled loop (``_fused_kernels.py``) with the unfused step's
+arithmetic, bit for bit; on CUDA the masked gradient handed to torch's fused kernel. The masks live in the
 per-parameter optimizer state (``state[p]['grad_mult_mask']``) so that
 ``state_dict()`` / ``load_state_dict()`` carry them, and ``torch.load(...,
 weights_only=True)`` can read the checkpoint back.
 
 ``RepOptimizerAdamW`` multiplies the gradient by a mask built with exponent 1 and then
-follows ``torch.optim.AdamW`` exactly. It is only *approximately* equivalent to
+follows ``torch.optim.AdamW`` exactly (``fused=True``: one compiled pass on CPU that differs
+from that only by a correctly rounded ``sqrt``). It is only *approximately* equivalent to
 training the CSLA model with AdamW (SPEC §3 "AdamW variant").
 
 Helpers: :func:`grad_mult_mask_from_scales` (the Grad Mult formula, vectorized),
@@ -28,13 +31,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from repspec.core.vocabulary import ADAMW_MASK_PLACEMENTS, IDENTITY_MODES, NESTEROV_ROUNDINGS
+from repspec.core.vocabulary import (ADAMW_MASK_PLACEMENTS, IDENTITY_MODES, NESTEROV_ROUNDINGS,
+                                     RENAMED_NESTEROV_ROUNDINGS)
 
 from .._validation import (check_adamw_hparams, check_bool, check_choice, check_nonneg_float, check_optional_bool,
                            check_sgd_hparams)
@@ -54,6 +59,7 @@ __all__ = [
     "IDENTITY_MODES",
     "ADAMW_MASK_PLACEMENTS",
     "NESTEROV_ROUNDINGS",
+    "FUSED_DTYPES",
 ]
 
 
@@ -72,6 +78,34 @@ def _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement="
     """AdamW's domain (the reference's) plus torch's ``amsgrad`` and the mask placement."""
     return dict(check_adamw_hparams(lr, betas, eps, weight_decay), amsgrad=check_bool(amsgrad, "amsgrad"),
                 mask_placement=check_choice(mask_placement, "mask_placement", ADAMW_MASK_PLACEMENTS))
+
+
+#: the parameter dtypes of ``fused=True`` per device type: the compiled CPU loops
+#: (``_fused_kernels.py``, Numba: float32 and float64) and torch's CUDA fused kernels
+FUSED_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+}
+
+
+def _check_fused(fused, foreach=None) -> bool | None:
+    """``fused``: None/False (off) or True; True excludes ``foreach=True`` (two different paths)."""
+    fused = check_optional_bool(fused, "fused")
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True are exclusive (the fused step is one pass per tensor, "
+                         "foreach the multi-tensor torch._foreach_* path): pass one of them")
+    return fused
+
+
+def _check_fused_params(params) -> None:
+    """Every parameter of a ``fused=True`` group has a device and dtype of :data:`FUSED_DTYPES`."""
+    for j, p in enumerate(params):
+        dtypes = FUSED_DTYPES.get("cpu" if p.is_cpu else "cuda" if p.is_cuda else p.device.type)
+        if dtypes is None or p.dtype not in dtypes:
+            supported = "; ".join(f"{dev}: {', '.join(str(d).replace('torch.', '') for d in ds)}"
+                                  for dev, ds in FUSED_DTYPES.items())
+            raise ValueError(f"fused=True does not support parameter {j} ({p.dtype} on {p.device}); "
+                             f"the fused step supports {supported} (use fused=False)")
 
 
 def _flatten_params(params) -> list:
@@ -120,8 +154,20 @@ def _check_masks(all_params: list, masks) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
+def _flat_numpy(t: Tensor):
+    """A contiguous tensor's memory as a flat NumPy array (no copy), for the compiled CPU loops."""
+    return t.detach().view(-1).numpy()
+
+
+#: the NumPy scalar type of each CPU dtype the compiled loops take (scalars are cast to it, as torch does)
+_NUMPY_SCALAR = {torch.float32: "float32", torch.float64: "float64"}
+
+
 class _MaskedOptimizer(torch.optim.Optimizer):
     """Mask bookkeeping shared by the RepOptimizers (SPEC §3): masks are per-param state."""
+
+    #: group keys that say *how* a step runs, not what it computes: kept from this optimizer on load
+    _EXECUTION_KEYS: tuple[str, ...] = ("fused",)
 
     def _install_masks(self, checked: list[tuple[Tensor, Tensor]]) -> None:
         for p, m in checked:
@@ -149,16 +195,25 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         self.state[p][MASK_KEY] = _check_mask(p, mask, "mask")
 
     # -- state dict: masks travel inside per-param state; validate before touching anything
+    def _upgrade_saved_group(self, group: dict) -> dict:
+        """A saved param group in this version's terms (renamed options); the default changes nothing."""
+        return group
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load optimizer state, masks included (SPEC §3).
 
         The masks of ``state_dict`` replace the current ones; a parameter that has a mask
         now but none in ``state_dict`` keeps its current mask. Shapes are validated and
-        group hyper-parameters checked before any state changes.
+        group hyper-parameters checked before any state changes. The execution switches
+        (``fused``, and ``foreach`` for SGD) stay this optimizer's: they change how a step
+        runs, not the state, so a state saved by a fused optimizer loads into an unfused
+        one and back.
         """
         if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
-        groups, saved_groups = self.param_groups, state_dict["param_groups"]
+        groups = self.param_groups
+        saved_groups = [self._upgrade_saved_group(dict(sg)) if isinstance(sg, Mapping) else sg
+                        for sg in state_dict["param_groups"]]
         if len(groups) != len(saved_groups):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
                              f"this optimizer has {len(groups)}")
@@ -166,7 +221,8 @@ class _MaskedOptimizer(torch.optim.Optimizer):
             if len(g["params"]) != len(sg["params"]):
                 raise ValueError(f"loaded state dict group {gi} has {len(sg['params'])} parameters, "
                                  f"this optimizer's group has {len(g['params'])}")
-            self._check_group({**g, **{k: v for k, v in sg.items() if k != "params"}}, f"loaded param group {gi}")
+            merged = {**g, **{k: v for k, v in sg.items() if k != "params" and k not in self._EXECUTION_KEYS}}
+            self._check_group(merged, f"loaded param group {gi}", g["params"])
             for pid, p in zip(sg["params"], g["params"]):
                 st = state_dict["state"].get(pid, {})
                 if MASK_KEY in st:
@@ -175,8 +231,11 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                         got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
                         raise ValueError(f"loaded state dict: grad_mult_mask of param {pid} (group {gi}) must have "
                                          f"shape {tuple(p.shape)}, got {got}")
+        execution = [{k: g[k] for k in self._EXECUTION_KEYS if k in g} for g in groups]
         keep = {p: st[MASK_KEY] for p, st in self.state.items() if MASK_KEY in st}
-        super().load_state_dict(state_dict)
+        super().load_state_dict({**state_dict, "param_groups": saved_groups})
+        for g, ex in zip(self.param_groups, execution):
+            g.update(ex)
         for p, m in keep.items():
             if MASK_KEY not in self.state[p]:
                 self.state[p][MASK_KEY] = m
@@ -184,27 +243,53 @@ class _MaskedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """``torch.optim.Optimizer.add_param_group`` plus hyper-parameter validation (SPEC §3)."""
         if isinstance(param_group, Mapping):
+            param_group = dict(param_group)
+            ps = param_group.get("params", [])
+            if not isinstance(ps, (Tensor, set)):  # a set is refused by torch below
+                param_group["params"] = ps = list(ps)
             merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-            self._check_group(merged, "param group")
+            self._check_group(merged, "param group",
+                              [ps] if isinstance(ps, Tensor) else [p for p in ps if isinstance(p, Tensor)])
         super().add_param_group(param_group)
 
-    def _check_group(self, group: Mapping, where: str) -> None:  # pragma: no cover - overridden
+    def _check_group(self, group: Mapping, where: str, params=()) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _check_fused_group(self, group: Mapping, params, where: str) -> None:
+        """A ``fused=True`` group's parameters: devices and dtypes the fused step supports (subclasses add
+        the options a device's kernel cannot reproduce)."""
+        _check_fused_params(params)
+
+    def _check_fused_groups(self) -> None:
+        """Before a step changes anything: every ``fused=True`` group is still supported (its model may
+        have moved to another device or dtype since the optimizer was built)."""
+        for gi, group in enumerate(self.param_groups):
+            if group.get("fused"):
+                try:
+                    self._check_fused_group(group, group["params"], f"param group {gi}")
+                except ValueError as e:
+                    raise ValueError(f"param group {gi}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- SGD
 
 
-
 def _check_nesterov_rounding(value) -> str:
+    if isinstance(value, str) and value in RENAMED_NESTEROV_ROUNDINGS:
+        raise ValueError(
+            f"nesterov_rounding={value!r} is an earlier name; the modes are named after the code they reproduce: "
+            f"'torch' (torch.optim.SGD, d.add(buf, alpha=momentum)), 'original' (the original RepOptimizers step at "
+            f"its current head, d_p + buf * momentum) and 'original-legacy' (its earlier d_p.add(momentum, buf)); "
+            f"{value!r} had the arithmetic of {RENAMED_NESTEROV_ROUNDINGS[value]!r}")
     if not isinstance(value, str) or value not in NESTEROV_ROUNDINGS:
         raise ValueError(f"nesterov_rounding must be one of {NESTEROV_ROUNDINGS}, got {value!r}")
     return value
 
 
 def _nesterov_step(d: Tensor, buf: Tensor, momentum: float, rounding: str) -> Tensor:
-    """``d + μ·buf``: one fused ``add(buf, alpha=μ)`` ('torch'/'official') or ``d + round(μ·buf)`` ('separate')."""
-    if rounding == "separate":
+    """``d + μ·buf``: one fused ``add(buf, alpha=μ)`` ('torch', 'original-legacy') or ``d + round(μ·buf)``
+    ('original')."""
+    if rounding == "original":
         return d.add(buf.mul(momentum))
     return d.add(buf, alpha=momentum)
 
@@ -268,13 +353,103 @@ def _multi_tensor_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampen
                     else:
                         bufs[i].mul_(momentum).add_(d[j], alpha=1 - dampening)
                 group_bufs = [bufs[i] for i in idx]
-            if nesterov and nesterov_rounding == "separate":
+            if nesterov and nesterov_rounding == "original":
                 _foreach_add_owned(d, owned, torch._foreach_mul(group_bufs, momentum), 1.0)
             elif nesterov:
                 _foreach_add_owned(d, owned, group_bufs, momentum)
             else:
                 d = group_bufs
         torch._foreach_add_(ps, d, alpha=-lr)
+
+
+def _fused_repopt_sgd(params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
+                      nesterov_rounding="torch"):
+    """The ``fused=True`` step: CPU tensors through the compiled loop, CUDA tensors through torch's kernel."""
+    cpu = [i for i, p in enumerate(params) if p.device.type == "cpu"]
+    other = [i for i, p in enumerate(params) if p.device.type != "cpu"]
+    hp = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
+    if cpu:
+        _cpu_fused_repopt_sgd(cpu, params, grads, masks, bufs, nesterov_rounding=nesterov_rounding, **hp)
+    if other:
+        _cuda_fused_repopt_sgd(other, params, grads, masks, bufs, **hp)
+
+
+def _cpu_fused_repopt_sgd(idx, params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
+                          nesterov_rounding):
+    """One compiled pass per tensor (``_fused_kernels.repopt_sgd_many``, one call per dtype): the unfused
+    step's arithmetic bit for bit. A tensor whose gradient, mask or buffer is not contiguous or not of the
+    parameter's dtype takes the per-tensor step (the same bits)."""
+    import numpy as np
+
+    from ._fused_kernels import repopt_sgd_many
+
+    rows: dict[torch.dtype, list] = {}
+    keep = []  # tensors whose addresses are passed stay referenced until the kernel returns
+    for i in idx:
+        p, g, m, buf = params[i], grads[i], masks[i], bufs[i]
+        if not _kernel_ready(p, g, m, buf):
+            one = [buf]
+            _single_tensor_repopt_sgd([p], [g], [m], one, lr=lr, momentum=momentum, dampening=dampening,
+                                      nesterov=nesterov, weight_decay=weight_decay,
+                                      nesterov_rounding=nesterov_rounding)
+            bufs[i] = one[0]
+            continue
+        first = momentum != 0 and buf is None
+        if first:
+            buf = bufs[i] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        if p.numel() == 0:
+            continue
+        keep.append(g)
+        gp = g.data_ptr()
+        rows.setdefault(p.dtype, []).append((p.data_ptr(), gp, gp if m is None else m.data_ptr(),
+                                             buf.data_ptr() if momentum != 0 else gp, p.numel(),
+                                             (m is not None) | (first << 1)))
+    for dtype, rs in rows.items():
+        scalars = np.array([-lr, momentum, 1 - dampening, weight_decay], dtype=_NUMPY_SCALAR[dtype])
+        repopt_sgd_many(np.array([r[:4] for r in rs], dtype=np.int64), np.array([r[4] for r in rs], dtype=np.int64),
+                        np.array([r[5] for r in rs], dtype=np.uint8), scalars, nesterov,
+                        nesterov_rounding == "original")
+
+
+def _kernel_ready(p: Tensor, *others) -> bool:
+    """Whether the compiled CPU loops can take ``p`` with ``others`` (None entries skipped): all contiguous,
+    all of ``p``'s dtype."""
+    if not p.is_contiguous():
+        return False
+    dtype = p.dtype
+    for t in others:
+        if t is not None and (t.dtype != dtype or not t.is_contiguous()):
+            return False
+    return True
+
+
+def _cuda_fused_repopt_sgd(idx, params, grads, masks, bufs, *, lr, momentum, dampening, nesterov, weight_decay):
+    """The masked gradient ``M ⊙ g`` (``torch._foreach_mul``) handed to torch's fused SGD kernel, which adds
+    the unmasked weight decay itself: the order of SPEC §3.repopt-sgd-step in one kernel, rounded as
+    ``torch.optim.SGD(fused=True)`` rounds on that device."""
+    buckets: dict[tuple, list[int]] = {}
+    for i in idx:
+        buckets.setdefault((params[i].device, params[i].dtype), []).append(i)
+    for ids in buckets.values():
+        d = {i: grads[i] for i in ids}
+        masked = [i for i in ids if masks[i] is not None]
+        if masked:  # in the gradient's dtype: torch's fused kernel takes one dtype per call
+            for i, t in zip(masked, torch._foreach_mul([grads[i] for i in masked],
+                                                       [masks[i].to(grads[i].dtype) for i in masked])):
+                d[i] = t
+        if momentum == 0:
+            parts = [(ids, False)]
+        else:
+            fresh = [i for i in ids if bufs[i] is None]
+            for i in fresh:
+                bufs[i] = torch.empty_like(params[i])
+            parts = [([i for i in ids if i not in fresh], False), (fresh, True)]
+        for sel, first in parts:
+            if sel:
+                torch._fused_sgd_([params[i] for i in sel], [d[i] for i in sel],
+                                  [] if momentum == 0 else [bufs[i] for i in sel], weight_decay=weight_decay,
+                                  momentum=momentum, lr=lr, dampening=dampening, nesterov=nesterov, maximize=False,
+                                  is_first_step=first)
 
 
 def _default_foreach(params: list[Tensor]) -> bool:
@@ -295,18 +470,36 @@ class RepOptimizerSGD(_MaskedOptimizer):
         foreach: multi-tensor (``torch._foreach_*``) path if True, per-tensor loop if
             False, torch's default (foreach on accelerators) if None. Both give the same
             result.
-        nesterov_rounding: how the Nesterov term ``d + μ·buf`` is rounded (per param group):
+        fused: one pass per tensor over ``W, g, M`` and the buffer (per param group;
+            None/False: off, the default). Parameters must be float32/float64 on CPU or
+            float16/bfloat16/float32/float64 on CUDA (:data:`FUSED_DTYPES`); ``fused=True``
+            with ``foreach=True`` is refused.
 
-            - ``'torch'`` (default): ``d.add(buf, alpha=μ)``, as ``torch.optim.SGD``.
-            - ``'official'``: the original RepOptimizers expression ``d_p.add(momentum, buf)``.
-              That is torch's deprecated ``add(alpha, other)`` overload, which torch
-              dispatches to ``d_p.add(buf, alpha=momentum)`` — so it is the *same
-              arithmetic* as ``'torch'`` (checked bit for bit in float32 and float64
-              against an independent transcription of the original step,
-              ``tests/test_torch_optim.py``). Offered so that a port can state it.
-            - ``'separate'``: ``d + (μ·buf)`` with the product rounded on its own (what a
-              reader of the formula might implement); differs from the above by an ulp
-              here and there, which accumulates over steps.
+            - CPU: a compiled loop (``_fused_kernels.py``, Numba, compiled on first use)
+              with the unfused step's operations and roundings — the same bits as
+              ``fused=False``, every ``nesterov_rounding`` included (tested).
+            - CUDA: ``M ⊙ g`` (one ``torch._foreach_mul``) handed to torch's fused SGD
+              kernel, which adds the unmasked decay ``λ·W`` itself, so the order is SPEC's.
+              Without masks that is ``torch.optim.SGD(fused=True)`` bit for bit; against the
+              unfused step it differs by the kernel's roundings (``tests/tolerances.py``,
+              ``fused_cuda``). Only ``nesterov_rounding='torch'`` there (with Nesterov).
+        nesterov_rounding: how the Nesterov term ``d + μ·buf`` is rounded (per param group),
+            each mode named by the code it reproduces bit for bit (float32 and float64,
+            against transcriptions in ``tests/test_official_optim.py``):
+
+            - ``'torch'`` (default): ``d.add(buf, alpha=μ)``, one rounding, as
+              ``torch.optim.SGD``.
+            - ``'original'``: the original RepOptimizers ``repoptimizer_sgd.py`` at its
+              current head (commit ``c52651e``): ``d_p = d_p + buf * momentum``, the product
+              rounded on its own, then the sum.
+            - ``'original-legacy'``: the same file before that change (e.g. commit
+              ``1d41318``): ``d_p = d_p.add(momentum, buf)``, torch's deprecated
+              ``add(alpha, other)`` overload, which runs as ``d_p.add(buf, alpha=momentum)``:
+              the arithmetic of ``'torch'``.
+
+            The earlier names ``'official'`` (= ``'original-legacy'``) and ``'separate'``
+            (= ``'original'``) are refused with a message naming these; an optimizer state
+            saved under one of them loads under the new name (same arithmetic, with a warning).
 
     The original call order ``RepOptimizerSGD(grad_mult_map, params, lr=…, momentum=…,
     dampening=…, weight_decay=…, nesterov=…)`` (RepOptimizers' ``repoptimizer_sgd.py``)
@@ -323,12 +516,14 @@ class RepOptimizerSGD(_MaskedOptimizer):
 
     _POSITIONAL = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
     _ORIGINAL_POSITIONAL = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    _EXECUTION_KEYS = ("foreach", "fused")
 
     def __init__(self, params: Iterable, *args, grad_mult_masks: Mapping[Tensor, Tensor] | None = None,
-                 foreach: bool | None = None, nesterov_rounding: str = "torch", **kwargs):
+                 foreach: bool | None = None, fused: bool | None = None, nesterov_rounding: str = "torch", **kwargs):
         params, hp, grad_mult_masks = self._bind_arguments(params, args, kwargs, grad_mult_masks)
         defaults = _check_sgd_hparams(hp["lr"], hp["momentum"], hp["dampening"], hp["nesterov"],
                                       hp["weight_decay"], foreach)
+        defaults["fused"] = _check_fused(fused, foreach)
         defaults["nesterov_rounding"] = _check_nesterov_rounding(nesterov_rounding)
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
@@ -376,24 +571,46 @@ class RepOptimizerSGD(_MaskedOptimizer):
         hp.setdefault("weight_decay", 0.0)
         return params, hp, grad_mult_masks
 
-    def _check_group(self, group, where):
+
+    def _check_group(self, group, where, params=()):
         try:
             _check_sgd_hparams(group["lr"], group["momentum"], group["dampening"], group["nesterov"],
                                group["weight_decay"], group.get("foreach"))
             _check_nesterov_rounding(group.get("nesterov_rounding", "torch"))
+            if _check_fused(group.get("fused"), group.get("foreach")):
+                self._check_fused_group(group, params, where)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
+
+    def _check_fused_group(self, group, params, where):
+        _check_fused_params(params)
+        if group["nesterov"] and group.get("nesterov_rounding", "torch") != "torch" and \
+                any(p.device.type != "cpu" for p in params):
+            raise ValueError(f"fused=True on {next(p.device for p in params if p.device.type != 'cpu')} runs "
+                             f"torch's fused SGD kernel, whose Nesterov rounding is torch's: nesterov_rounding must "
+                             f"be 'torch' there, got {group['nesterov_rounding']!r} (use fused=False)")
+
+    def _upgrade_saved_group(self, group):
+        old = group.get("nesterov_rounding")
+        if isinstance(old, str) and old in RENAMED_NESTEROV_ROUNDINGS:
+            group["nesterov_rounding"] = RENAMED_NESTEROV_ROUNDINGS[old]
+            warnings.warn(f"loaded optimizer state: nesterov_rounding {old!r} (an earlier name) is loaded as "
+                          f"{group['nesterov_rounding']!r}, the same arithmetic", UserWarning, stacklevel=3)
+        return group
 
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("nesterov", False)
             group.setdefault("foreach", None)
+            group.setdefault("fused", None)
             group.setdefault("nesterov_rounding", "torch")
+            self._upgrade_saved_group(group)
 
     @torch.no_grad()
     def step(self, closure=None):
         """One RepOpt-SGD step (SPEC §3) for every param group; returns ``closure()``'s loss."""
+        self._check_fused_groups()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -412,10 +629,13 @@ class RepOptimizerSGD(_MaskedOptimizer):
                 bufs.append(st.get("momentum_buffer"))
             if not params:
                 continue
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = _default_foreach(params)
-            fn = _multi_tensor_repopt_sgd if foreach else _single_tensor_repopt_sgd
+            if group.get("fused"):
+                fn = _fused_repopt_sgd
+            else:
+                foreach = group["foreach"]
+                if foreach is None:
+                    foreach = _default_foreach(params)
+                fn = _multi_tensor_repopt_sgd if foreach else _single_tensor_repopt_sgd
             fn(params, grads, masks, bufs, lr=group["lr"], momentum=group["momentum"],
                dampening=group["dampening"], nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                nesterov_rounding=group.get("nesterov_rounding", "torch"))
@@ -426,6 +646,82 @@ class RepOptimizerSGD(_MaskedOptimizer):
 
 
 # ----------------------------------------------------------------------------- AdamW
+
+def _single_tensor_repopt_adamw(p, grad, m, st, *, lr, beta1, beta2, eps, weight_decay, amsgrad, twice):
+    """One unfused RepOpt-AdamW step of one parameter (``st['step']`` already counts this step)."""
+    grad = grad if m is None else grad * m
+    exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+    if weight_decay != 0:
+        p.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step = st["step"].item()
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2 ** 0.5
+    if amsgrad:
+        torch.maximum(st["max_exp_avg_sq"], exp_avg_sq, out=st["max_exp_avg_sq"])
+        denom = (st["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(eps)
+    else:
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    p.addcdiv_(exp_avg if (m is None or not twice) else exp_avg * m, denom, value=-step_size)
+
+
+def _cpu_fused_repopt_adamw(items, *, lr, beta1, beta2, eps, weight_decay, amsgrad, twice):
+    """One compiled pass per tensor (``_fused_kernels.repopt_adamw_many``, one call per dtype): the unfused
+    step's arithmetic with a correctly rounded ``sqrt``. A tensor whose gradient, mask or state is not
+    contiguous or not of the parameter's dtype takes the unfused per-tensor step. Counts the step itself."""
+    import numpy as np
+
+    from ._fused_kernels import repopt_adamw_many
+
+    torch._foreach_add_([st["step"] for *_, st in items], 1)
+    steps = torch.stack([st["step"] for *_, st in items]).tolist()
+    rows: dict[torch.dtype, list] = {}
+    for (p, g, m, st), step in zip(items, steps):
+        if not _kernel_ready(p, g, m, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq") if amsgrad else None):
+            _single_tensor_repopt_adamw(p, g, m, st, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                        weight_decay=weight_decay, amsgrad=amsgrad, twice=twice)
+        elif p.numel():
+            gp = g.data_ptr()
+            rows.setdefault(p.dtype, []).append((
+                (p.data_ptr(), gp, gp if m is None else m.data_ptr(), st["exp_avg"].data_ptr(),
+                 st["exp_avg_sq"].data_ptr(), st["max_exp_avg_sq"].data_ptr() if amsgrad else gp),
+                p.numel(), m is not None, step))
+    for dtype, rs in rows.items():
+        c = getattr(np, _NUMPY_SCALAR[dtype])
+        per_step = {}
+        for t in {r[3] for r in rs}:  # the scalars of each step count, cast as torch casts them
+            row = np.array([1 - lr * weight_decay, 1 - beta1, 1 - beta1, beta2, 1 - beta2, -lr / (1 - beta1 ** t),
+                            (1 - beta2 ** t) ** 0.5, eps], dtype=c)
+            row[2] -= c(1)  # (1 − β1) − 1 in the tensors' dtype (lerp's other branch)
+            per_step[t] = row
+        repopt_adamw_many(np.array([r[0] for r in rs], dtype=np.int64), np.array([r[1] for r in rs], dtype=np.int64),
+                          np.array([r[2] for r in rs], dtype=np.uint8), np.stack([per_step[r[3]] for r in rs]),
+                          twice, amsgrad, weight_decay != 0)
+
+
+def _cuda_fused_repopt_adamw(items, *, lr, beta1, beta2, eps, weight_decay, amsgrad):
+    """The masked gradient handed to torch's fused AdamW kernel (``mask_placement='grad'`` only: the kernel
+    cannot multiply the update by the mask). ``step`` lives on the parameter's device, as torch keeps it."""
+    buckets: dict[tuple, list] = {}
+    for item in items:
+        buckets.setdefault((item[0].device, item[0].dtype), []).append(item)
+    for group in buckets.values():
+        ps = [p for p, _, _, _ in group]
+        grads = [g for _, g, _, _ in group]
+        masked = [j for j, (_, _, m, _) in enumerate(group) if m is not None]
+        if masked:
+            for j, t in zip(masked, torch._foreach_mul([grads[j] for j in masked],
+                                                       [group[j][2].to(grads[j].dtype) for j in masked])):
+                grads[j] = t
+        steps = [st["step"] for _, _, _, st in group]
+        torch._fused_adamw_(ps, grads, [st["exp_avg"] for *_, st in group], [st["exp_avg_sq"] for *_, st in group],
+                            [st["max_exp_avg_sq"] for *_, st in group] if amsgrad else [], steps, amsgrad=amsgrad,
+                            lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=False,
+                            grad_scale=None, found_inf=None)
+
 
 class RepOptimizerAdamW(_MaskedOptimizer):
     """RepOpt-AdamW (SPEC §3 "AdamW variant"): ``torch.optim.AdamW`` with a Grad Mult mask ``M``.
@@ -444,12 +740,25 @@ class RepOptimizerAdamW(_MaskedOptimizer):
     Either way it is only approximately equivalent to AdamW on the CSLA model.
     Without masks it equals ``torch.optim.AdamW``. State keys: ``step`` (float32 scalar
     tensor), ``exp_avg``, ``exp_avg_sq`` (``max_exp_avg_sq`` with AMSGrad), ``grad_mult_mask``.
+
+    ``fused=True`` (per param group; None/False: off, the default) runs one pass per tensor:
+
+    - CPU (float32/float64): a compiled loop (``_fused_kernels.py``) with the unfused step's
+      operations and roundings except ``sqrt``, which is correctly rounded there and not
+      always in torch's vectorized CPU kernel: the denominator, and so the step, can differ
+      by an ulp (``tests/tolerances.py``, ``fused_cpu_adamw``). Both placements.
+    - CUDA (float16/bfloat16/float32/float64): ``M ⊙ g`` handed to torch's fused AdamW
+      kernel; only ``mask_placement='grad'``, since that kernel cannot multiply the update
+      by the mask (``'grad_and_update'`` is refused with ``fused=True`` on CUDA). ``step``
+      then lives on the parameter's device, as in ``torch.optim.AdamW(fused=True)``.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
-                 grad_mult_masks: Mapping[Tensor, Tensor] | None = None, mask_placement: str = "grad_and_update"):
+                 grad_mult_masks: Mapping[Tensor, Tensor] | None = None, mask_placement: str = "grad_and_update",
+                 fused: bool | None = None):
         defaults = _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement)
+        defaults["fused"] = _check_fused(fused)
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
                             "but got a Tensor")
@@ -464,56 +773,64 @@ class RepOptimizerAdamW(_MaskedOptimizer):
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
             group.setdefault("mask_placement", "grad_and_update")
+            group.setdefault("fused", None)
 
-    def _check_group(self, group, where):
+    def _check_group(self, group, where, params=()):
         try:
             _check_adamw_hparams(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"],
                                  group["amsgrad"], group["mask_placement"])
+            if _check_fused(group.get("fused")):
+                self._check_fused_group(group, params, where)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
+
+    def _check_fused_group(self, group, params, where):
+        _check_fused_params(params)
+        if group["mask_placement"] == "grad_and_update" and any(p.device.type != "cpu" for p in params):
+            raise ValueError(f"fused=True on {next(p.device for p in params if p.device.type != 'cpu')} runs "
+                             f"torch's fused AdamW kernel, which cannot multiply the update by the mask: "
+                             f"mask_placement='grad_and_update' needs fused=False there (or mask_placement='grad')")
 
     @torch.no_grad()
     def step(self, closure=None):
         """One RepOpt-AdamW step (SPEC §3) for every param group; returns ``closure()``'s loss."""
+        self._check_fused_groups()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            lr, eps, wd, amsgrad = group["lr"], group["eps"], group["weight_decay"], group["amsgrad"]
+            hp = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                      amsgrad=group["amsgrad"])
             twice = group["mask_placement"] == "grad_and_update"
+            fused = bool(group.get("fused"))
+            cpu_items, cuda_items = [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("RepOptimizerAdamW does not support sparse gradients")
                 st = self.state[p]
+                on_device = fused and p.device.type != "cpu"
                 if "step" not in st:
-                    st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    st["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device if on_device else None)
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if amsgrad:
+                    if group["amsgrad"]:
                         st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m = st.get(MASK_KEY)
-                grad = p.grad if m is None else p.grad * m
-                exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+                elif on_device and st["step"].device != p.device:  # a state saved by an unfused optimizer
+                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+                if fused:  # these count their steps in one torch._foreach_add_
+                    (cuda_items if on_device else cpu_items).append((p, p.grad, st.get(MASK_KEY), st))
+                    continue
                 st["step"] += 1
-                if wd != 0:
-                    p.mul_(1 - lr * wd)
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                step = st["step"].item()
-                bias_correction1 = 1 - beta1 ** step
-                bias_correction2 = 1 - beta2 ** step
-                step_size = lr / bias_correction1
-                bias_correction2_sqrt = bias_correction2 ** 0.5
-                if amsgrad:
-                    torch.maximum(st["max_exp_avg_sq"], exp_avg_sq, out=st["max_exp_avg_sq"])
-                    denom = (st["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(eps)
-                else:
-                    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-                p.addcdiv_(exp_avg if (m is None or not twice) else exp_avg * m, denom, value=-step_size)
+                _single_tensor_repopt_adamw(p, p.grad, st.get(MASK_KEY), st, twice=twice, **hp)
+            if cpu_items:
+                _cpu_fused_repopt_adamw(cpu_items, twice=twice, **hp)
+            if cuda_items:
+                torch._foreach_add_([st["step"] for *_, st in cuda_items], 1)
+                _cuda_fused_repopt_adamw(cuda_items, **hp)
         return loss
 
 
@@ -705,14 +1022,17 @@ def build_repoptimizer(model: nn.Module, scales: Mapping[str, Tensor] | None, lr
                        dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                        no_decay_bn: bool = True, identity: str = "trainable", update_rule: str = "sgd",
                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, amsgrad: bool = False,
-                       mask_placement: str = "grad_and_update",
-                       foreach: bool | None = None) -> RepOptimizerSGD | RepOptimizerAdamW:
+                       mask_placement: str = "grad_and_update", foreach: bool | None = None,
+                       fused: bool | None = None,
+                       nesterov_rounding: str = "torch") -> RepOptimizerSGD | RepOptimizerAdamW:
     """The RepOptimizer of a RepOpt-VGG model from its HyperSearch scales (SPEC §3).
 
     One Grad Mult mask per target conv (:func:`build_grad_mult_masks`, exponent 2 for
     ``update_rule='sgd'``, 1 for ``'adamw'``), param groups by
     :func:`weight_decay_groups`. ``scales=None`` takes ``model.repopt_scales`` (set by
-    ``create_model('repopt_vgg_…')`` and ``repopt_from_csla``). Everything is validated
+    ``create_model('repopt_vgg_…')`` and ``repopt_from_csla``). ``foreach`` and
+    ``nesterov_rounding`` are SGD's only; ``fused`` is either optimizer's one-pass step
+    (:class:`RepOptimizerSGD`, :class:`RepOptimizerAdamW`). Everything is validated
     before the optimizer exists.
     """
     if scales is None:
@@ -724,15 +1044,25 @@ def build_repoptimizer(model: nn.Module, scales: Mapping[str, Tensor] | None, lr
         raise ValueError(f"update_rule must be 'sgd' or 'adamw', got {update_rule!r}")
     if update_rule == "sgd":
         _check_sgd_hparams(lr, momentum, dampening, nesterov, weight_decay, foreach)
+        _check_fused(fused, foreach)
+        _check_nesterov_rounding(nesterov_rounding)
     else:
         _check_adamw_hparams(lr, betas, eps, weight_decay, amsgrad, mask_placement)
+        _check_fused(fused)
+        if foreach is not None:
+            raise ValueError(f"foreach is RepOptimizerSGD's option; update_rule='adamw' takes foreach=None, "
+                             f"got {foreach!r}")
+        if nesterov_rounding != "torch":
+            raise ValueError(f"nesterov_rounding is RepOptimizerSGD's option; update_rule='adamw' takes 'torch', "
+                             f"got {nesterov_rounding!r}")
     masks = build_grad_mult_masks(model, scales, identity=identity, exponent=2 if update_rule == "sgd" else 1)
     groups = weight_decay_groups(model, weight_decay, no_decay_bn=no_decay_bn)
     if update_rule == "sgd":
         return RepOptimizerSGD(groups, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                               weight_decay=weight_decay, grad_mult_masks=masks, foreach=foreach)
+                               weight_decay=weight_decay, grad_mult_masks=masks, foreach=foreach, fused=fused,
+                               nesterov_rounding=nesterov_rounding)
     return RepOptimizerAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                             grad_mult_masks=masks, mask_placement=mask_placement)
+                             grad_mult_masks=masks, mask_placement=mask_placement, fused=fused)
 
 
 @torch.no_grad()
