@@ -23,6 +23,7 @@ __all__ = [
     "NESTEROV_ROUNDINGS",
     "RENAMED_NESTEROV_ROUNDINGS",
     "KMEANS_INITS",
+    "DEFAULT_KMEANS_INIT",
     "OPTIMAL_METHODS",
     "WEIGHT_SCHEMES",
     "ACTIVATION_OBSERVERS",
@@ -69,6 +70,9 @@ MIN_SCALE = 2.0**-126
 WEIGHT_SCHEMES = ("uniform", "kmeans")
 #: every init of the 1-D k-means (SPEC §5.kmeans)
 KMEANS_INITS = ("linear", "quantile", "kmeans++", "optimal", "binned", "warm")
+#: the default init of the 1-D k-means, the ClusterQAT quantizers and ``repspec quantize clusterqat``, in the
+#: reference and in torch_impl alike (SPEC §5.kmeans-binned): the exact DP over weighted runs, then Lloyd
+DEFAULT_KMEANS_INIT = "binned"
 #: the exact DP's solvers (SPEC §5.kmeans): the textbook quadratic recursion and the monotone split search
 OPTIMAL_METHODS = ("quadratic", "divide_and_conquer")
 #: how a QDQ ONNX file stores a convolution's bias

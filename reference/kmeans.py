@@ -28,9 +28,13 @@ the largest one (empty clusters); no iterations are run.
 **Inits** (``init=``): ``linear`` (``np.linspace(min, max, k)``, Deep Compression),
 ``quantile`` (the mid-quantiles ``(2j+1)/(2k)``, ``np.quantile`` linear),
 ``kmeans++`` (D² sampling, needs an explicit ``seed``), ``optimal`` (the exact DP
-optimum, :func:`kmeans_1d_optimal`), and ``warm`` (the given ``init_centroids``,
-used by ClusterQAT refits). The default, :data:`DEFAULT_INIT`, was chosen by
-measurement (``benchmarks/kmeans_init_study.py``, table in docs/05-quantization.md).
+optimum, :func:`kmeans_1d_optimal`), ``binned`` (the exact DP over a few hundred
+weighted runs of the sorted values, :func:`binned_optimal_centroids`), and ``warm``
+(the given ``init_centroids``, used by ClusterQAT refits). The default,
+:data:`DEFAULT_INIT` (``repspec.core.vocabulary.DEFAULT_KMEANS_INIT``, shared with
+torch_impl), is ``binned``: the exact optimum whenever a layer has at most ``2B``
+distinct values, and within a measured fraction of it on large layers at a small part
+of the exact DP's cost (SPEC §5.kmeans-binned).
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from repspec.core.vocabulary import OPTIMAL_METHODS
+from repspec.core.vocabulary import DEFAULT_KMEANS_INIT, KMEANS_INITS, OPTIMAL_METHODS
 
 from ._checks import as_float_array, check_choice, check_int
 
 __all__ = [
     "DEFAULT_INIT",
     "INITS",
+    "BINNED_FINE_CELLS",
     "KMeansResult",
     "midpoints",
     "assign",
@@ -54,13 +59,20 @@ __all__ = [
     "initial_centroids",
     "kmeans_1d",
     "kmeans_1d_optimal",
+    "binned_bin_count",
+    "binned_run_edges",
+    "binned_optimal_centroids",
     "kmeans_fake_quantize",
     "kmeans_fake_quantize_backward",
 ]
 
-#: the default init: the exact DP optimum — measured best (docs/05-quantization.md, "Choosing the init")
-DEFAULT_INIT = "optimal"
-INITS = ("linear", "quantile", "kmeans++", "optimal", "warm")
+#: the default init, shared with torch_impl (one source: ``repspec.core.vocabulary``): the exact DP over
+#: weighted runs of the sorted values, then Lloyd (SPEC §5.kmeans-binned)
+DEFAULT_INIT = DEFAULT_KMEANS_INIT
+#: every init (``warm`` last: it is the only one that takes ``init_centroids``)
+INITS = KMEANS_INITS
+#: fine cells of each kind (equal count, equal width) on which the binned init estimates ``p^{1/3}`` mass
+BINNED_FINE_CELLS = 4096
 
 
 class KMeansResult(NamedTuple):
@@ -180,14 +192,15 @@ def _kmeans_pp(v: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.asarray(chosen))
 
 
-def initial_centroids(values, k, init: str = DEFAULT_INIT, *, seed=None) -> np.ndarray:
-    """The ``(k,)`` sorted starting centroids of ``init`` ∈ {linear, quantile, kmeans++, optimal}.
+def initial_centroids(values, k, init: str = DEFAULT_INIT, *, seed=None, bins=None) -> np.ndarray:
+    """The ``(k,)`` sorted starting centroids of ``init`` ∈ {linear, quantile, kmeans++, optimal, binned}.
 
     * ``linear``: ``np.linspace(min v, max v, k)``.
     * ``quantile``: ``np.quantile(v, (2j + 1)/(2k))``, ``j = 0..k−1`` (linear interpolation).
     * ``kmeans++``: D² sampling with ``seed`` (int or ``np.random.Generator``; a Generator
       is advanced). Requires ``k <`` #distinct values.
     * ``optimal``: the centroids of :func:`kmeans_1d_optimal`.
+    * ``binned``: :func:`binned_optimal_centroids` with ``bins`` (``None``: ``max(128, 2k)``).
 
     >>> initial_centroids(np.arange(9.0), 3, "linear")
     array([0., 4., 8.])
@@ -197,6 +210,10 @@ def initial_centroids(values, k, init: str = DEFAULT_INIT, *, seed=None) -> np.n
     v = as_float_array(values, "values").ravel()
     k = check_int(k, "k", min_value=1)
     init = check_choice(init, "init", INITS[:-1])
+    if bins is not None:
+        check_int(bins, "bins", min_value=1)
+    if init == "binned":
+        return binned_optimal_centroids(v, k, bins=bins)
     if init == "linear":
         return np.linspace(v.min(), v.max(), k)
     if init == "quantile":
@@ -254,13 +271,17 @@ def _layer_divide_and_conquer(prev, j, n, s0, s1, s2):
     return d, opt
 
 
-def _optimal_centroids(uniq: np.ndarray, counts: np.ndarray, k: int, method: str) -> np.ndarray:
-    """Exact 1-D k-means over distinct sorted values with multiplicities (``k < n``)."""
-    n = uniq.size
-    x = uniq - np.average(uniq, weights=counts)  # centred: less cancellation in S2 − S1²/S0
-    s0 = np.concatenate([[0.0], np.cumsum(counts.astype(np.float64))])
-    s1 = np.concatenate([[0.0], np.cumsum(counts * x)])
-    s2 = np.concatenate([[0.0], np.cumsum(counts * x * x)])
+def _optimal_starts(points: np.ndarray, weights: np.ndarray, k: int, method: str) -> np.ndarray:
+    """Segment starts ``(k,)`` of the exact ``k``-segmentation of sorted weighted points (``k < n``).
+
+    ``points`` ascending (equal points allowed: the binned init's runs), ``weights > 0``. Ties between
+    splits of equal cost → the smallest split at every backtracking step (SPEC §5.kmeans)."""
+    n = points.size
+    w = weights.astype(np.float64)
+    x = points - np.average(points, weights=w)  # centred: less cancellation in S2 − S1²/S0
+    s0 = np.concatenate([[0.0], np.cumsum(w)])
+    s1 = np.concatenate([[0.0], np.cumsum(w * x)])
+    s2 = np.concatenate([[0.0], np.cumsum(w * x * x)])
     layer = _layer_quadratic if method == "quadratic" else _layer_divide_and_conquer
     d = np.full(n + 1, np.inf)
     d[1:] = _segment_cost(s0, s1, s2, np.zeros(n, dtype=np.int64), np.arange(1, n + 1))
@@ -272,7 +293,12 @@ def _optimal_centroids(uniq: np.ndarray, counts: np.ndarray, k: int, method: str
     for opt in reversed(opts):
         i = int(opt[i])
         starts.insert(1, i)
-    starts = np.array(starts)
+    return np.array(starts, dtype=np.int64)
+
+
+def _optimal_centroids(uniq: np.ndarray, counts: np.ndarray, k: int, method: str) -> np.ndarray:
+    """Exact 1-D k-means over distinct sorted values with multiplicities (``k < n``)."""
+    starts = _optimal_starts(uniq, counts, k, method)
     sums = np.add.reduceat(counts * uniq, starts)
     return sums / np.add.reduceat(counts.astype(np.float64), starts)
 
@@ -319,11 +345,112 @@ def kmeans_1d_optimal(values, k, *, method: str = "quadratic") -> KMeansResult:
     return KMeansResult(c, labels, s, 0, True, np.array([s]))
 
 
+# ------------------------------------------------------------------ the binned init
+
+
+def binned_bin_count(k, bins=None) -> int:
+    """``B``, the number of runs of each kind of the binned init: ``max(128, 2k)`` by default, else
+    ``max(bins, k)`` (SPEC §5.kmeans-binned).
+
+    >>> binned_bin_count(16), binned_bin_count(256), binned_bin_count(4, bins=8), binned_bin_count(16, bins=8)
+    (128, 512, 8, 16)
+    """
+    k = check_int(k, "k", min_value=1)
+    if bins is None:
+        return max(128, 2 * k)
+    return max(check_int(bins, "bins", min_value=1), k)
+
+
+def binned_run_edges(sorted_values, bins) -> np.ndarray:
+    """Run boundaries of the binned init: indices into the ascending values, ``0`` and ``n`` included,
+    ascending and distinct (so no run is empty). SPEC §5.kmeans-binned.
+
+    The union of
+
+    * ``bins`` **equal-count** runs: ``⌊r·n/bins⌋``, ``r = 0..bins`` (such a boundary may fall inside a
+      group of equal values, splitting it between two runs);
+    * ``bins`` runs of **equal ``p^{1/3}`` mass** (``p`` the values' density; the high-resolution optimal
+      quantizer puts its levels with density ``∝ p^{1/3}``), estimated on fine cells: the union of
+      ``F = 4096`` equal-count cells (``⌊i·n/F⌋``) and ``F`` equal-width cells (``#{v < g_i}`` at
+      ``g_i = v_0 + (v_{n−1} − v_0)·(i/F)``, ``i = 1..F−1``). A fine boundary at index ``c`` sits at
+      ``x_c = 0.5·v_{c−1} + 0.5·v_c`` (the ends at ``v_0`` and ``v_{n−1}``); a fine cell of ``m`` values
+      and width ``Δx`` has mass ``m^{1/3}·max(Δx, 0)^{2/3}``. With ``M`` the cumulative mass (``M_0 = 0``),
+      target ``τ_r = r·(M_last/bins)``, ``r = 1..bins−1``, is found in cell ``j = #{a : M_a ≤ τ_r}``
+      (clamped to ``[1, len(M) − 1]``), interpolated linearly to
+      ``y = x_{j−1} + f·(x_j − x_{j−1})``, ``f = clamp((τ_r − M_{j−1}) / max(M_j − M_{j−1}, 1e-300), 0, 1)``,
+      and becomes the boundary ``#{v ≤ y}`` (never inside a group of equal values).
+
+    >>> binned_run_edges(np.arange(8.0), 2)  # uniform data: the equal-mass boundary is the median
+    array([0, 4, 8])
+    >>> binned_run_edges(np.arange(12.0) ** 2, 3)  # sparse upper tail: equal mass adds 6 and 9
+    array([ 0,  4,  6,  8,  9, 12])
+    """
+    s = as_float_array(sorted_values, "sorted_values", ndim=1)
+    if np.any(np.diff(s) < 0):
+        raise ValueError("sorted_values must be sorted ascending")
+    bins = check_int(bins, "bins", min_value=1)
+    n, fine = s.size, BINNED_FINE_CELLS
+    grid = s[0] + (s[-1] - s[0]) * (np.arange(1, fine, dtype=np.float64) / fine)
+    cells = np.unique(np.concatenate([np.arange(fine + 1) * n // fine, np.searchsorted(s, grid, side="left")]))
+    inner = np.clip(cells, 1, n - 1)
+    x = 0.5 * s[inner - 1] + 0.5 * s[inner]  # fine boundaries in value space
+    x[0], x[-1] = s[0], s[-1]
+    mass = np.diff(cells).astype(np.float64) ** (1 / 3) * np.maximum(np.diff(x), 0.0) ** (2 / 3)
+    cum = np.concatenate([[0.0], np.cumsum(mass)])
+    target = np.arange(1, bins, dtype=np.float64) * (cum[-1] / bins)
+    j = np.clip(np.searchsorted(cum, target, side="right"), 1, cum.size - 1)
+    frac = np.clip((target - cum[j - 1]) / np.maximum(cum[j] - cum[j - 1], 1e-300), 0.0, 1.0)
+    by_mass = np.searchsorted(s, x[j - 1] + frac * (x[j] - x[j - 1]), side="right")
+    by_count = np.arange(bins + 1) * n // bins
+    return np.unique(np.concatenate([by_count, by_mass]))
+
+
+def binned_optimal_centroids(values, k, *, bins=None, method: str = "quadratic") -> np.ndarray:
+    """The ``binned`` init (SPEC §5.kmeans-binned): the exact DP over weighted runs of the sorted values.
+
+    With ``B = binned_bin_count(k, bins)`` and the ``n`` values sorted ascending (prefix sums
+    ``S[p] = Σ_{i<p} v_(i)``, left to right):
+
+    1. if ``n ≤ 4B`` or at most ``2B`` values are distinct: the exact optimum on the values
+       themselves (:func:`kmeans_1d_optimal`; ``k ≥ d`` is its exact rule);
+    2. else the runs ``[e_r, e_{r+1})`` between the :func:`binned_run_edges` ``e`` each become one point,
+       their mean ``(S[e_{r+1}] − S[e_r]) / w_r``, weighted by their count ``w_r``; with at most ``k``
+       runs, the exact optimum on the values as in 1;
+    3. the exact DP (:func:`kmeans_1d_optimal`'s recurrence, ties → the smallest split) cuts the runs
+       into ``k`` segments; each centroid is the mean of all the values of its segment's runs,
+       ``(S[end] − S[start]) / (end − start)``.
+
+    Returns the ``(k,)`` ascending centroids (Lloyd then runs from them in ``kmeans_1d(init="binned")``).
+    ``method``: the DP solver (:data:`~repspec.core.vocabulary.OPTIMAL_METHODS`; same result).
+
+    >>> v = np.linspace(0.0, 1.0, 9) ** 2  # few values: the exact optimum
+    >>> np.array_equal(binned_optimal_centroids(v, 3), kmeans_1d_optimal(v, 3).centroids)
+    True
+    """
+    v = as_float_array(values, "values")
+    b = binned_bin_count(k, bins)
+    k = check_int(k, "k", min_value=1)
+    method = check_choice(method, "method", OPTIMAL_METHODS)
+    s = np.sort(v.ravel())
+    n = s.size
+    if n <= 4 * b or np.unique(s).size <= 2 * b:
+        return kmeans_1d_optimal(s, k, method=method).centroids
+    edges = binned_run_edges(s, b)
+    prefix = np.concatenate([[0.0], np.cumsum(s)])
+    w = np.diff(edges)
+    points = (prefix[edges[1:]] - prefix[edges[:-1]]) / w
+    if points.size <= k:
+        return kmeans_1d_optimal(s, k, method=method).centroids
+    starts = edges[_optimal_starts(points, w, k, method)]
+    ends = np.append(starts[1:], n)
+    return (prefix[ends] - prefix[starts]) / (ends - starts)
+
+
 # ---------------------------------------------------------------------------- Lloyd
 
 
 def kmeans_1d(values, k, *, init: str | None = None, max_iter: int = 300, seed=None,
-              init_centroids=None) -> KMeansResult:
+              init_centroids=None, bins=None) -> KMeansResult:
     """1-D k-means (Lloyd) with a named init (SPEC §5, module docstring for every rule).
 
     ``values``: any shape (flattened for clustering; ``labels`` keep the shape).
@@ -331,7 +458,8 @@ def kmeans_1d(values, k, *, init: str | None = None, max_iter: int = 300, seed=N
     ``init_centroids`` is given and :data:`DEFAULT_INIT` otherwise. ``init="warm"``
     needs ``init_centroids`` (``(k,)``, finite; sorted ascending here) and any other
     init refuses them. ``seed``: int or ``np.random.Generator``, required by
-    ``kmeans++``. ``max_iter ≥ 0`` bounds the number of updates.
+    ``kmeans++``. ``max_iter ≥ 0`` bounds the number of updates. ``bins``: the ``binned``
+    init's run count (``None``: ``max(128, 2k)``; SPEC §5.kmeans-binned).
 
     Returns :class:`KMeansResult`; ``sse_history[t]`` is the SSE after ``t`` updates
     (``sse_history[0]``: the init's assignment), non-increasing.
@@ -344,6 +472,8 @@ def kmeans_1d(values, k, *, init: str | None = None, max_iter: int = 300, seed=N
     v = as_float_array(values, "values")
     k = check_int(k, "k", min_value=1)
     max_iter = check_int(max_iter, "max_iter", min_value=0)
+    if bins is not None:
+        check_int(bins, "bins", min_value=1)
     if init is None:
         init = "warm" if init_centroids is not None else DEFAULT_INIT
     init = check_choice(init, "init", INITS)
@@ -359,7 +489,7 @@ def kmeans_1d(values, k, *, init: str | None = None, max_iter: int = 300, seed=N
     if exact is not None:
         return exact
     if init != "warm":
-        c = initial_centroids(v, k, init, seed=seed)
+        c = initial_centroids(v, k, init, seed=seed, bins=bins)
     labels = _assign(v, c)
     history = [_sse(v, c, labels)]
     converged, n_iter = False, 0

@@ -540,6 +540,66 @@ def test_binned_init_is_exact_with_few_distinct_values_and_near_optimal_otherwis
         assert got.sse <= opt.sse * 1.05, (got.sse / opt.sse, bins, k)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@given(seed=S.seeds, n=st.integers(20, 700), k=st.sampled_from([1, 2, 4, 8, 16]),
+       bins=st.sampled_from([None, 2, 4, 8, 32]), kind=st.sampled_from(["heavy", "duplicates", "grid"]),
+       max_iter=st.sampled_from([0, 1, 300]))
+@example(seed=3, n=120, k=4, bins=4, kind="duplicates", max_iter=0)  # equal values straddling a count boundary
+def test_binned_init_equals_the_reference(device, seed, n, k, bins, kind, max_iter):
+    """SPEC §5.kmeans-binned: torch's binned init (and Lloyd from it) is the reference's — the same run
+    boundaries (integers, exactly), centroids to CENTROID_RTOL, labels exactly; on both the run path and
+    the few-values path. (The conformance clause §5.kmeans-binned checks it with ε-ambiguity handling.)"""
+    rng = S.rng_from(seed)
+    v = rng.standard_t(3, n)
+    if kind == "duplicates":
+        v[rng.random(n) < 1 / 3] = v[0]
+    elif kind == "grid":
+        v = np.round(v * 8) / 8
+    b = R.binned_bin_count(k, bins)
+    if n > 4 * b and np.unique(v).size > 2 * b:
+        edges = T._bin_edges(T._SortedValues(tt(v, device)), b)
+        np.testing.assert_array_equal(npy(edges), R.binned_run_edges(np.sort(v), b))
+    init = T.binned_optimal_centroids(tt(v, device), k, bins=bins)
+    np.testing.assert_allclose(npy(init), R.binned_optimal_centroids(v, k, bins=bins), rtol=CENTROID_RTOL, atol=0)
+    ref = R.kmeans_1d(v, k, init="binned", bins=bins, max_iter=max_iter)
+    got = T.kmeans_1d(tt(v, device), k, init="binned", bins=bins, max_iter=max_iter)
+    assume(reference_run_margin(v, k, R.binned_optimal_centroids(v, k, bins=bins), max_iter) > EPS)
+    np.testing.assert_allclose(npy(got.centroids), ref.centroids, rtol=CENTROID_RTOL, atol=0)
+    np.testing.assert_array_equal(npy(got.labels), ref.labels)
+
+
+#: the constructed exact DP ties of tests/test_ref_kmeans.py (dyadic data, several optimal segmentations of
+#: exactly equal SSE): every solver must take the documented one, the reference's
+DP_TIES = [
+    (np.array([0.0, 1.0, 2.0]), 2),
+    (np.array([0.0, 1.0, 2.0, 3.0, 4.0]), 2),
+    (np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]), 2),
+    (np.repeat([0.0, 1.0, 2.0], 4), 2),
+    (np.array([0.0, 1.0, 2.0, 4.0, 5.0, 6.0]), 3),
+    (np.repeat([0.0, 1.0, 2.0, 4.0, 5.0, 6.0], 2), 3),
+    (np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 8.0, 9.0, 10.0]), 3),
+    (np.arange(9.0), 4),
+    (np.array([0.0, 0.25, 0.5, 1.0, 1.25, 1.5]), 3),
+    (np.array([0.0, 0.0, 1.0, 1.0, 2.0]), 2),  # k < #distinct with duplicates
+    (np.array([0.0, 0.0, 1.0, 1.0, 2.0]), 4),  # k ≥ #distinct: the exact rule
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("v, k", DP_TIES, ids=[f"{len(v)}v-k{k}-{i}" for i, (v, k) in enumerate(DP_TIES)])
+def test_every_dp_solver_takes_the_documented_tie(device, solver, v, k):
+    """SPEC §5.kmeans's tie rule (the segment starts, read from the last backwards, smallest): torch's three
+    DP solvers pick exactly the reference's segmentation on exact ties, for both reference methods."""
+    if device != "cpu" and solver == "compiled":
+        pytest.skip("the compiled solver runs only with the CPU loops on (kmeans.py never picks it otherwise)")
+    refs = [R.kmeans_1d_optimal(v, k, method=m).centroids for m in ("quadratic", "divide_and_conquer")]
+    assert np.array_equal(refs[0], refs[1])
+    with dp_solver(solver):
+        got = T.kmeans_1d_optimal(tt(v, device), k)
+    np.testing.assert_array_equal(npy(got.centroids), refs[0])
+
+
 #: The default's SSE / exact optimum bound, by k. Measured on 20,000 t(df) values, 26 seeds each
 #: (seeds 0..24 and 5166723): worst 1.0018 at k = 16 (df 2), 1.031 at k = 64 (df 3) and 1.056 at
 #: k = 64 (df 2, median 1.016) — with 64 clusters on heavy tails Lloyd stops in local optima a few

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repspec.core.vocabulary import CALIBRATOR_SHORT_NAMES, CALIBRATORS
+from repspec.core.vocabulary import CALIBRATOR_SHORT_NAMES, CALIBRATORS, DEFAULT_KMEANS_INIT
 
 __all__ = ["DemoConfig", "QUICK", "FULL", "DEMO_DATASETS", "run_demo", "run_qat", "model_seed", "aggregate",
            "evaluate_claims", "format_table", "format_claims", "render_results", "compare_verdicts", "load_results"]
@@ -153,7 +153,7 @@ def run_qat(model, train_loader, test_loader, calib_loader=None, *, method: str,
     if method not in ("qat", "clusterqat"):
         raise ValueError(f"method must be 'qat' or 'clusterqat', got {method!r}")
     wq = (UniformWeightQuantizer(bits, per_channel=per_channel) if method == "qat"
-          else KMeansWeightQuantizer(bits, update_every=update_every))
+          else KMeansWeightQuantizer(bits, update_every=update_every, init=DEFAULT_KMEANS_INIT))
     if act_ranges is None and calib_loader is not None and act_bits is not None:
         act_ranges = _calibrated_ranges(model, calib_loader, act_bits, calib_batches, device)
     qat_model = make_qat_model(model, weight_quantizer=wq, act_bits=act_bits, act_ranges=act_ranges).to(device)

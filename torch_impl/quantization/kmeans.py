@@ -87,7 +87,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from repspec.core.vocabulary import KMEANS_INITS
+from repspec.core.vocabulary import DEFAULT_KMEANS_INIT, KMEANS_INITS
 
 from .._validation import check_int
 
@@ -106,11 +106,12 @@ __all__ = [
     "METHODS",
 ]
 
-#: the default init of kmeans_1d, KMeansWeightQuantizer and ``repspec quantize clusterqat``: the exact DP
+#: the default init of kmeans_1d, KMeansWeightQuantizer and ``repspec quantize clusterqat`` — the reference's
+#: too (one source, ``repspec.core.vocabulary.DEFAULT_KMEANS_INIT``; SPEC §5.kmeans-binned): the exact DP
 #: over a few hundred bins, then Lloyd — at or below scikit-learn's SSE at more than 50x its speed on
 #: 10^6-2.4M values, k = 16 and 256 (benchmarks/bench_kmeans.py; README "Performance"); ``'optimal'`` is the
 #: exact optimum at about 30x the default's cost
-DEFAULT_INIT = "binned"
+DEFAULT_INIT = DEFAULT_KMEANS_INIT
 #: every init of :func:`kmeans_1d` (SPEC §5.kmeans)
 INITS = KMEANS_INITS
 #: bins of the ``binned`` init: ``None`` = ``max(128, 2k)`` (:func:`binned_optimal_centroids`)
@@ -735,7 +736,8 @@ def _binned_from_sorted(sv: _SortedValues, k: int, bins: int | None) -> Tensor:
 
 
 def binned_optimal_centroids(values: Tensor, k: int, *, bins: int | None = None) -> Tensor:
-    """SPEC §5 (torch-only fast init): the exact k-segmentation of a few hundred weighted bins.
+    """SPEC §5.kmeans-binned: the exact k-segmentation of a few hundred weighted bins (reference
+    :func:`~repspec.reference.kmeans.binned_optimal_centroids`).
 
     The sorted values are cut into runs (:func:`_bin_edges`: ``B`` equal-count runs and
     ``B`` runs of equal ``p^{1/3}`` mass, ``B = bins`` or ``max(128, 2k)``); each run
