@@ -26,8 +26,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/repspec demo
 
+# The suite runs on every core (pytest-xdist; TEST_WORKERS=0 runs it in one process). Each test
+# is independent and seeded, so the split between workers does not change any result.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The suite under the random `dev` Hypothesis profile with a fresh seed, printed before and after
 # the run so that a failure can be replayed: `make test-random SEED=<seed>`. ARGS narrows the run

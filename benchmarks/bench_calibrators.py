@@ -8,7 +8,7 @@ calibrator runs once per round and the rounds alternate the calibrators (interle
 load drift on a shared machine hits all alike. Small: ``repvgg_tiny8`` at 16x16
 (the demo's model and image size), 4 batches of 64. Full: ``repvgg_a0`` and
 ``repvgg_b1`` at 3x224x224, 2 batches of 8 (ImageNet shape). 1 torch thread.
-Target (issue 11): ``mse`` ≤ 3x ``minmax``.
+Target: ``mse`` ≤ 3x ``minmax``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ other processes hits both alike.
 
 Reported: min and median seconds, the speed-up (sklearn / ours, of the mins) and the SSE
 ratio (ours / sklearn; every SSE evaluated the same way, float64, nearest centroid).
-Targets (issue 11): default ≥ 50x at SSE ≤ 1; optimal ≤ 1x sklearn's time at k = 16.
+Targets: default ≥ 50x at SSE ≤ 1; optimal ≤ 1x sklearn's time at k = 16.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Run: ``make bench`` (``REPSPEC_BENCH_SIZE=full``) or ``make bench-smoke``.
    classes) at 4 and 8 bits (16 / 256 centroids); small: ``repvgg_a0`` at 4 bits. Reported in
    seconds and as a ratio to one uniform-QAT training step of the same model (batch 8 at
    224x224 full; batch 32 at 32x32 small). **Time to first step**: model wrap (first fit)
-   + the first ClusterQAT training step — issue 11's "starts training within a minute" for
+   + the first ClusterQAT training step — the target "starts training within a minute" for
    B1 at 8 bits.
 2. **Steady-state step** (forward + backward + SGD step), RepVGG-A0, 4-bit weights, 8-bit
    activations: ``uniform`` vs ``cluster_every1`` (warm Lloyd refit of every layer each

@@ -1,4 +1,4 @@
-"""Deliberately broken adapters: proof that the conformance suite catches real porting bugs (issue 6).
+"""Deliberately broken adapters: proof that the conformance suite catches real porting bugs.
 
 Each is the correct :class:`ReferenceAdapter` with ONE method re-implemented the way a
 port plausibly gets it wrong. :data:`BROKEN` maps each to the clause that must catch it
@@ -257,7 +257,7 @@ class LossSumNotMeanAdapter(ReferenceAdapter):
         return TrainIterationResult(loss, logits, grads, {**params, **stepped}, {**buffers, **new_buffers}, state)
 
 
-# ---- issue 14: declines, gradients read after step(), shapes, a tiny systematic drift
+# ---- declines, gradients read after step(), shapes, a tiny systematic drift
 
 
 class DeclinesDeadChannelsAdapter(ReferenceAdapter):
@@ -698,7 +698,7 @@ BROKEN: dict[str, Broken] = {
     "fusion_identity_ignores_groups": _b(FusionIgnoresGroupsIdentityAdapter, "§2.fusion", "§1.train-iteration"),
     "biased_running_var": _b(BiasedRunningVarAdapter, "§4.oabn", "§1.train-iteration"),
     "loss_summed": _b(LossSumNotMeanAdapter, "§1.train-iteration"),
-    # issue 14
+    # declines, gradients read after step(), shapes, a tiny systematic drift
     "declines_dead_channels": _b(DeclinesDeadChannelsAdapter, "§2.fusion", message="special-value case",
                                  generated=False),
     "declines_most": _b(DeclinesMostAdapter, "§3.grad-mult", "§3.theorem", message="declined most of the clause",

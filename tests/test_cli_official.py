@@ -1,4 +1,4 @@
-"""Issue 13 on the command line: original-code ``.pth`` checkpoints (``--checkpoint X.pth --model NAME``)
+"""On the command line: original-code ``.pth`` checkpoints (``--checkpoint X.pth --model NAME``)
 through convert / evaluate / quantize / analyze, the ONNX path (``convert --onnx``, ``quantize --onnx``,
 ``verify --onnx``), and bad input (one line, exit status 2; a failed verification exits 1).
 

@@ -1,4 +1,4 @@
-"""The command line never loses a user's files and never silently gives a wrong result (issue 9).
+"""The command line never loses a user's files and never silently gives a wrong result.
 
 Covers the output rule (repspec replaces only what it wrote, only with ``--overwrite``),
 one-line errors with exit status 2 (130 for Ctrl-C), checks before torch is imported,
@@ -595,7 +595,7 @@ def fuzz_assets(ckpt, tmp_path_factory):
 
 @settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
-@example(command="convert", place="user", overwrite=True, absolute=False)  # the issue's cases, always run
+@example(command="convert", place="user", overwrite=True, absolute=False)  # the reported cases, always run
 @example(command="quantize", place="full", overwrite=True, absolute=True)
 @example(command="quantize", place="own_dirty", overwrite=True, absolute=False)
 @example(command="quantize", place=".", overwrite=True, absolute=False)

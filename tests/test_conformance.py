@@ -1,4 +1,4 @@
-"""Issue 6: the conformance suite for ports (repspec.conformance).
+"""The conformance suite for ports (repspec.conformance).
 
 - the selected implementation (``--repspec-impl`` / ``REPSPEC_IMPL``, default ``torch``) passes
   every clause — one test per clause;
@@ -7,11 +7,11 @@
   by nothing implausible, and the report names the clause, the quantity and a counter-example
   (also from the generated cases alone, shrunk);
 - reports print and serialize; bad ``--impl`` specs fail clearly; adapters may leave methods out;
-- issue 14: checked / declined / tie-discarded cases are counted apart with reasons; a clause whose
+- checked / declined / tie-discarded cases are counted apart with reasons; a clause whose
   adapter declines most of it, or declines a special value every port must run, fails; ``--strict``
   also fails declined optional special values; tracebacks appear in the text report; the theorem's
   derived bound catches a 1e-12 drift;
-- issue 9: coverage line and exit status; no ``.hypothesis/`` left in the working directory; an
+- the coverage line and exit status; no ``.hypothesis/`` left in the working directory; an
   adapter module in the current directory is found.
 """
 
@@ -271,7 +271,7 @@ def test_numpy_inputs_reach_the_adapter_as_float64():
     assert seen and all(d == np.float64 for d in seen)
 
 
-# ------------------------------------------------------------ issue 14: declines, ties, strict
+# ------------------------------------------------------------ declines, ties, strict
 
 
 def _accounting_clause():
@@ -471,7 +471,7 @@ def test_reinit_checks_a_port_s_own_draw(adapter, message):
         assert res.status == "FAIL" and message in f"{res.quantity}: {res.message}", res.message
 
 
-# ------------------------------------------------------------------ issue 9: verify
+# ------------------------------------------------------------------ verify
 
 
 def test_verify_reports_coverage_and_exit_status(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""Issue 14: the worked third-party example of docs/porting.md §6 runs, and the page shows it verbatim.
+"""The worked third-party example of docs/porting.md §6 runs, and the page shows it verbatim.
 
 ``tests/third_party/tinyrep.py`` is a small pure-NumPy port written in another style (NHWC
 activations, HWIO kernels, per-channel on the last axis, RepOpt scales in the original code's

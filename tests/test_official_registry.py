@@ -1,4 +1,4 @@
-"""Issue 13: the registry covers the original authors' architectures, and their state dicts load strictly.
+"""The registry covers the original authors' architectures, and their state dicts load strictly.
 
 ``original_layout`` below is an *independent* transcription of the original code's
 construction rules (RepVGG ``repvgg.py``: ``RepVGG(num_blocks, width_multiplier,
@@ -252,7 +252,7 @@ def test_csla_default_scales_are_the_original_csla_constants(name):
     assert all(torch.all(b.scale_conv.weight == 1) for _, b in unit.named_blocks())
 
 
-# ------------------------------------------------- issue 10: one source for the HyperSearch schedule
+# ------------------------------------------------- one source for the HyperSearch schedule
 
 
 def test_hypersearch_scale_init_is_the_official_schedule():

@@ -1,4 +1,4 @@
-"""Issue 13: deployed networks as ONNX (FP32 and QDQ INT8), checked with onnxruntime on the CPU.
+"""Deployed networks as ONNX (FP32 and QDQ INT8), checked with onnxruntime on the CPU.
 
 Tolerances (float32 throughout — ONNX graphs are float32):
 

@@ -1,6 +1,6 @@
 """The reference's one checking layer (reference/_checks.py): one rule per kind of argument.
 
-Before issue 10 the reference had 19 near-identical validators that disagreed (a flag
+Before this layer the reference had 19 near-identical validators that disagreed (a flag
 given as ``np.bool_`` was accepted by ``repvgg`` and refused by ``repopt``). These tests
 pin the single rule for every module: flags are ``bool`` or ``np.bool_`` (never 0/1),
 options are strings from a fixed tuple, and ``@checked`` runs a validator before the

@@ -139,8 +139,8 @@ TINY32 = float(np.finfo(np.float32).tiny)  # 2^-126, float32's smallest normal
 
 # [repspec] zero-range rule (docs/05-quantization.md, "Scales below float32's smallest
 # normal"): a computed scale below 2^-126 is 0. The examples are the two corners found so
-# far: zp = rint(511/2) = 256 needed the clamp when scale was 2^-1073 (issue 10), and
-# a float32-subnormal scale that PyTorch's float32 kernel cannot invert (issue 14).
+# far: zp = rint(511/2) = 256 needed the clamp when scale was 2^-1073, and
+# a float32-subnormal scale that PyTorch's float32 kernel cannot invert.
 @given(lo=st.floats(-1e-30, 0.0), hi=st.floats(0.0, 1e-30), bits=quant_bits)
 @example(lo=-511 * 2.0**-1074, hi=0.0, bits=8)
 @example(lo=-1.175494351e-38, hi=0.0, bits=3)
@@ -310,7 +310,7 @@ def test_peer_torch_activation_exact_with_power_of_two_scale(tq, seed, bits, e):
 
 
 @given(seed=seeds, bits=quant_bits, lo=st.floats(-5, 0), hi=st.floats(0, 5))
-@example(seed=0, bits=3, lo=-1.175494351e-38, hi=0.0)  # issue 14: float32-subnormal scale -> zero range
+@example(seed=0, bits=3, lo=-1.175494351e-38, hi=0.0)  # float32-subnormal scale -> zero range
 @example(seed=0, bits=8, lo=-255 * TINY32, hi=0.0)  # the smallest scale kept, 2^-126
 def test_peer_torch_activation_general_scale(tq, seed, bits, lo, hi):
     scale, zp = activation_qparams(lo, hi, bits)

@@ -256,7 +256,7 @@ def round_trips(fn):
 @pytest.mark.parametrize("device", ["cpu-torch", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA,
                                                                                                 reason="no CUDA device"))])
 def test_device_path_makes_no_host_round_trip_per_iteration(device):
-    """Issue 11: on a GPU tensor the k-means loops stay on the device. kmeans++ makes none at all (its
+    """On a GPU tensor the k-means loops stay on the device. kmeans++ makes none at all (its
     random numbers are drawn up front); the exact DP's count does not grow with k; the sorted Lloyd
     loop makes one per block of ``_SYNC_EVERY`` iterations (its convergence check); the whole default
     ``kmeans_1d`` adds a fixed number (init, labels, SSE), whatever k and the iteration count."""

@@ -133,8 +133,8 @@ TINY32 = float(np.finfo(np.float32).tiny)  # 2^-126
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @given(lo=st.floats(-1e-30, 0.0), hi=st.floats(0.0, 1e-30), bits=quant_bits)
-@example(lo=-511 * 2.0**-1074, hi=0.0, bits=8)  # issue 10: scale 2^-1073 would need the zp clamp (256)
-@example(lo=-1.175494351e-38, hi=0.0, bits=3)  # issue 14: float32-subnormal scale
+@example(lo=-511 * 2.0**-1074, hi=0.0, bits=8)  # scale 2^-1073 would need the zp clamp (256)
+@example(lo=-1.175494351e-38, hi=0.0, bits=3)  # float32-subnormal scale
 @example(lo=-255 * TINY32, hi=0.0, bits=8)  # scale exactly 2^-126: kept
 @example(lo=-float(np.nextafter(255 * TINY32, 0.0)), hi=0.0, bits=8)  # one ulp below: zero range
 def test_activation_scale_below_float32_normal_is_zero_range(dtype, lo, hi, bits):

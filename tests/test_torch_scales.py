@@ -12,10 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from repspec.torch_impl import io as rio
+from repspec.core import files as rio  # the atomic writers torch_impl.io re-exports
 from repspec.torch_impl.modules.models import create_model, expected_scale_keys
-from repspec.torch_impl.optimizers.repoptimizer import build_grad_mult_masks, build_repoptimizer, reinit_from_scales, target_blocks
+from repspec.torch_impl.optimizers.repoptimizer import (
+    build_grad_mult_masks,
+    build_repoptimizer,
+    reinit_from_scales,
+    target_blocks,
+)
 from repspec.torch_impl.optimizers.scales import (
     ScaleFileError,
     check_scales_for_model,
@@ -25,6 +29,7 @@ from repspec.torch_impl.optimizers.scales import (
     save_scales,
     validate_scales,
 )
+
 from tests.tolerances import assert_close
 
 DATA = Path(__file__).parent / "data"

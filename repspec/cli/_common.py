@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import importlib.util
 import math
 import os
 import signal
 import sys
 from pathlib import Path
 
+from repspec.core.architectures import list_models
 from repspec.core.outputs import OutputError, check_output, sweep_leftovers
 from repspec.core.runtime import DEFAULT_THREADS
 
@@ -258,8 +261,6 @@ def check_common(args) -> None:
 
 
 def check_model_name(name: str) -> None:
-    from repspec.core.architectures import list_models  # plain data: no torch import
-
     names = list_models()
     if name not in names:
         raise CLIError(f"unknown model {name!r}; choose one of: {', '.join(names)}")
@@ -297,8 +298,6 @@ def check_image_memory(dataset: str, size: int | None) -> None:
 
 
 def module_available(name: str) -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
@@ -361,8 +360,6 @@ def decode_float(v):
 
 
 def sha256_file(path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from repspec.core.files import atomic_directory
+
 from . import _common as common
 from ._loading import build_model, setup_torch
 from ._sources import resolve_source
@@ -33,7 +35,6 @@ def outputs(args) -> list:
 
 
 def run(args) -> int:
-    from repspec.torch_impl.io import atomic_directory
     from repspec.torch_impl.quantization.analysis import write_report
 
     setup_torch(args)

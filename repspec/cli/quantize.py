@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from repspec.core.files import atomic_directory, atomic_save_json
+from repspec.core.runtime import reproducibility_info
 from repspec.core.vocabulary import CALIBRATORS
 
 from . import _common as common
@@ -101,8 +103,6 @@ def outputs(args) -> list:
 
 
 def run(args) -> int:
-    from repspec.core.runtime import reproducibility_info
-    from repspec.torch_impl.io import atomic_directory, atomic_save_json
     from repspec.torch_impl.quantization.ptq import evaluate
     from repspec.torch_impl.training.data import make_loader, make_loaders
 

@@ -9,7 +9,12 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+from repspec.core.files import replace_directory
+from repspec.core.outputs import normal_mode, tmp_prefix
+from repspec.core.runtime import bit_identity_differences, reproducibility_info
 
 from . import _common as common
 from ._loading import load_train_data, setup_torch
@@ -112,10 +117,8 @@ def outputs(args) -> list:
 def run(args) -> int:
     import torch
 
-    from repspec.core.runtime import reproducibility_info
     from repspec.torch_impl.modules.models import create_model
     from repspec.torch_impl.training.data import make_loaders
-    from repspec.torch_impl.io import replace_directory
     from repspec.torch_impl.training.train import TrainConfig, seed_everything, train_classifier
 
     device = setup_torch(args)
@@ -165,8 +168,6 @@ def model_overrides(args) -> dict:
 def _resumed_extensions(args, repro: dict) -> list:
     """``--resume``: refuse (or, allowed, warn about) settings that break bit-identity; the run's
     extensions, with this one when ``--epochs`` extends it."""
-    from repspec.core.runtime import bit_identity_differences
-
     diffs = bit_identity_differences(args.saved_extra.get("reproducibility"), repro)
     if diffs and not args.allow_nonidentical_resume:
         raise common.CLIError(f"--resume would not be bit-identical to the checkpointed run ({'; '.join(diffs)}); "
@@ -241,10 +242,6 @@ def _extension_cycle(args, optimizer, scheduler):
 def _work_directory(args, out: Path) -> Path:
     """Where the run writes its checkpoints: ``out``, or with ``--overwrite`` of a checkpoint a
     temporary directory beside it (the old checkpoint stays until the new run finishes)."""
-    import tempfile
-
-    from repspec.core.outputs import normal_mode, tmp_prefix
-
     if out.exists() and not args.resume and any(out.iterdir()):
         work = Path(tempfile.mkdtemp(prefix=tmp_prefix(out.name), dir=out.parent))
         normal_mode(work, directory=True)

@@ -1,4 +1,4 @@
-"""A conformance suite for ports of repspec (issue 6), in the spirit of array-api-tests.
+"""A conformance suite for ports of repspec, in the spirit of array-api-tests.
 
 Any implementation of the SPEC (another framework, a compiler, a kernel) provides an
 *adapter* — a few functions on NumPy float64 arrays (:mod:`repspec.conformance.adapter`)

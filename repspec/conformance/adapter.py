@@ -1,4 +1,4 @@
-"""The adapter protocol: what a port provides so the conformance suite can check it (issue 6).
+"""The adapter protocol: what a port provides so the conformance suite can check it.
 
 A *port* is any implementation of the spec (another framework, a compiler, a kernel).
 It plugs into the suite through an **adapter**: a small object whose methods take and

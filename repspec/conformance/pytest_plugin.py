@@ -1,4 +1,4 @@
-"""pytest plugin: run the conformance clauses against a port as one pytest test per clause (issue 6).
+"""pytest plugin: run the conformance clauses against a port as one pytest test per clause.
 
 Options (registered when the plugin is loaded — ``pytest_plugins = ["repspec.conformance.pytest_plugin"]``
 in a conftest, or ``-p repspec.conformance.pytest_plugin`` on the command line):

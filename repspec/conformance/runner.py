@@ -16,20 +16,22 @@ import argparse
 import contextlib
 import importlib
 import json
-import xml.etree.ElementTree as ET
 import math
 import os
 import sys
 import tempfile
 import time
 import traceback
+import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .adapter import ADAPTER_METHODS, NotProvided, describe
+from repspec.core.files import atomic_write_text
+
+from .adapter import ADAPTER_METHODS, AdapterBase, NotProvided, describe
 
 # Hypothesis (a test-extra dependency) and the clause registry that builds on it are imported
 # lazily, so ``add_arguments``/``build_parser`` (used by ``repspec --help``) work with only the
@@ -359,13 +361,7 @@ def _provided(adapter, method: str) -> bool:
     if fn is None or not callable(fn):
         return False
     # AdapterBase's placeholder
-    return getattr(fn, "__func__", None) is not _base_missing()
-
-
-def _base_missing():
-    from .adapter import AdapterBase
-
-    return AdapterBase._missing
+    return getattr(fn, "__func__", None) is not AdapterBase._missing
 
 
 def _special_label(make) -> str:
@@ -756,8 +752,6 @@ def run_from_args(args: argparse.Namespace, out=None) -> int:
     else:
         print(report, file=out)
     if outputs:
-        from repspec.torch_impl.io import atomic_write_text
-
         for option, path in outputs:
             text, what = (report.to_json(), "JSON") if option == "--json" else (report.to_junit_xml(), "JUnit XML")
             try:

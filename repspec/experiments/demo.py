@@ -41,12 +41,16 @@ import math
 import numbers
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from repspec.core.files import atomic_directory, atomic_save_json, atomic_write_text, json_default
+from repspec.core.runtime import reproducibility_info
 from repspec.core.vocabulary import CALIBRATOR_SHORT_NAMES, CALIBRATORS, DEFAULT_KMEANS_INIT
+from repspec.experiments.stats import compare, summarize
 
 __all__ = ["DemoConfig", "QUICK", "FULL", "DEMO_DATASETS", "run_demo", "run_qat", "model_seed", "aggregate",
            "evaluate_claims", "format_table", "format_claims", "render_results", "compare_verdicts", "load_results"]
@@ -337,8 +341,6 @@ def _run_seed(cfg: DemoConfig, seed: int, dataset: str, data_dir, difficulty, de
 
 
 def _check_run_args(cfg, seeds, seed, dataset, data_dir, difficulty):
-    from dataclasses import replace
-
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if seeds is not None:
@@ -368,10 +370,6 @@ def run_demo(out_dir, *, quick: bool = False, seed: int = 0, device: str = "cpu"
     (``cifar10`` reads the binary files in ``data_dir``; ``difficulty`` is the knob of
     ``digits_variations``)."""
     import torch
-    from tqdm.auto import tqdm
-
-    from repspec.core.runtime import reproducibility_info
-    from repspec.torch_impl.io import atomic_directory, atomic_save_json, json_default
 
     cfg = _check_run_args(config or (QUICK if quick else FULL), seeds, seed, dataset, data_dir, difficulty)
     seed_list = [int(seed) + i for i in range(cfg.seeds)]
@@ -432,8 +430,6 @@ def _has_number(node) -> bool:
 def _aggregate_node(nodes: list):
     """Per-seed nodes of the same shape -> one node whose numbers are :func:`repspec.experiments.stats.summarize`
     dicts (plus the per-seed ``values``); strings that agree are kept; None where a seed lacks a value."""
-    from repspec.experiments.stats import summarize
-
     first = nodes[0]
     if isinstance(first, dict):
         if all(n == first for n in nodes) and not _has_number(first):
@@ -519,8 +515,6 @@ def _row(test: str, x, y=_ONE_SAMPLE, *, bound: float = 0.0, direction: str = "g
          primary: bool = True, extra: dict | None = None) -> dict:
     """One test row: :func:`repspec.experiments.stats.compare` of ``x − y`` (paired) or of ``x`` (``y`` omitted);
     ``"not run"`` when a series is missing (None: a model or value this run does not have)."""
-    from repspec.experiments.stats import compare
-
     row = {"test": test, "primary": primary, "unit": unit, **(extra or {})}
     if x is None or y is None:
         return {**row, "n": 0, "verdict": "not run", "reason": "not in this run"}
@@ -772,8 +766,6 @@ def format_conditions(results: dict) -> str:
 
 
 def _write_markdown(results: dict, out: Path) -> None:
-    from repspec.torch_impl.io import atomic_write_text
-
     table, claims, cond = format_table(results), format_claims(results), format_conditions(results)
     atomic_write_text(out / "table.md", table + "\n")
     atomic_write_text(out / "claims.md", claims + "\n")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._validation import check_int
 from .repoptimizer import _check_sgd_hparams, weight_decay_groups
@@ -123,7 +124,6 @@ def train_hypersearch(model: nn.Module, loader: Iterable, *, epochs: int | None 
                  if lr_schedule == "cosine" else None)
     ref = next(model.parameters())
     device = ref.device if device is None else torch.device(device)
-    from tqdm.auto import tqdm
 
     def batches():
         while True:

@@ -35,14 +35,24 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
+from repspec.core.vocabulary import (
+    ADAMW_MASK_PLACEMENTS,
+    IDENTITY_MODES,
+    NESTEROV_ROUNDINGS,
+    RENAMED_NESTEROV_ROUNDINGS,
+)
 from torch import Tensor, nn
 
-from repspec.core.vocabulary import (ADAMW_MASK_PLACEMENTS, IDENTITY_MODES, NESTEROV_ROUNDINGS,
-                                     RENAMED_NESTEROV_ROUNDINGS)
-
-from .._validation import (check_adamw_hparams, check_bool, check_choice, check_nonneg_float, check_optional_bool,
-                           check_sgd_hparams)
+from .._validation import (
+    check_adamw_hparams,
+    check_bool,
+    check_choice,
+    check_nonneg_float,
+    check_optional_bool,
+    check_sgd_hparams,
+)
 from ..modules.blocks import RepOptTargetBlock
 from ..modules.kernels import csla_equivalent_kernel
 
@@ -379,8 +389,6 @@ def _cpu_fused_repopt_sgd(idx, params, grads, masks, bufs, *, lr, momentum, damp
     """One compiled pass per tensor (``_fused_kernels.repopt_sgd_many``, one call per dtype): the unfused
     step's arithmetic bit for bit. A tensor whose gradient, mask or buffer is not contiguous or not of the
     parameter's dtype takes the per-tensor step (the same bits)."""
-    import numpy as np
-
     from ._fused_kernels import repopt_sgd_many
 
     rows: dict[torch.dtype, list] = {}
@@ -672,8 +680,6 @@ def _cpu_fused_repopt_adamw(items, *, lr, beta1, beta2, eps, weight_decay, amsgr
     """One compiled pass per tensor (``_fused_kernels.repopt_adamw_many``, one call per dtype): the unfused
     step's arithmetic with a correctly rounded ``sqrt``. A tensor whose gradient, mask or state is not
     contiguous or not of the parameter's dtype takes the unfused per-tensor step. Counts the step itself."""
-    import numpy as np
-
     from ._fused_kernels import repopt_adamw_many
 
     torch._foreach_add_([st["step"] for *_, st in items], 1)

@@ -25,9 +25,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..io import WeightsOnlyRefusal, atomic_save_json, atomic_save_safetensors, load_weights_only
+from ..modules.models import expected_scale_keys, hypersearch_scale_init
+from .repoptimizer import target_blocks
 
 __all__ = [
     "SCALE_KEY_PATTERN",
@@ -106,7 +110,6 @@ def validate_scales(scales, *, source: str = "scales") -> "OrderedDict[str, Tens
 
 def block_prefixes(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``[(prefix, block)]`` of a RepOpt-VGG / CSLA / HyperSearch model's blocks, model order (SPEC §3)."""
-    from .repoptimizer import target_blocks  # noqa: PLC0415 - avoid an import cycle
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -159,7 +162,6 @@ def initial_scales(model: nn.Module, *, dtype: torch.dtype = torch.float64) -> "
     original ``RepOptVGG(mode='csla')``. Useful as a stand-in when no searched file
     exists (tests, smoke runs); keys as :func:`save_scales` expects.
     """
-    from ..modules.models import hypersearch_scale_init  # noqa: PLC0415 - one source for the schedule
 
     out = OrderedDict()
     for prefix, block in block_prefixes(model):
@@ -205,7 +207,6 @@ def _layout(model) -> list[tuple[str, int, bool]]:
     if isinstance(model, (list, tuple)):
         return _explicit_layout(model)
     if isinstance(model, str):
-        from ..modules.models import expected_scale_keys  # noqa: PLC0415
 
         keys = expected_scale_keys(model)
         out: dict[str, list] = {}
@@ -319,8 +320,6 @@ def load_scales(path) -> "OrderedDict[str, Tensor]":
     if suffix in (".pth", ".pt"):
         return load_published_scales(path)
     if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             scales = load_file(str(path), device="cpu")

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -239,7 +240,6 @@ def _json_safe(v):
 def _histogram_png(path: Path, groups_of_values: dict[str, Tensor], title: str, bins: int) -> None:
     """Two panels of A/B/C histograms with log counts: the values on a linear axis (shared
     bins), and ``|w|`` on log-spaced bins (so a bulk near 0 and outliers are both visible)."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -45,13 +45,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._validation import check_bool, check_int
 from ..modules.blocks import QARepVGGBlock, RepOptTargetBlock, RepVGGBlock
 from ..modules.kernels import identity_kernel, pad_1x1_to_3x3
-from .kmeans import DEFAULT_BINS, DEFAULT_INIT, INITS, _assign, _check_values, _kmeans
 from ..modules.models import VGGNet
 from ..modules.oabn import OABN
+from .kmeans import DEFAULT_BINS, DEFAULT_INIT, INITS, _assign, _check_values, _kmeans
 from .ptq import refuse_squeeze_excitation
 from .quant import ActivationFakeQuant, check_bits, fake_quantize_weight
 
@@ -532,7 +533,6 @@ def make_qat_model(model: VGGNet, *, weight_quantizer: nn.Module | None, act_bit
         raise ValueError(f"act_ranges has keys that are not block prefixes: {sorted(unknown)}")
 
     out = model if inplace else copy.deepcopy(model)
-    from tqdm.auto import tqdm
 
     named = list(out.named_blocks())
     fitting = isinstance(weight_quantizer, KMeansWeightQuantizer)

@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from repspec.core.version import __version__ as repspec_version
+from safetensors.torch import load, save
 from torch import Tensor, nn
 
-from repspec.core.version import __version__ as repspec_version
 from ..io import WeightsOnlyRefusal, atomic_save_json, atomic_write_bytes, load_weights_only
 
 __all__ = [
@@ -166,7 +167,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _serialize(tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    from safetensors.torch import save
 
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     return save(clean, metadata=metadata)
@@ -229,7 +229,6 @@ def _read_manifest(d: Path) -> dict:
 
 
 def _read_tensors(d: Path, entry: dict) -> dict[str, Tensor]:
-    from safetensors.torch import load
 
     p = d / entry["name"]
     if not p.is_file():
@@ -439,8 +438,7 @@ def read_state_dict(path) -> dict[str, Tensor]:
     if not p.is_file():
         raise FileNotFoundError(f"no weight file at {str(p)!r}")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load
-
+    
         try:
             return load(p.read_bytes())
         except Exception as exc:  # noqa: BLE001

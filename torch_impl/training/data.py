@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
@@ -406,14 +407,6 @@ def _cifar_datasets(name, d, train_x, train_y, test_x, test_y, classes, normaliz
 # --------------------------------------------------------------------------- image folders
 
 
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow ships with matplotlib
-        raise ImportError("loading image folders needs Pillow: pip install Pillow") from None
-    return Image
-
-
 def _scan_folder(root: Path, extensions: Sequence[str]) -> tuple[list[str], list[tuple[Path, str]]]:
     if not root.exists():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
@@ -455,7 +448,6 @@ class ImageFolderDataset(Dataset):
                  classes: Sequence[str] | None = None, dtype: torch.dtype = torch.float32):
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"root must be a path, got {type(root).__name__}")
-        _pil()
         self.root = Path(root)
         self.image_size = check_size_pair(image_size)
         self.dtype = check_float_dtype(dtype)
@@ -484,7 +476,6 @@ class ImageFolderDataset(Dataset):
 
     def load_uint8(self, index: int) -> Tensor:
         """Image ``index`` as a resized RGB ``uint8 (3, H, W)`` tensor (no normalization)."""
-        Image = _pil()
         path, _ = self.samples[index]
         try:
             with Image.open(path) as img:

@@ -34,6 +34,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..io import atomic_save_safetensors
+from ..modules.models import create_model
+from ..optimizers.repoptimizer import build_repoptimizer
+from ..optimizers.scales import check_scales_for_model, initial_scales, load_scales
+
 __all__ = ["DistributedBatchNorm2d", "convert_distributed_batchnorm", "shard_batch", "DDPConfig",
            "synthetic_batches", "build_model_and_optimizer", "train_repopt", "main"]
 
@@ -192,9 +197,6 @@ def build_model_and_optimizer(cfg: DDPConfig, device=None, *, bn_process_group=N
     the optimizer is built, so it holds the new BN parameters. Returns
     ``(model, optimizer, scales)``; identical on every rank.
     """
-    from ..modules.models import create_model
-    from ..optimizers.repoptimizer import build_repoptimizer
-    from ..optimizers.scales import check_scales_for_model, initial_scales, load_scales
 
     probe = create_model(cfg.model, cfg.num_classes, in_channels=cfg.in_channels)
     scales = initial_scales(probe) if cfg.scales is None else load_scales(cfg.scales)
@@ -300,7 +302,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank == 0:
             print(json.dumps({"world_size": world_size, "losses": losses}), flush=True)
             if args.out:
-                from ..io import atomic_save_safetensors
 
                 atomic_save_safetensors(model.state_dict(), args.out,
                                         metadata={"losses": json.dumps(losses), "world_size": str(world_size),

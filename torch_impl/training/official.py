@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..io import WeightsOnlyRefusal, load_weights_only
 from ..modules.models import ARCHITECTURES, VGGNet, create_model, expected_scale_keys, list_models
-from ..optimizers.scales import ScaleFileError, load_published_scales
+from ..optimizers.scales import ScaleFileError, load_published_scales, validate_scales
 
 __all__ = ["OfficialCheckpointError", "read_official_state_dict", "load_official_checkpoint",
            "load_official_scales", "official_layout", "strip_ddp_prefix"]
@@ -249,7 +249,6 @@ def load_official_scales(path, model_name: str) -> dict[str, Tensor]:
         if not kept:
             raise OfficialCheckpointError(f"{str(path)!r} holds no '*.scale_*.weight' entries: not a scale file "
                                           f"or HyperSearch checkpoint") from None
-        from ..optimizers.scales import validate_scales
 
         scales = validate_scales(kept, source=str(path))
     expected = expected_scale_keys(model_name)

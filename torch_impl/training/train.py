@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._validation import check_bool, check_choice, check_int
 from .checkpoint import capture_rng_state, checkpoint_exists, load_checkpoint, restore_rng_state, save_checkpoint
@@ -130,7 +131,6 @@ def evaluate_metrics(model: nn.Module, loader: Iterable, device=None, *,
     dtype = ref.dtype if ref.is_floating_point() else torch.float32
     was_training = model.training
     model.eval()
-    from tqdm.auto import tqdm
 
     correct, count, loss_sum = 0, 0, 0.0
     try:
@@ -519,8 +519,6 @@ def _open_epoch(run: _Run, epoch: int, start: int) -> Iterator:
 
 def _train_epoch(run: _Run, state: _LoopState, it: Iterator) -> bool:
     """Train on the epoch's remaining batches; True if the epoch ended, False if the step budget did."""
-    from tqdm.auto import tqdm
-
     cfg = run.config
     run.model.train()
     if cfg.freeze_bn:
