@@ -68,6 +68,42 @@ from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkab
 import numpy as np
 
 from repspec.core.vocabulary import IDENTITY_MODES
+from repspec.reference.analysis import category_statistics, identity_ratio, merged_weight_categories, state_size
+from repspec.reference.calibrate import calibrate
+from repspec.reference.deploy import deploy_network
+from repspec.reference.kmeans import kmeans_1d, kmeans_fake_quantize
+from repspec.reference.network import Network, train_step
+from repspec.reference.oabn import oabn_eval, oabn_eval_backward, oabn_factor, oabn_train, oabn_train_backward
+from repspec.reference.optim import SGD, adamw_step, sgd_step
+from repspec.reference.qat import UniformWeightQuantizer, make_qat_network
+from repspec.reference.quant import (
+    activation_qparams,
+    activation_range,
+    fake_quantize_activation,
+    fake_quantize_backward,
+    fake_quantize_weight,
+    quantize_activation,
+    quantize_weight,
+    weight_qparams,
+)
+from repspec.reference.repopt import (
+    CSLABlock,
+    HyperSearchBlock,
+    RepOptTargetBlock,
+    extract_scales,
+    grad_mult_mask,
+    hypersearch_network,
+)
+from repspec.reference.repopt_sgd import csla_equivalent_kernel, official_weight_decay, reinit_target_kernel
+from repspec.reference.repvgg import (
+    QARepVGGBlock,
+    RepVGGBlock,
+    fuse_qarepvgg_block,
+    fuse_qarepvgg_block_backward,
+    fuse_repvgg_block,
+    fuse_repvgg_block_backward,
+)
+from repspec.reference.scales import scales_from_official, scales_to_official
 
 __all__ = [
     "NotProvided",
@@ -301,10 +337,6 @@ class NetworkSpec:
 
     def reference_network(self, params: Mapping[str, np.ndarray]):
         """The equivalent :class:`repspec.reference.network.Network` (CSLA scales read from ``params``)."""
-        from repspec.reference.network import Network
-        from repspec.reference.repopt import CSLABlock, HyperSearchBlock, RepOptTargetBlock
-        from repspec.reference.repvgg import QARepVGGBlock, RepVGGBlock
-
         blocks = []
         for b in self.blocks:
             bn = dict(bn_momentum=b.bn_momentum, bn_eps=b.bn_eps)
@@ -706,21 +738,15 @@ class ReferenceAdapter(AdapterBase):
     name = "reference"
 
     def fuse_repvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, oabn_threshold):
-        from repspec.reference.repvgg import fuse_repvgg_block
-
         return fuse_repvgg_block(params, without_num_batches_tracked(buffers), in_channels=in_channels, out_channels=out_channels, stride=stride,
                                  groups=groups, eps=eps, oabn_threshold=oabn_threshold)
 
     def fuse_qarepvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, fold_post_bn):
-        from repspec.reference.repvgg import fuse_qarepvgg_block
-
         return fuse_qarepvgg_block(params, without_num_batches_tracked(buffers), in_channels=in_channels, out_channels=out_channels,
                                    stride=stride, groups=groups, eps=eps, fold_post_bn=fold_post_bn)
 
     def fuse_repvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
                                    groups, eps, oabn_threshold, oabn_gradient):
-        from repspec.reference.repvgg import fuse_repvgg_block_backward
-
         return fuse_repvgg_block_backward(dkernel, dbias, params, without_num_batches_tracked(buffers),
                                           in_channels=in_channels, out_channels=out_channels, stride=stride,
                                           groups=groups, eps=eps, oabn_threshold=oabn_threshold,
@@ -728,37 +754,25 @@ class ReferenceAdapter(AdapterBase):
 
     def fuse_qarepvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
                                      groups, eps, fold_post_bn):
-        from repspec.reference.repvgg import fuse_qarepvgg_block_backward
-
         return fuse_qarepvgg_block_backward(dkernel, dbias, params, without_num_batches_tracked(buffers),
                                             in_channels=in_channels, out_channels=out_channels, stride=stride,
                                             groups=groups, eps=eps, fold_post_bn=fold_post_bn)
 
     def merged_weight_categories(self, kernel, *, groups):
-        from repspec.reference.analysis import merged_weight_categories
-
         return tuple(merged_weight_categories(kernel, groups))
 
     def category_statistics(self, kernel, *, groups):
-        from repspec.reference.analysis import category_statistics
-
         return category_statistics(kernel, groups)
 
     def identity_ratio(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, threshold):
-        from repspec.reference.analysis import identity_ratio
-
         # the reference reads the identity from the names: a block without one has no rbr_identity.* and raises
         return identity_ratio(params, without_num_batches_tracked(buffers), eps=eps, threshold=threshold)
 
     def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
-        from repspec.reference.repopt import grad_mult_mask
-
         return grad_mult_mask(scale_conv, scale_1x1, in_channels, identity=identity, exponent=exponent)
 
     def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, lr, momentum, dampening, nesterov,
                         weight_decay):
-        from repspec.reference.optim import sgd_step
-
         return sgd_step(param, grad, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, grad_mult_mask=grad_mult_mask)
 
@@ -773,134 +787,90 @@ class ReferenceAdapter(AdapterBase):
 
     def csla_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, identity, training,
                    bn_momentum, bn_eps):
-        from repspec.reference.repopt import CSLABlock
-
         block = CSLABlock(in_channels, out_channels, stride, scale_conv=params["scale_conv.weight"],
                           scale_1x1=params["scale_1x1.weight"], identity=identity,
                           scale_identity=params.get("scale_identity.weight"), bn_momentum=bn_momentum, bn_eps=bn_eps)
         return self._linear_add_block(block, params, buffers, x, dy, training)
 
     def csla_equivalent_kernel(self, conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity=None):
-        from repspec.reference.repopt_sgd import csla_equivalent_kernel
-
         return csla_equivalent_kernel(conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity)
 
     def reinit_target_kernel(self, scale_conv, scale_1x1, scale_identity, *, in_channels, conv_weight,
                              conv_1x1_weight, use_identity_scales, seed):
-        from repspec.reference.repopt_sgd import reinit_target_kernel
-
         return reinit_target_kernel(scale_conv, scale_1x1, scale_identity, in_channels=in_channels,
                                     conv_weight=conv_weight, conv_1x1_weight=conv_1x1_weight,
                                     rng=np.random.default_rng(seed), use_identity_scales=use_identity_scales)
 
     def weight_decay_map(self, network, params, *, weight_decay):
-        from repspec.reference.repopt_sgd import official_weight_decay
-
         return official_weight_decay({k: params[k] for k in network.trainable_names(params)}, weight_decay)
 
     def adamw_step(self, param, grad, state, *, lr, betas, eps, weight_decay, grad_mult_mask, mask_placement):
-        from repspec.reference.optim import adamw_step
-
         return adamw_step(param, grad, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                           grad_mult_mask=grad_mult_mask, mask_placement=mask_placement)
 
     def hypersearch_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, training, bn_momentum,
                           bn_eps):
-        from repspec.reference.repopt import HyperSearchBlock
-
         block = HyperSearchBlock(in_channels, out_channels, stride, bn_momentum=bn_momentum, bn_eps=bn_eps)
         return self._linear_add_block(block, params, buffers, x, dy, training)
 
     def hypersearch_scales(self, num_blocks, widths, strides, *, in_channels, num_classes, params=None):
-        from repspec.reference.repopt import extract_scales, hypersearch_network
-
         net = hypersearch_network(num_blocks, widths, strides, in_channels=in_channels, num_classes=num_classes)
         if params is None:  # the scales of a fresh network do not depend on the kernels' random draw
             params, _ = net.init(np.random.default_rng(0))
         return extract_scales(net, params)
 
     def scales_to_official(self, scales, layout):
-        from repspec.reference.scales import scales_to_official
-
         return scales_to_official(scales, layout)
 
     def scales_from_official(self, tuples, layout):
-        from repspec.reference.scales import scales_from_official
-
         return scales_from_official(tuples, layout)
     def oabn_factor(self, gamma, var, *, eps, threshold):
-        from repspec.reference.oabn import oabn_factor
-
         return oabn_factor(gamma, var, eps, threshold)
 
     def oabn_train(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, momentum, eps, gradient):
-        from repspec.reference.oabn import oabn_train, oabn_train_backward
-
         res = oabn_train(x, gamma, beta, running_mean, running_var, threshold=threshold, momentum=momentum, eps=eps)
         dx, dgamma, dbeta = oabn_train_backward(dy, x, gamma, threshold=threshold, eps=eps, gradient=gradient)
         return OABNResult(res.y, res.running_mean, res.running_var, dx, dgamma, dbeta)
 
     def oabn_eval(self, x, gamma, beta, running_mean, running_var, dy, *, threshold, eps, gradient):
-        from repspec.reference.oabn import oabn_eval, oabn_eval_backward
-
         y = oabn_eval(x, gamma, beta, running_mean, running_var, threshold=threshold, eps=eps)
         dx, dgamma, dbeta = oabn_eval_backward(dy, x, gamma, running_mean, running_var, threshold=threshold,
                                                eps=eps, gradient=gradient)
         return OABNEvalResult(y, dx, dgamma, dbeta)
 
     def fake_quantize_weight(self, w, *, bits, per_channel):
-        from repspec.reference.quant import fake_quantize_weight
-
         return fake_quantize_weight(w, bits, per_channel)
 
     def fake_quantize_weight_backward(self, dy, w, *, bits, per_channel):
-        from repspec.reference.qat import UniformWeightQuantizer
-
         # the scale comes from max|w| of this very tensor, so every element is inside the range
         return UniformWeightQuantizer(bits, per_channel).backward(dy, w, {})
 
     def fake_quantize_activation(self, x, *, lo, hi, bits):
-        from repspec.reference.quant import activation_qparams, fake_quantize_activation
-
         scale, zp = activation_qparams(lo, hi, bits)
         return fake_quantize_activation(x, scale, zp, bits)
 
     def fake_quantize_activation_backward(self, dy, x, *, lo, hi, bits):
-        from repspec.reference.quant import activation_qparams, activation_range, fake_quantize_backward
-
         scale, zp = activation_qparams(lo, hi, bits)
         lo_r, hi_r = activation_range(scale, zp, bits)
         return fake_quantize_backward(dy, x, lo_r, hi_r)
 
     def calibrate(self, method, batches, *, bits, **options):
-        from repspec.reference.calibrate import calibrate
-
         return calibrate(method, list(batches), bits, **options)
 
     def weight_qparams(self, w, *, bits, per_channel):
-        from repspec.reference.quant import weight_qparams
-
         return weight_qparams(w, bits, per_channel)
 
     def quantize_weight(self, w, *, bits, per_channel):
-        from repspec.reference.quant import quantize_weight, weight_qparams
-
         return quantize_weight(w, weight_qparams(w, bits, per_channel), bits)
 
     def activation_qparams(self, lo, hi, *, bits):
-        from repspec.reference.quant import activation_qparams
-
         return activation_qparams(lo, hi, bits)
 
     def quantize_activation(self, x, *, lo, hi, bits):
-        from repspec.reference.quant import activation_qparams, quantize_activation
-
         scale, zp = activation_qparams(lo, hi, bits)
         return quantize_activation(x, scale, zp, bits)
 
     def quantized_network(self, network, params, buffers, x, *, weight_bits, per_channel, act_bits, act_ranges):
-        from repspec.reference.qat import UniformWeightQuantizer, make_qat_network
-
         qnet, qbuffers = make_qat_network(network.reference_network(params), params,
                                           without_num_batches_tracked(buffers),
                                           weight_quantizer=UniformWeightQuantizer(weight_bits, per_channel),
@@ -920,25 +890,16 @@ class ReferenceAdapter(AdapterBase):
         return QuantizedNetworkResult(layers, logits)
 
     def state_size(self, kernels):
-        from repspec.reference.analysis import state_size
-
         return state_size(list(kernels))
 
     def kmeans_fake_quantize(self, w, centroids):
-        from repspec.reference.kmeans import kmeans_fake_quantize
-
         return kmeans_fake_quantize(w, centroids)
 
     def kmeans_1d(self, values, k, *, init, max_iter, init_centroids=None):
-        from repspec.reference.kmeans import kmeans_1d
-
         res = kmeans_1d(values, k, init=init, max_iter=max_iter, init_centroids=init_centroids)
         return res.centroids, res.labels
 
     def train_iteration(self, network, params, buffers, x, labels, *, optimizer, opt_state):
-        from repspec.reference.network import train_step
-        from repspec.reference.optim import SGD
-
         net = network.reference_network(params)
         wd = optimizer.weight_decay
         opt = SGD(lr=optimizer.lr, momentum=optimizer.momentum, dampening=optimizer.dampening,
@@ -955,8 +916,6 @@ class ReferenceAdapter(AdapterBase):
         return NetworkForwardResult(logits, {**buffers, **new_buffers})
 
     def network_forward_deployed(self, network, params, buffers, x):
-        from repspec.reference.deploy import deploy_network
-
         deployed_net, deployed = deploy_network(network.reference_network(params), params,
                                                 without_num_batches_tracked(buffers))
         logits, _, _ = deployed_net.forward(deployed, {}, x, training=False)

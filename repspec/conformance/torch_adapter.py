@@ -18,28 +18,54 @@ float32), ``fused`` (CPU, float64, ``fused=True``).
 from __future__ import annotations
 
 import contextlib
-import importlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import (AdapterBase, BlockResult, DeployedNetworkResult, NetworkForwardResult, NetworkSpec, NotProvided,
-                      OABNEvalResult, OABNResult, QuantizedLayer, QuantizedNetworkResult,
-                      SGDSpec, TrainIterationResult, without_num_batches_tracked)
+from repspec.torch_impl.modules import blocks as tb
+from repspec.torch_impl.modules.blocks import CSLABlock, HyperSearchBlock, QARepVGGBlock, RepOptTargetBlock, RepVGGBlock
+from repspec.torch_impl.modules.deploy import fuse_block
+from repspec.torch_impl.modules.interop import load_reference_arrays, module_arrays
+from repspec.torch_impl.modules.kernels import csla_equivalent_kernel
+from repspec.torch_impl.modules.models import VGGNet, create_model
+from repspec.torch_impl.modules.oabn import OABN, bn_factor
+from repspec.torch_impl.optimizers.hypersearch import extract_scales
+from repspec.torch_impl.optimizers.repoptimizer import (
+    RepOptimizerAdamW,
+    RepOptimizerSGD,
+    grad_mult_mask_from_scales,
+    reinit_from_scales,
+    weight_decay_groups,
+)
+from repspec.torch_impl.optimizers.scales import scales_from_official, scales_to_official
+from repspec.torch_impl.quantization import analysis as tq_analysis
+from repspec.torch_impl.quantization import kmeans as tq_kmeans
+from repspec.torch_impl.quantization import observers as tq_observers
+from repspec.torch_impl.quantization import qat as tq_qat
+from repspec.torch_impl.quantization import quant as tq_quant
+
+from .adapter import (
+    AdapterBase,
+    BlockResult,
+    DeployedNetworkResult,
+    NetworkForwardResult,
+    NetworkSpec,
+    NotProvided,
+    OABNEvalResult,
+    OABNResult,
+    QuantizedLayer,
+    QuantizedNetworkResult,
+    SGDSpec,
+    TrainIterationResult,
+    without_num_batches_tracked,
+)
 
 __all__ = ["TorchAdapter", "cuda", "float32", "fused"]
 
 _F64 = torch.float64
 
-
-def _torch_impl(module: str):
-    """``repspec.torch_impl.quantization.<module>``, or NotProvided if torch_impl does not have it (yet)."""
-    try:
-        return importlib.import_module(f"repspec.torch_impl.quantization.{module}")
-    except ImportError as exc:
-        raise NotProvided(f"repspec.torch_impl.quantization.{module} is not available: {exc}") from None
 
 
 class TorchAdapter(AdapterBase):
@@ -84,8 +110,6 @@ class TorchAdapter(AdapterBase):
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
     def _load(self, module: nn.Module, params, buffers) -> nn.Module:
-        from repspec.torch_impl.modules.interop import load_reference_arrays
-
         module = module.to(device=self.device, dtype=self.dtype)
         # the suite hands in PyTorch-style buffers (num_batches_tracked included); the interop loader
         # matches the reference's names, which leave the counter out
@@ -94,8 +118,6 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §2 fusion
     def fuse_repvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, oabn_threshold):
-        from repspec.torch_impl.modules.blocks import RepVGGBlock
-
         block = self._load(RepVGGBlock(in_channels, out_channels, stride, groups, oabn_threshold=oabn_threshold,
                                        bn_eps=eps), params, buffers).eval()
         with torch.no_grad(), self._exact():
@@ -103,8 +125,6 @@ class TorchAdapter(AdapterBase):
         return self._np(k), self._np(b)
 
     def fuse_qarepvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, fold_post_bn):
-        from repspec.torch_impl.modules.blocks import QARepVGGBlock
-
         block = self._load(QARepVGGBlock(in_channels, out_channels, stride, groups, bn_eps=eps), params,
                            buffers).eval()
         with torch.no_grad(), self._exact():
@@ -125,8 +145,6 @@ class TorchAdapter(AdapterBase):
 
     def fuse_repvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
                                    groups, eps, oabn_threshold, oabn_gradient):
-        from repspec.torch_impl.modules.blocks import RepVGGBlock
-
         block = self._load(RepVGGBlock(in_channels, out_channels, stride, groups, oabn_threshold=oabn_threshold,
                                        oabn_gradient=oabn_gradient, bn_eps=eps), params, buffers).eval()
         with self._exact():
@@ -135,8 +153,6 @@ class TorchAdapter(AdapterBase):
 
     def fuse_qarepvgg_block_backward(self, dkernel, dbias, params, buffers, *, in_channels, out_channels, stride,
                                      groups, eps, fold_post_bn):
-        from repspec.torch_impl.modules.blocks import QARepVGGBlock
-
         block = self._load(QARepVGGBlock(in_channels, out_channels, stride, groups, bn_eps=eps), params,
                            buffers).eval()
         with self._exact():
@@ -144,16 +160,14 @@ class TorchAdapter(AdapterBase):
             return self._fusion_gradients(block, k, b, dkernel, dbias)
 
     def merged_weight_categories(self, kernel, *, groups):
-        analysis = _torch_impl("analysis")
+        analysis = tq_analysis
         return tuple(m.cpu().numpy() for m in analysis.merged_weight_categories(self._t(kernel), groups))
 
     def category_statistics(self, kernel, *, groups):
-        return _torch_impl("analysis").category_statistics(self._t(kernel), groups)
+        return tq_analysis.category_statistics(self._t(kernel), groups)
 
     def identity_ratio(self, params, buffers, *, in_channels, out_channels, stride, groups, eps, threshold):
-        from repspec.torch_impl.modules.blocks import RepVGGBlock
-
-        analysis = _torch_impl("analysis")
+        analysis = tq_analysis
         block = self._load(RepVGGBlock(in_channels, out_channels, stride, groups, oabn_threshold=threshold,
                                        bn_eps=eps), params, buffers).eval()
         t0 = analysis.identity_ratio(block)
@@ -164,15 +178,11 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §3 RepOpt
     def grad_mult_mask(self, scale_conv, scale_1x1, in_channels, *, identity, exponent):
-        from repspec.torch_impl.optimizers.repoptimizer import grad_mult_mask_from_scales
-
         return self._np(grad_mult_mask_from_scales(self._t(scale_conv), self._t(scale_1x1), in_channels,
                                                    identity=identity, exponent=exponent))
 
     def repopt_sgd_step(self, param, grad, momentum_buffer, *, grad_mult_mask, lr, momentum, dampening, nesterov,
                         weight_decay):
-        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerSGD
-
         p = nn.Parameter(self._t(param))
         masks = None if grad_mult_mask is None else {p: self._t(grad_mult_mask)}
         opt = RepOptimizerSGD([p], lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -187,8 +197,6 @@ class TorchAdapter(AdapterBase):
 
     # ---- §3: the CSLA block, W', W'_0, the decay map, AdamW, HyperSearch and scale files
     def _run_block(self, block: nn.Module, params, buffers, x, dy, training: bool) -> BlockResult:
-        from repspec.torch_impl.modules.interop import module_arrays
-
         block = self._load(block, params, buffers).train(training)
         xt = self._t(x, requires_grad=True)
         with self._exact():
@@ -201,8 +209,6 @@ class TorchAdapter(AdapterBase):
 
     def csla_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, identity, training,
                    bn_momentum, bn_eps):
-        from repspec.torch_impl.modules.blocks import CSLABlock
-
         d = params.get("scale_identity.weight", 1.0) if identity != "none" else 1.0
         block = CSLABlock(in_channels, out_channels, stride, scale_conv=params["scale_conv.weight"],
                           scale_1x1=params["scale_1x1.weight"], identity=identity, scale_identity=d, bn_eps=bn_eps,
@@ -210,8 +216,6 @@ class TorchAdapter(AdapterBase):
         return self._run_block(block, params, buffers, x, dy, training)
 
     def csla_equivalent_kernel(self, conv_weight, conv_1x1_weight, scale_conv, scale_1x1, scale_identity=None):
-        from repspec.torch_impl.modules.kernels import csla_equivalent_kernel
-
         with torch.no_grad():
             return self._np(csla_equivalent_kernel(self._t(conv_weight), self._t(conv_1x1_weight), self._t(scale_conv),
                                                    self._t(scale_1x1),
@@ -219,9 +223,6 @@ class TorchAdapter(AdapterBase):
 
     def reinit_target_kernel(self, scale_conv, scale_1x1, scale_identity, *, in_channels, conv_weight,
                              conv_1x1_weight, use_identity_scales, seed):
-        from repspec.torch_impl.modules.blocks import RepOptTargetBlock
-        from repspec.torch_impl.optimizers.repoptimizer import reinit_from_scales
-
         o = len(scale_conv)
         # torch_impl reads "has an identity branch" off the block's geometry (in == out, stride 1); W'_0 does
         # not depend on the stride, so a block without an identity branch but in == out gets stride 2
@@ -255,8 +256,6 @@ class TorchAdapter(AdapterBase):
         return net, to_torch
 
     def weight_decay_map(self, network, params, *, weight_decay):
-        from repspec.torch_impl.optimizers.repoptimizer import weight_decay_groups
-
         net, to_torch = self._network(network, params, None)
         from_torch = {v: k for k, v in to_torch.items()}
         name_of = {id(p): from_torch[n] for n, p in net.named_parameters()}
@@ -264,8 +263,6 @@ class TorchAdapter(AdapterBase):
                 for p in g["params"]}
 
     def adamw_step(self, param, grad, state, *, lr, betas, eps, weight_decay, grad_mult_mask, mask_placement):
-        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerAdamW
-
         p = nn.Parameter(self._t(param))
         masks = None if grad_mult_mask is None else {p: self._t(grad_mult_mask)}
         opt = RepOptimizerAdamW([p], lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
@@ -282,16 +279,10 @@ class TorchAdapter(AdapterBase):
 
     def hypersearch_block(self, params, buffers, x, dy, *, in_channels, out_channels, stride, training, bn_momentum,
                           bn_eps):
-        from repspec.torch_impl.modules.blocks import HyperSearchBlock
-
         block = HyperSearchBlock(in_channels, out_channels, stride, bn_eps=bn_eps, bn_momentum=bn_momentum)
         return self._run_block(block, params, buffers, x, dy, training)
 
     def hypersearch_scales(self, num_blocks, widths, strides, *, in_channels, num_classes, params=None):
-        from repspec.torch_impl.modules.interop import load_reference_arrays
-        from repspec.torch_impl.modules.models import create_model
-        from repspec.torch_impl.optimizers.hypersearch import extract_scales
-
         # built in the adapter's dtype: a model built in float32 and cast afterwards keeps float32-rounded
         # initial scales (sqrt(2) off by 2e-8)
         old = torch.get_default_dtype()
@@ -306,28 +297,20 @@ class TorchAdapter(AdapterBase):
         return {k: self._np(v) for k, v in extract_scales(model).items()}
 
     def scales_to_official(self, scales, layout):
-        from repspec.torch_impl.optimizers.scales import scales_to_official
-
         tuples = scales_to_official({k: self._t(v) for k, v in scales.items()}, list(layout))
         return [tuple(self._np(v) for v in entry) for entry in tuples]
 
     def scales_from_official(self, tuples, layout):
-        from repspec.torch_impl.optimizers.scales import scales_from_official
-
         out = scales_from_official([tuple(self._t(v) for v in entry) for entry in tuples], list(layout))
         return {k: self._np(v) for k, v in out.items()}
 
     # -------------------------------------------------------------- §4 OABN
     def _oabn(self, gamma, beta, running_mean, running_var, *, threshold, eps, gradient="clip", momentum=0.1):
-        from repspec.torch_impl.modules.oabn import OABN
-
         m = OABN(len(gamma), eps=eps, momentum=momentum, threshold=threshold, gradient=gradient)
         return self._load(m, {"weight": gamma, "bias": beta}, {"running_mean": running_mean,
                                                                "running_var": running_var})
 
     def oabn_factor(self, gamma, var, *, eps, threshold):
-        from repspec.torch_impl.modules.oabn import bn_factor
-
         # the factor reads only γ and the running variance; β and the running mean are placeholders
         zeros = np.zeros(len(gamma))
         m = self._oabn(gamma, zeros, zeros, var, threshold=threshold, eps=eps).eval()
@@ -355,12 +338,12 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §5 uniform
     def fake_quantize_weight(self, w, *, bits, per_channel):
-        q = _torch_impl("quant")
+        q = tq_quant
         with torch.no_grad():
             return self._np(q.fake_quantize_weight(self._t(w), bits, per_channel))
 
     def fake_quantize_weight_backward(self, dy, w, *, bits, per_channel):
-        q = _torch_impl("quant")
+        q = tq_quant
         wt = self._t(w, requires_grad=True)
         q.fake_quantize_weight(wt, bits, per_channel).backward(self._t(dy))
         return self._np(wt.grad)
@@ -370,13 +353,13 @@ class TorchAdapter(AdapterBase):
         return q.activation_qparams(lo_t, hi_t, bits)
 
     def fake_quantize_activation(self, x, *, lo, hi, bits):
-        q = _torch_impl("quant")
+        q = tq_quant
         scale, zp = self._act(q, lo, hi, bits)
         with torch.no_grad():
             return self._np(q.fake_quantize_activation(self._t(x), scale, zp, bits))
 
     def fake_quantize_activation_backward(self, dy, x, *, lo, hi, bits):
-        q = _torch_impl("quant")
+        q = tq_quant
         scale, zp = self._act(q, lo, hi, bits)
         xt = self._t(x, requires_grad=True)
         q.fake_quantize_activation(xt, scale, zp, bits).backward(self._t(dy))
@@ -384,7 +367,7 @@ class TorchAdapter(AdapterBase):
 
     # -------------------------------------------------------------- §5 calibrators, qparams, codes
     def calibrate(self, method, batches, *, bits, **options):
-        obs = _torch_impl("observers")
+        obs = tq_observers
         observer = obs.make_observer(method, bits, **options)
         tensors = [self._t(b) for b in batches]
         for p in range(observer.passes):  # streaming: one batch at a time (entropy makes two passes)
@@ -395,31 +378,29 @@ class TorchAdapter(AdapterBase):
         return observer.compute_range()
 
     def weight_qparams(self, w, *, bits, per_channel):
-        q = _torch_impl("quant")
+        q = tq_quant
         scale = self._np(q.weight_scale(self._t(w), bits, per_channel))
         return float(scale) if scale.ndim == 0 else scale
 
     def quantize_weight(self, w, *, bits, per_channel):
-        q = _torch_impl("quant")
+        q = tq_quant
         wt = self._t(w)
         codes = q.quantize_weight_codes(wt, q.weight_scale(wt, bits, per_channel), bits)
         return codes.cpu().numpy()
 
     def activation_qparams(self, lo, hi, *, bits):
-        scale, zp = self._act(_torch_impl("quant"), lo, hi, bits)
+        scale, zp = self._act(tq_quant, lo, hi, bits)
         return float(scale), int(zp)
 
     def quantize_activation(self, x, *, lo, hi, bits):
-        q = _torch_impl("quant")
+        q = tq_quant
         scale, zp = self._act(q, lo, hi, bits)
         return q.quantize_activation_codes(self._t(x), scale, zp, bits).cpu().numpy()
 
     # -------------------------------------------------------------- §5 what is quantized, state size
     def quantized_network(self, network: NetworkSpec, params, buffers, x, *, weight_bits, per_channel, act_bits,
                           act_ranges):
-        from repspec.torch_impl.modules.models import VGGNet
-
-        qat = _torch_impl("qat")
+        qat = tq_qat
         blocks = [self._block(b, params) for b in network.blocks]
         # the chain as a VGGNet with one block per stage, so torch_impl's make_qat_model decides what it
         # quantizes; block i is "stage0" / f"stage{i}.0" there
@@ -450,24 +431,22 @@ class TorchAdapter(AdapterBase):
         return QuantizedNetworkResult(layers, self._np(logits))
 
     def state_size(self, kernels):
-        return _torch_impl("quant").state_size([self._t(k) for k in kernels])
+        return tq_quant.state_size([self._t(k) for k in kernels])
 
     # -------------------------------------------------------------- §5 k-means
     def kmeans_fake_quantize(self, w, centroids):
-        km = _torch_impl("kmeans")
+        km = tq_kmeans
         with torch.no_grad():
             return self._np(km.kmeans_fake_quantize(self._t(w), self._t(centroids)))
 
     def kmeans_1d(self, values, k, *, init, max_iter, init_centroids=None):
-        km = _torch_impl("kmeans")
+        km = tq_kmeans
         warm = None if init_centroids is None else self._t(init_centroids)
         res = km.kmeans_1d(self._t(values), k, init=init, max_iter=max_iter, init_centroids=warm)
         return self._np(res.centroids), res.labels.detach().cpu().numpy().astype(np.int64)
 
     # -------------------------------------------------------------- §1 training
     def _block(self, b, params):
-        from repspec.torch_impl.modules import blocks as tb
-
         bn = dict(bn_eps=b.bn_eps, bn_momentum=b.bn_momentum)
         if b.kind == "repvgg":
             return tb.RepVGGBlock(b.in_channels, b.out_channels, b.stride, b.groups, oabn_threshold=b.oabn_threshold,
@@ -487,8 +466,6 @@ class TorchAdapter(AdapterBase):
         raise NotProvided(f"block kind {b.kind!r}")
 
     def network_forward_train(self, network: NetworkSpec, params, buffers, x):
-        from repspec.torch_impl.modules.interop import module_arrays
-
         net, to_torch = self._network(network, params, buffers)
         from_torch = {v: k for k, v in to_torch.items()}
         with torch.no_grad(), self._exact():
@@ -497,9 +474,6 @@ class TorchAdapter(AdapterBase):
         return NetworkForwardResult(self._np(logits), {from_torch[k]: v for k, v in new_buffers.items()})
 
     def network_forward_deployed(self, network: NetworkSpec, params, buffers, x):
-        from repspec.torch_impl.modules.deploy import fuse_block
-        from repspec.torch_impl.modules.interop import module_arrays
-
         net, _ = self._network(network, params, buffers)
         with torch.no_grad(), self._exact():
             deployed = _Net([fuse_block(b) for b in net.eval().blocks], network.blocks[-1].out_channels,
@@ -513,9 +487,6 @@ class TorchAdapter(AdapterBase):
         return DeployedNetworkResult(self._np(logits), {names[k]: v for k, v in deployed_params.items()})
 
     def train_iteration(self, network: NetworkSpec, params, buffers, x, labels, *, optimizer: SGDSpec, opt_state):
-        from repspec.torch_impl.modules.interop import module_arrays
-        from repspec.torch_impl.optimizers.repoptimizer import RepOptimizerSGD
-
         net, to_torch = self._network(network, params, buffers)
         from_torch = {v: k for k, v in to_torch.items()}
         net.train()

@@ -45,14 +45,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from repspec.core.vocabulary import ONNX_BIAS_MODES as BIAS_MODES
 from torch import Tensor, nn
 
-from repspec.core.vocabulary import ONNX_BIAS_MODES as BIAS_MODES
-
+from ..io import atomic_write_bytes
 from ..modules.deploy import convert_to_deploy
 from ..modules.models import ARCHITECTURES, VGGNet, create_model, list_models
-from ..io import atomic_write_bytes
 from .ptq import QuantConvBlock, QuantizedModel, QuantLinear
+from .quant import fake_quantize_activation
 
 __all__ = ["export_onnx", "verify_onnx", "onnx_session", "OnnxVerification", "OnnxExportError", "BIAS_MODES"]
 
@@ -489,8 +489,6 @@ def _se_after(p: _Parsed, conv, se_convs: set) -> dict | None:
 
 def _torch_twin(layers: list[_Layer], lin_w, lin_b, lin_act, in_channels: int) -> nn.Module:
     """A repspec float32 network computing what the parsed layers say (fake-quant where the file has QDQ)."""
-    from .quant import fake_quantize_activation  # noqa: PLC0415
-
     def t(a):
         return torch.from_numpy(np.array(a, dtype=np.float32))  # a writable float32 copy
 

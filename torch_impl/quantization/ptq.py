@@ -30,10 +30,11 @@ import numbers
 from collections.abc import Iterable, Mapping
 
 import torch
-from torch import Tensor, nn
 
 # per-layer weight schemes of a QuantizedModel (None = FP weights)
 from repspec.core.vocabulary import WEIGHT_SCHEMES
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._validation import check_bool
 from ..modules.deploy import convert_to_deploy, fuse_block
@@ -550,8 +551,6 @@ def calibrate_activations(deploy: VGGNet, batches: list[Tensor], layer_names, *,
     was_training = deploy.training
     deploy.eval()
     try:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=passes * len(batches), desc=f"calibrating ({calibrator})", disable=None if progress else True,
                    leave=False)
         for p in range(passes):
