@@ -419,3 +419,41 @@ def test_an_original_repvgg_a0_layout_converts_and_a_class_mismatch_is_one_line(
     assert code == 0 and "deploy form of repvgg_a0" in out, err
     code, _, err = _run(capsys, ["evaluate", tmp_path / "a0.safetensors", *DIGITS, *FAST])
     assert "1000-class classifier" in _one_error_line(code, err, "evaluate"), err
+
+
+# ------------------------------------------------------------- the QDQ file, node by node
+
+
+def _nodes_argv(official, onnx_file):
+    return ["verify", "--onnx", onnx_file, "--reference", official / "int8", "--float-reference",
+            official / "RepVGG-tiny8-train.pth", "--model", "repvgg_tiny8"]
+
+
+def test_verify_onnx_checks_every_qdq_node_of_the_quantize_output(official, capsys):
+    code, out, err = _run(capsys, _nodes_argv(official, official / "int8" / "model.onnx"))
+    assert code == 0, (code, out, err)
+    assert out.splitlines()[-1].startswith("OK: ") and "node checks" in out and "0 failed" in out, out
+
+
+def test_verify_onnx_names_the_node_whose_activation_scale_is_off(official, tmp_path, capsys):
+    proto = onnx.load(str(official / "int8" / "model.onnx"))
+    init = next(i for i in proto.graph.initializer if i.name == "stage1.1.act_scale")
+    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * np.float32(1.02), init.name))
+    bad = tmp_path / "scale.onnx"
+    onnx.save(proto, str(bad))
+    code, out, err = _run(capsys, _nodes_argv(official, bad))
+    assert code == 1, (code, out, err)
+    assert out.splitlines()[0].startswith("OK: ")  # the logits alone pass
+    assert "FAILED: " in out and "stage1.1.act_quantize" in out and "activation scale" in out, out
+
+
+def test_verify_onnx_node_check_refuses_a_file_that_is_not_qdq(official, capsys):
+    code, out, err = _run(capsys, _nodes_argv(official, official / "deploy.onnx"))
+    assert "not a QDQ file" in _one_error_line(code, err, "verify") and "deploy.onnx" in err
+    assert out == ""
+
+
+def test_verify_float_reference_needs_a_quantized_reference(official, capsys):
+    code, out, err = _run(capsys, ["verify", "--onnx", official / "int8" / "model.onnx", "--float-reference",
+                                   official / "RepVGG-tiny8-train.pth", "--model", "repvgg_tiny8"])
+    assert "--float-reference needs --reference QUANTIZED" in _one_error_line(code, err, "verify")

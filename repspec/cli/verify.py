@@ -67,6 +67,12 @@ def add_parser(sub, argv) -> None:
                    help="also require FILE's weights and logits to be those of SOURCE: a checkpoint directory, a "
                         "`repspec convert` file, a `repspec quantize` output, or a .pth/.pt with --model (without "
                         "it, only the architecture is checked: any weights pass)")
+    g.add_argument("--float-reference", default=None, metavar="SOURCE", dest="float_reference",
+                   help="with a QDQ FILE and --reference QUANTIZED (a `repspec quantize ptq` output): the float network "
+                        "QUANTIZED was made from (checkpoint, `repspec convert` file or .pth with --model); then every "
+                        "QuantizeLinear/DequantizeLinear of FILE is checked against the reference, node by node "
+                        "(activation scale and zero point of each calibrated range, weight scales on axis 0, weight "
+                        "codes, int32 bias scale s_x*s_w and codes); exit 1 names every failing node")
     if not runs_the_suite(argv):
         return
     from repspec.conformance.runner import add_arguments  # needs Hypothesis: main() checked it first
@@ -88,8 +94,18 @@ def check(args) -> None:
             args.reference = resolve_source(args.reference, "--reference",
                                             kinds=("checkpoint", "deploy", "quantized", "official"),
                                             model=args.model if official else None)
+        if args.float_reference is not None:
+            if args.reference is None or args.reference.kind != "quantized":
+                raise common.CLIError("--float-reference needs --reference QUANTIZED (a `repspec quantize` output): "
+                                      "the calibrated ranges come from there")
+            official = Path(args.float_reference).suffix.lower() in OFFICIAL_SUFFIXES
+            args.float_reference = resolve_source(args.float_reference, "--float-reference",
+                                                  kinds=("checkpoint", "deploy", "official"),
+                                                  model=args.model if official else None)
     elif getattr(args, "reference", None) is not None:
         raise common.CLIError("--reference applies with --onnx")
+    elif getattr(args, "float_reference", None) is not None:
+        raise common.CLIError("--float-reference applies with --onnx")
     if getattr(args, "_verify_loaded", False) and args.json not in (None, "-"):
         check_output(args.json, option="--json", kind="file", overwrite=args.overwrite)
 
@@ -124,13 +140,16 @@ def run(args) -> int:
 
 def verify_onnx_file(args) -> int:
     """``repspec verify --onnx FILE [--model NAME]``: 0 if FILE implements the fused network it claims,
-    1 if it does not; a file that is not a fused RepVGG-family network at all is an error (2)."""
+    1 if it does not; a file that is not a fused RepVGG-family network at all is an error (2). With
+    ``--float-reference``, also every QDQ node against the reference (a file that is not QDQ, or whose
+    layers do not match the reference's, is an error: 2, before anything is printed)."""
     import torch
 
     from repspec.torch_impl.quantization.onnx_export import verify_onnx
 
     torch.set_num_threads(DEFAULT_THREADS)
     reference = None if args.reference is None else build_model(args.reference)
+    nodes = None if args.float_reference is None else check_nodes(args, reference)
     r = verify_onnx(args.onnx, args.model, reference=reference)
     if "matching_architectures" not in r.details:  # not valid ONNX, or not a fused RepVGG-family graph
         raise common.CLIError(f"--onnx {args.onnx!r} is not a fused RepVGG-family network: {'; '.join(r.reasons)}")
@@ -139,4 +158,21 @@ def verify_onnx_file(args) -> int:
     if r.model_name is None:
         print("it claims no architecture (no --model, no repspec.model metadata); its layout matches: "
               + (", ".join(matches) if matches else "no registered architecture"))
-    return 0 if r.ok else 1
+    if nodes is not None:
+        print(nodes.summary() + f" (float reference: {args.float_reference.describe})")
+        if not nodes.ok:
+            print(nodes.table())
+    return 0 if r.ok and (nodes is None or nodes.ok) else 1
+
+
+def check_nodes(args, quantized):
+    """The node-by-node report of a QDQ file (``repspec.conformance.qdq``) against the float network
+    ``--float-reference`` and the calibrated ranges of ``quantized``."""
+    from repspec.conformance.qdq import QDQFormatError, check_qdq_file, expected_layers
+    from repspec.torch_impl.quantization.onnx_export import qdq_expectations
+
+    float_model = build_model(args.float_reference)
+    try:
+        return check_qdq_file(args.onnx, expected_layers(qdq_expectations(float_model, quantized)))
+    except (QDQFormatError, ValueError, TypeError) as exc:
+        raise common.CLIError(f"--onnx {args.onnx!r}, node check: {exc}") from None
