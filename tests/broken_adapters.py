@@ -676,6 +676,31 @@ class Broken:
     counterexample: bool = True  # the failure carries a counter-example (not a coverage verdict)
 
 
+class ObserverFirstBatchAveragedAdapter(ReferenceAdapter):
+    """QAT's activation observer without its "first batch initializes" rule: an uninitialized range
+    (``initialized = 0``, lo = hi = 0) is averaged with the batch like a known one."""
+
+    name = "broken: the first QAT batch averaged with the empty range"
+
+    def qat_train_iteration(self, network, params, buffers, qat_buffers, x, labels, **kw):
+        qat_buffers = {k: (np.array(1) if k.endswith("act_quant.initialized") else v) for k, v in qat_buffers.items()}
+        return super().qat_train_iteration(network, params, buffers, qat_buffers, x, labels, **kw)
+
+
+class RefitOffByOneAdapter(ReferenceAdapter):
+    """ClusterQAT's refit one step late: when ``(t − 1) mod update_every = 0`` instead of ``t mod …``
+    (the counter incremented before the test)."""
+
+    name = "broken: ClusterQAT refits one step late"
+
+    def qat_train_iteration(self, network, params, buffers, qat_buffers, x, labels, **kw):
+        shifted = {k: (np.array(int(v) - 1) if k.endswith("weight_quant.step") else v) for k, v in qat_buffers.items()}
+        out = super().qat_train_iteration(network, params, buffers, shifted, x, labels, **kw)
+        new_buffers = {k: (np.array(int(v) + 1) if k.endswith("weight_quant.step") else v)
+                       for k, v in out.buffers.items()}
+        return out._replace(buffers=new_buffers)
+
+
 def _b(adapter, expected, *others, **kw) -> Broken:
     return Broken(adapter, expected, frozenset((expected,) + others), **kw)
 
@@ -734,4 +759,7 @@ BROKEN: dict[str, Broken] = {
     "hypersearch_global_index": _b(HyperSearchGlobalIndexAdapter, "§3.hypersearch"),
     "official_tuples_dict_order": _b(OfficialTuplesInDictOrderAdapter, "§3.scale-files", message="REVERSED"),
     "adamw_mask_once": _b(AdamWMaskOnceAdapter, "§3.adamw", message="multiplies the step by M"),
+    # SPEC §5: one QAT / ClusterQAT iteration
+    "qat_first_batch_averaged": _b(ObserverFirstBatchAveragedAdapter, "§5.qat", "§5.cluster-qat"),
+    "cluster_refit_late": _b(RefitOffByOneAdapter, "§5.cluster-qat"),
 }

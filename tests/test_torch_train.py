@@ -110,6 +110,9 @@ def test_resume_is_bit_identical_repoptimizer_at_epoch_boundary(digits8, tmp_pat
     train, test, _ = digits8
 
     def build(init_seed=0):
+        # create_model's seed draws the imaginary kernels of W'_0; the head is drawn from the global RNG, so
+        # the uninterrupted and the interrupted run must start from the same global state (as above)
+        seed_everything(init_seed)
         model = create_model("repopt_vgg_tiny8", num_classes=10, seed=init_seed)
         opt = build_repoptimizer(model, model.repopt_scales, lr=0.05, momentum=0.9, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)

@@ -49,6 +49,7 @@ method                                 SPEC                          clauses
 ``train_iteration``                    §1 one training iteration     ``§1.train-iteration``
 ``network_forward_train``              §1 network, train form        ``§1.network``
 ``network_forward_deployed``           §1 network, deploy form       ``§1.network``
+``qat_train_iteration``                §5 one QAT / ClusterQAT step  ``§5.qat``, ``§5.cluster-qat``
 =====================================  ============================  ======================
 
 :class:`ReferenceAdapter` implements every method with the reference itself (it is the
@@ -75,7 +76,7 @@ from repspec.reference.kmeans import kmeans_1d, kmeans_fake_quantize
 from repspec.reference.network import Network, train_step
 from repspec.reference.oabn import oabn_eval, oabn_eval_backward, oabn_factor, oabn_train, oabn_train_backward
 from repspec.reference.optim import SGD, adamw_step, sgd_step
-from repspec.reference.qat import UniformWeightQuantizer, make_qat_network
+from repspec.reference.qat import KMeansWeightQuantizer, UniformWeightQuantizer, make_qat_network
 from repspec.reference.quant import (
     activation_qparams,
     activation_range,
@@ -114,6 +115,7 @@ __all__ = [
     "OABNEvalResult",
     "BlockResult",
     "TrainIterationResult",
+    "QATSpec",
     "NetworkForwardResult",
     "DeployedNetworkResult",
     "QuantizedLayer",
@@ -167,6 +169,7 @@ ADAPTER_METHODS = (
     "train_iteration",
     "network_forward_train",
     "network_forward_deployed",
+    "qat_train_iteration",
 )
 
 #: the block kinds a :class:`BlockSpec` may name (SPEC §2 and §3)
@@ -392,6 +395,29 @@ class SGDSpec:
                 "weight_decay": dict(self.weight_decay) if isinstance(self.weight_decay, Mapping)
                 else self.weight_decay,
                 "grad_mult_masks": None if self.grad_mult_masks is None else dict(self.grad_mult_masks)}
+
+
+@dataclass(frozen=True)
+class QATSpec:
+    """How :meth:`ConformanceAdapter.qat_train_iteration` wraps a network for QAT on merged weights
+    (SPEC §5.qat, §5.cluster-qat).
+
+    ``kind``: ``'uniform'`` (``bits`` 2–8, per layer or ``per_channel``) or ``'kmeans'`` (ClusterQAT:
+    ``2^bits`` centroids, refit by warm-started Lloyd when ``step mod update_every = 0``).
+    ``act_bits``: the block inputs' fake quantization (``None``: FP32 inputs), moving-average
+    min/max with ``act_momentum``. ``keep_first_fp32``: the first block's weights and input stay FP32.
+    """
+
+    kind: str
+    bits: int
+    per_channel: bool = False
+    update_every: int = 1
+    act_bits: int | None = 8
+    act_momentum: float = 0.01
+    keep_first_fp32: bool = True
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 # --------------------------------------------------------------------- the protocol
@@ -704,6 +730,20 @@ class ConformanceAdapter(Protocol):
         (keys in :class:`DeployedNetworkResult`)."""
         ...
 
+    def qat_train_iteration(self, network: NetworkSpec, params: Mapping[str, np.ndarray],
+                            buffers: Mapping[str, np.ndarray], qat_buffers: Mapping[str, np.ndarray],
+                            x: np.ndarray, labels: np.ndarray, *, quantizer: QATSpec, optimizer: SGDSpec,
+                            opt_state: Mapping[str, Mapping[str, np.ndarray]]) -> TrainIterationResult:
+        """SPEC §5.qat / §5.cluster-qat: one QAT training iteration of ``network`` wrapped as ``quantizer``
+        says. Every forward fuses each block with its frozen running statistics, fake-quantizes the fused
+        kernel and the block input, runs ``relu(conv(x̂, K̂) + b)``; the backward is the STE through the
+        fusion; then one SGD step. ``qat_buffers`` is the quantizers' state before the iteration, by block
+        prefix: ``{prefix}.act_quant.lo / .hi / .initialized`` (0: the first training batch sets the
+        range) and, for ``'kmeans'``, ``{prefix}.weight_quant.centroids (2^bits,)`` and
+        ``{prefix}.weight_quant.step``. Returns a :class:`TrainIterationResult` whose ``buffers`` hold the
+        BN buffers (unchanged: frozen) and the quantizers' state after the iteration."""
+        ...
+
 
 def without_num_batches_tracked(buffers: Mapping[str, np.ndarray]) -> dict:
     """``buffers`` without the ``*.num_batches_tracked`` counters the suite adds (as in a PyTorch
@@ -910,6 +950,18 @@ class ReferenceAdapter(AdapterBase):
             net, params, without_num_batches_tracked(buffers), opt, state, x, labels)
         return TrainIterationResult(loss, logits, grads, new_params, new_buffers, new_state)
 
+    def qat_train_iteration(self, network, params, buffers, qat_buffers, x, labels, *, quantizer, optimizer,
+                            opt_state):
+        qnet, buffers_all = reference_qat_network(network, params, buffers, qat_buffers, quantizer)
+        wd = optimizer.weight_decay
+        opt = SGD(lr=optimizer.lr, momentum=optimizer.momentum, dampening=optimizer.dampening,
+                  nesterov=optimizer.nesterov, weight_decay=dict(wd) if isinstance(wd, Mapping) else wd,
+                  grad_mult_masks=optimizer.grad_mult_masks)
+        state = {k: dict(v) for k, v in opt_state.items()}
+        loss, logits, grads, new_params, new_buffers, new_state = train_step(qnet, params, buffers_all, opt, state,
+                                                                             x, labels)
+        return TrainIterationResult(loss, logits, grads, new_params, new_buffers, new_state)
+
     def network_forward_train(self, network, params, buffers, x):
         buffers = without_num_batches_tracked(buffers)
         logits, new_buffers, _ = network.reference_network(params).forward(params, buffers, x, training=True)
@@ -920,6 +972,25 @@ class ReferenceAdapter(AdapterBase):
                                                 without_num_batches_tracked(buffers))
         logits, _, _ = deployed_net.forward(deployed, {}, x, training=False)
         return DeployedNetworkResult(logits, deployed)
+
+
+def reference_qat_network(network: NetworkSpec, params, buffers, qat_buffers, quantizer: QATSpec):
+    """The reference's QAT network for ``quantizer`` and its buffers (BN buffers, then ``qat_buffers``
+    over the wrap-time state): what :meth:`ReferenceAdapter.qat_train_iteration` trains."""
+    if quantizer.kind == "uniform":
+        wq = UniformWeightQuantizer(quantizer.bits, quantizer.per_channel)
+    elif quantizer.kind == "kmeans":
+        wq = KMeansWeightQuantizer(quantizer.bits, update_every=quantizer.update_every)
+    else:
+        raise ValueError(f"quantizer.kind must be 'uniform' or 'kmeans', got {quantizer.kind!r}")
+    plain = without_num_batches_tracked(buffers)
+    qnet, wrapped = make_qat_network(network.reference_network(params), params, plain, weight_quantizer=wq,
+                                     act_bits=quantizer.act_bits, act_momentum=quantizer.act_momentum,
+                                     keep_first_fp32=quantizer.keep_first_fp32)
+    unknown = set(qat_buffers) - set(wrapped)
+    if unknown:
+        raise ValueError(f"qat_buffers has names the QAT network does not have: {sorted(unknown)}")
+    return qnet, {**wrapped, **{k: np.asarray(v) for k, v in qat_buffers.items()}}
 
 
 def describe(adapter: Any) -> str:

@@ -398,22 +398,27 @@ class TorchAdapter(AdapterBase):
         return q.quantize_activation_codes(self._t(x), scale, zp, bits).cpu().numpy()
 
     # -------------------------------------------------------------- §5 what is quantized, state size
-    def quantized_network(self, network: NetworkSpec, params, buffers, x, *, weight_bits, per_channel, act_bits,
-                          act_ranges):
-        qat = tq_qat
+    def _vgg_network(self, network: NetworkSpec, params, buffers, extra_names=()):
+        """The chain as a VGGNet with one block per stage, so torch_impl's make_qat_model decides what it
+        quantizes (block i is "stage0" / f"stage{i}.0" there), with ``params``/``buffers`` loaded; returns
+        ``(net, reference name -> torch name, torch block names)``."""
         blocks = [self._block(b, params) for b in network.blocks]
-        # the chain as a VGGNet with one block per stage, so torch_impl's make_qat_model decides what it
-        # quantizes; block i is "stage0" / f"stage{i}.0" there
         torch_names = ["stage0"] + [f"stage{i}.0" for i in range(1, len(blocks))]
         net = VGGNet(lambda cin, cout, stride, stage, index: blocks[stage], [1] * len(blocks),
                      [b.out_channels for b in network.blocks], [b.stride for b in network.blocks],
                      network.num_classes, network.blocks[0].in_channels)
         to_torch = {f"{network.head_name}.{n}": f"linear.{n}" for n in ("weight", "bias")}
         for b, name in zip(network.blocks, torch_names):
-            for k in list(params) + list(buffers):
+            for k in [*params, *buffers, *extra_names]:
                 if k.startswith(b.prefix + "."):
                     to_torch[k] = f"{name}.{k[len(b.prefix) + 1:]}"
         self._load(net, {to_torch[k]: v for k, v in params.items()}, {to_torch[k]: v for k, v in buffers.items()})
+        return net, to_torch, torch_names
+
+    def quantized_network(self, network: NetworkSpec, params, buffers, x, *, weight_bits, per_channel, act_bits,
+                          act_ranges):
+        qat = tq_qat
+        net, to_torch, torch_names = self._vgg_network(network, params, buffers)
         ranges = {name: act_ranges[b.prefix] for b, name in zip(network.blocks, torch_names) if b.prefix in act_ranges}
         with torch.no_grad(), self._exact():
             model = qat.make_qat_model(net, weight_quantizer=qat.UniformWeightQuantizer(weight_bits, per_channel),
@@ -520,6 +525,51 @@ class TorchAdapter(AdapterBase):
         return TrainIterationResult(float(loss.item()), self._np(logits), grads,
                                     {from_torch[k]: v for k, v in new_params.items()},
                                     {from_torch[k]: v for k, v in new_buffers.items()}, state)
+
+
+    def qat_train_iteration(self, network: NetworkSpec, params, buffers, qat_buffers, x, labels, *, quantizer,
+                            optimizer: SGDSpec, opt_state):
+        net, to_torch, _ = self._vgg_network(network, params, buffers, extra_names=qat_buffers)
+        from_torch = {v: k for k, v in to_torch.items()}
+        if quantizer.kind == "uniform":
+            wq = tq_qat.UniformWeightQuantizer(quantizer.bits, quantizer.per_channel)
+        elif quantizer.kind == "kmeans":
+            wq = tq_qat.KMeansWeightQuantizer(quantizer.bits, update_every=quantizer.update_every)
+        else:
+            raise NotProvided(f"quantizer kind {quantizer.kind!r}")
+        with torch.no_grad(), self._exact():
+            model = tq_qat.make_qat_model(net, weight_quantizer=wq, act_bits=quantizer.act_bits,
+                                          act_momentum=quantizer.act_momentum,
+                                          keep_first_fp32=quantizer.keep_first_fp32, inplace=True, progress=False)
+            own = dict(model.named_buffers())
+            for k, v in qat_buffers.items():
+                t = own[to_torch[k]]
+                t.copy_(torch.as_tensor(np.asarray(v)).to(dtype=t.dtype, device=t.device).reshape(t.shape))
+        model.train()
+        trainable = {from_torch[k]: p for k, p in model.named_parameters() if p.requires_grad}
+        groups: dict[float, list] = {}
+        for name, p in trainable.items():
+            groups.setdefault(optimizer.decay_for(name), []).append(p)
+        opt = torch.optim.SGD([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()], lr=optimizer.lr,
+                              momentum=optimizer.momentum, dampening=optimizer.dampening, nesterov=optimizer.nesterov)
+        for name, st in opt_state.items():
+            if "momentum_buffer" in st:
+                opt.state[trainable[name]]["momentum_buffer"] = self._t(st["momentum_buffer"])
+        with self._exact():
+            logits = model(self._t(x))
+            loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self.device))
+            loss.backward()
+            grads = {name: self._np(p.grad) if p.grad is not None else np.zeros(tuple(p.shape))
+                     for name, p in trainable.items()}
+            opt.step()
+        new_params, new_buffers = module_arrays(model)
+        state = {}
+        for name, p in trainable.items():
+            buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
+            state[name] = {} if buf is None else {"momentum_buffer": self._np(buf)}
+        return TrainIterationResult(float(loss.item()), self._np(logits), grads,
+                                    {from_torch[k]: v for k, v in new_params.items()},
+                                    {from_torch[k]: v for k, v in new_buffers.items() if k in from_torch}, state)
 
 
 class _Net(nn.Module):
