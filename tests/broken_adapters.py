@@ -676,6 +676,20 @@ class Broken:
     counterexample: bool = True  # the failure carries a counter-example (not a coverage verdict)
 
 
+class BinnedBinCount2kAdapter(ReferenceAdapter):
+    """The binned k-means init with ``2k`` runs instead of ``max(128, 2k)`` (a port that reads
+    "two bins per centroid" and misses the floor)."""
+
+    name = "broken: binned init with 2k bins"
+
+    def kmeans_1d(self, values, k, *, init, max_iter, init_centroids=None):
+        if init != "binned":
+            return super().kmeans_1d(values, k, init=init, max_iter=max_iter, init_centroids=init_centroids)
+        start = ref_kmeans.binned_optimal_centroids(values, k, bins=2 * k)
+        res = ref_kmeans.kmeans_1d(values, k, init="warm", max_iter=max_iter, init_centroids=start)
+        return res.centroids, res.labels
+
+
 class ObserverFirstBatchAveragedAdapter(ReferenceAdapter):
     """QAT's activation observer without its "first batch initializes" rule: an uninitialized range
     (``initialized = 0``, lo = hi = 0) is averaged with the batch like a known one."""
@@ -759,6 +773,8 @@ BROKEN: dict[str, Broken] = {
     "hypersearch_global_index": _b(HyperSearchGlobalIndexAdapter, "§3.hypersearch"),
     "official_tuples_dict_order": _b(OfficialTuplesInDictOrderAdapter, "§3.scale-files", message="REVERSED"),
     "adamw_mask_once": _b(AdamWMaskOnceAdapter, "§3.adamw", message="multiplies the step by M"),
+    # only the 3000-value special cases reach the runs (drawn cases have n <= 40 <= 4·128: the exact optimum)
+    "binned_2k_bins": _b(BinnedBinCount2kAdapter, "§5.kmeans", "§5.cluster-qat", generated=False),
     # SPEC §5: one QAT / ClusterQAT iteration
     "qat_first_batch_averaged": _b(ObserverFirstBatchAveragedAdapter, "§5.qat", "§5.cluster-qat"),
     "cluster_refit_late": _b(RefitOffByOneAdapter, "§5.cluster-qat"),

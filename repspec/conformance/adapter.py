@@ -704,7 +704,8 @@ class ConformanceAdapter(Protocol):
     def kmeans_1d(self, values: np.ndarray, k: int, *, init: str, max_iter: int,
                   init_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """SPEC §5: 1-D k-means → ``(centroids (k,) ascending, labels int, shaped like values)``.
-        ``init`` ∈ {"optimal", "linear", "quantile", "warm"} (``warm`` uses ``init_centroids``)."""
+        ``init`` ∈ {"optimal", "linear", "quantile", "binned", "warm"} (``warm`` uses ``init_centroids``;
+        ``binned`` is SPEC §5.kmeans-binned with its default bin count ``max(128, 2k)``)."""
         ...
 
     def train_iteration(self, network: NetworkSpec, params: Mapping[str, np.ndarray],

@@ -1204,12 +1204,12 @@ register(Clause(
 
 @st.composite
 def _kmeans_cases(draw) -> dict:
-    init = draw(st.sampled_from(["optimal", "linear", "quantile", "warm"]))
+    init = draw(st.sampled_from(["optimal", "linear", "quantile", "warm", "binned"]))
     k = draw(st.sampled_from([2, 1, 4, 8]))
     n = draw(st.integers(1, 40))
     max_iter = draw(st.sampled_from([300, 0, 1, 3]))
     layout = draw(st.sampled_from(["1d", "2d"]))
-    decimals = None if init == "optimal" else draw(st.sampled_from([None, 1, 0, 2]))
+    decimals = None if init in ("optimal", "binned") else draw(st.sampled_from([None, 1, 0, 2]))
     seed = draw(seeds)
     rng = case_rng(seed)
     v = rng.standard_t(3, n) * 10.0 ** rng.integers(-2, 3)
@@ -1275,10 +1275,27 @@ def _kmeans_example_few_distinct() -> dict:
     return dict(init="optimal", k=4, n=4, max_iter=300, decimals=1, seed=0, values=v, init_centroids=None)
 
 
+@special("binned init on 3000 values (more than 4·max(128, 2k)): the DP over equal-count and equal-mass runs, "
+         "compared before Lloyd (max_iter 0)")
+def _kmeans_example_binned_runs() -> dict:
+    rng = case_rng(7)
+    v = rng.standard_t(3, 3000)
+    return dict(init="binned", k=4, n=3000, max_iter=0, decimals=None, seed=7, values=v, init_centroids=None)
+
+
+@special("binned init on 3000 values with heavy repeats (equal values across run boundaries), then Lloyd")
+def _kmeans_example_binned_repeats() -> dict:
+    rng = case_rng(8)
+    v = np.round(rng.standard_t(3, 3000), 1)
+    return dict(init="binned", k=8, n=3000, max_iter=300, decimals=1, seed=8, values=v, init_centroids=None)
+
+
 register(Clause(
     id="§5.kmeans", section="§5", title="1-D k-means (Lloyd with named inits, exact DP optimum)",
     checks="centroids (ascending) and labels of reference.kmeans.kmeans_1d: inits 'optimal' (exact DP), "
-           "'linear' (linspace over [min, max]), 'quantile' (mid-quantiles, linear interpolation), 'warm' "
+           "'linear' (linspace over [min, max]), 'quantile' (mid-quantiles, linear interpolation), 'binned' "
+           "(the default: SPEC §5.kmeans-binned's DP over weighted runs; 3000-value special cases exercise the runs), "
+           "'warm' "
            "(given centroids, sorted on entry); assignment with the midpoint rule; update = mean of members, an "
            "empty cluster keeps its centroid; stop on unchanged labels or max_iter ∈ {0, 1, 3, 300}; "
            "k ≥ #distinct → the distinct values then copies of the largest; k ∈ {1, 2, 4, 8}, repeated values, "
@@ -1287,6 +1304,7 @@ register(Clause(
               "some value came within 1e-9 (relative to max|v|) of a midpoint during the reference's run is not "
               "compared (SPEC §6) — exact ties are §5.kmeans-ties' job.",
     methods=("kmeans_1d",), strategy=_kmeans_cases, check=_check_kmeans,
-    examples=(_kmeans_example, _kmeans_example_few_distinct),
+    examples=(_kmeans_example, _kmeans_example_few_distinct, _kmeans_example_binned_runs,
+              _kmeans_example_binned_repeats),
 ))
 
