@@ -229,7 +229,7 @@ def _fmt(a) -> str:
     return f"{a.dtype}{list(a.shape)}"
 
 
-def _codes(report, add, L, what, node, got_codes, values, scale, expected_codes_fn):
+def _codes(report, add, what, node, got_codes, values, scale, expected_codes_fn):
     """Codes compared exactly, except values within TIE_EPS of a .5 boundary."""
     got = np.asarray(got_codes).astype(np.int64)
     want = expected_codes_fn()
@@ -308,7 +308,7 @@ def check_qdq_layers(layers: list[QDQLayer], expected: list[ExpectedLayer], *, p
         file_s = got_s.astype(np.float64).reshape(np.shape(s_w))
         values = k if L.op == "Conv" or L.weight_codes.shape == k.shape else k.T
         codes = L.weight_codes if L.weight_codes.shape == values.shape else np.asarray(L.weight_codes).T
-        _codes(report, add, L, "weight codes", L.weight_node, codes, values, file_s,
+        _codes(report, add, "weight codes", L.weight_node, codes, values, file_s,
                lambda: quantize_weight(values, file_s, E.weight_bits))
         # int32 bias: scale s_x * s_w, codes rint(b / scale)
         if L.bias_node is not None and L.act_scale is not None:
@@ -329,7 +329,7 @@ def check_qdq_layers(layers: list[QDQLayer], expected: list[ExpectedLayer], *, p
                 bz is None or not np.any(bz))
             b = np.asarray(E.bias, np.float64)
             scale_b = got_b.astype(np.float64)
-            _codes(report, add, L, "bias codes", L.bias_node, L.bias_codes, b, scale_b,
+            _codes(report, add, "bias codes", L.bias_node, L.bias_codes, b, scale_b,
                    lambda: np.where(scale_b > 0, np.rint(b / np.where(scale_b > 0, scale_b, 1.0)), 0).astype(np.int64))
     return report
 
