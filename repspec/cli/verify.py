@@ -14,6 +14,7 @@ from repspec.core.runtime import DEFAULT_THREADS
 from . import _common as common
 from ._loading import build_model
 from ._sources import OFFICIAL_SUFFIXES, resolve_source
+from repspec.core.vocabulary import CALIBRATORS
 
 NAME = "verify"
 OUTPUT = None
@@ -67,6 +68,21 @@ def add_parser(sub, argv) -> None:
                    help="also require FILE's weights and logits to be those of SOURCE: a checkpoint directory, a "
                         "`repspec convert` file, a `repspec quantize` output, or a .pth/.pt with --model (without "
                         "it, only the architecture is checked: any weights pass)")
+    g.add_argument("--nodes", action="store_true",
+                   help="check the INT8 QDQ FILE node by node against the NumPy reference of the float model "
+                        "--reference names (a checkpoint, a `repspec convert` file or a .pth with --model): every "
+                        "activation scale/zero point, weight code and scale, per-channel axis and int32 bias scale; "
+                        "prints a table (node, check, expected, got, verdict)")
+    g.add_argument("--ranges", default=None, metavar="DIR",
+                   help="with --nodes: the calibrated ranges FILE claims are those a `repspec quantize` output "
+                        "recorded (checked against a reference recalibration too when --calib-batches is given)")
+    g.add_argument("--calibrator", default="minmax", choices=CALIBRATORS,
+                   help="with --nodes: the reference calibrator that gives the activation ranges (default minmax)")
+    g.add_argument("--calib-batches", type=common.parse_positive_int, default=None,
+                   help="with --nodes: calibration batches of SOURCE's training data, in order (default 8 without "
+                        "--ranges)")
+    g.add_argument("--calib-batch-size", type=common.parse_positive_int, default=64,
+                   help="with --nodes: the calibration batch size (quantize's --batch-size; default 64)")
     if not runs_the_suite(argv):
         return
     from repspec.conformance.runner import add_arguments  # needs Hypothesis: main() checked it first
@@ -88,6 +104,17 @@ def check(args) -> None:
             args.reference = resolve_source(args.reference, "--reference",
                                             kinds=("checkpoint", "deploy", "quantized", "official"),
                                             model=args.model if official else None)
+        if args.nodes:
+            if args.reference is None or args.reference.kind == "quantized":
+                raise common.CLIError("--nodes needs --reference SOURCE naming the float model FILE quantizes "
+                                      "(a checkpoint, a `repspec convert` file or a .pth with --model)")
+            if args.ranges is not None:
+                args.ranges = resolve_source(args.ranges, "--ranges", kinds=("quantized",))
+            if args.reference.data is None and (args.ranges is None or args.calib_batches is not None):
+                raise common.CLIError(f"--nodes: {args.reference.describe} records no data to calibrate on; "
+                                      f"give --ranges DIR (a `repspec quantize` output) without --calib-batches")
+        elif args.ranges is not None or args.calib_batches is not None:
+            raise common.CLIError("--ranges and --calib-batches apply with --nodes")
     elif getattr(args, "reference", None) is not None:
         raise common.CLIError("--reference applies with --onnx")
     if getattr(args, "_verify_loaded", False) and args.json not in (None, "-"):
@@ -112,7 +139,7 @@ def outputs(args) -> list:
 
 def run(args) -> int:
     if args.onnx is not None:
-        return verify_onnx_file(args)
+        return verify_onnx_nodes(args) if args.nodes else verify_onnx_file(args)
     if args.model is not None:
         raise common.CLIError("--model applies with --onnx (the architecture an ONNX file claims to be)")
     from repspec.conformance.runner import run_from_args
@@ -120,6 +147,42 @@ def run(args) -> int:
     if args.impl is None and not args.list:
         args.impl = "torch"  # the shipped adapter: repspec.conformance.torch_adapter:TorchAdapter
     return run_from_args(args)
+
+
+def verify_onnx_nodes(args) -> int:
+    """``repspec verify --onnx FILE --nodes --reference SOURCE``: the per-node table, then one line;
+    0 if every check passes, 1 if one fails; a file that is not QDQ or matches no layer of SOURCE is
+    an error (2)."""
+    import torch
+
+    from repspec.conformance.onnx_nodes import OnnxNodeInputError, check_qdq_nodes
+
+    from ._loading import load_data_from_settings
+
+    torch.set_num_threads(DEFAULT_THREADS)
+    model = build_model(args.reference).float().eval()
+    ranges = None if args.ranges is None else build_model(args.ranges).act_ranges()
+    batches = None
+    n = args.calib_batches if args.calib_batches is not None else (None if ranges is not None else 8)
+    if n is not None:
+        if args.reference.data is None:
+            raise common.CLIError(f"--calib-batches: {args.reference.describe} records no data to calibrate on")
+        from repspec.torch_impl.training.data import make_loader
+
+        train_set, _, _ = load_data_from_settings(args.reference.data)
+        loader = make_loader(train_set, args.calib_batch_size, seed=int(args.reference.data["seed"]), shuffle=False)
+        batches = []
+        for x, _ in loader:
+            if len(batches) == n:
+                break
+            batches.append(x.double().numpy())
+    try:
+        rep = check_qdq_nodes(args.onnx, model, ranges=ranges, batches=batches, calibrator=args.calibrator)
+    except OnnxNodeInputError as exc:
+        raise common.CLIError(f"--onnx --nodes: {exc}") from None
+    print(rep.table())
+    print(rep.summary() + f" (reference: {args.reference.describe})")
+    return 0 if rep.ok else 1
 
 
 def verify_onnx_file(args) -> int:
