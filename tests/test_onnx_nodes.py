@@ -136,3 +136,53 @@ def test_non_qdq_file_and_unmatched_reference_are_input_errors(setup, tmp_path):
     other = create_model("repvgg_tiny32", num_classes=5).eval()
     with pytest.raises(OnnxNodeInputError, match="no matching reference"):
         check_qdq_nodes(path, other, ranges=q.act_ranges())
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from repspec.cli import main
+
+    d = tmp_path_factory.mktemp("nodes_cli")
+    torch.save(create_model("repvgg_tiny8", num_classes=10).state_dict(), d / "x.pth")
+    assert main(["quantize", "ptq", "--checkpoint", str(d / "x.pth"), "--model", "repvgg_tiny8", "--dataset",
+                 "digits", "--image-size", "16", "--per-channel", "--onnx", "--out", str(d / "q"), "--calib-batches",
+                 "2", "--no-progress"]) == 0
+    return d
+
+
+def _verify(d, onnx_path, capsys):
+    from repspec.cli import main
+
+    code = main(["verify", "--onnx", str(onnx_path), "--nodes", "--reference", str(d / "x.pth"), "--model",
+                 "repvgg_tiny8", "--ranges", str(d / "q")])
+    return code, capsys.readouterr()
+
+
+def test_cli_nodes_table_pass_fail_and_bad_input(cli_files, capsys, tmp_path):
+    d = cli_files
+    code, out = _verify(d, d / "q" / "model.onnx", capsys)
+    assert code == 0, out.out
+    assert "node | check | expected | got | verdict" in out.out and out.out.strip().splitlines()[-1].startswith("OK")
+
+    def fn(p):
+        _, a = _init(p, "stage2.0.act_scale")
+        _set(p, "stage2.0.act_scale", (a * np.float32(1.02)).astype(np.float32))
+    code, out = _verify(d, _mutate(d / "q" / "model.onnx", tmp_path / "m.onnx", fn), capsys)
+    assert code == 1 and "stage2.0.act_quantize | act_scale" in out.out and "FAIL" in out.out
+
+    fp32 = export_onnx(create_model("repvgg_tiny8", num_classes=10), tmp_path / "fp32.onnx")
+    code, out = _verify(d, fp32, capsys)
+    assert code == 2 and len(out.err.strip().splitlines()) == 1 and "fp32.onnx" in out.err and "not a QDQ" in out.err
+    assert not (tmp_path / "fp32.onnx.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["fp32.onnx", "m.onnx"]  # nothing written
+
+
+def test_cli_no_matching_reference_is_one_line_exit_2(cli_files, capsys, tmp_path):
+    from repspec.cli import main
+
+    d = cli_files
+    torch.save(create_model("repvgg_tiny32", num_classes=10).state_dict(), tmp_path / "other.pth")
+    code = main(["verify", "--onnx", str(d / "q" / "model.onnx"), "--nodes", "--reference", str(tmp_path / "other.pth"),
+                 "--model", "repvgg_tiny32", "--ranges", str(d / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "model.onnx" in err and "no matching reference" in err
