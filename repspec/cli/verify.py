@@ -12,7 +12,7 @@ from repspec.core.outputs import check_output
 from repspec.core.runtime import DEFAULT_THREADS
 
 from . import _common as common
-from ._loading import build_model
+from ._loading import build_model, load_data_from_settings
 from ._sources import OFFICIAL_SUFFIXES, resolve_source
 from repspec.core.vocabulary import CALIBRATORS
 
@@ -156,8 +156,6 @@ def verify_onnx_nodes(args) -> int:
     import torch
 
     from repspec.conformance.onnx_nodes import OnnxNodeInputError, check_qdq_nodes
-
-    from ._loading import load_data_from_settings
 
     torch.set_num_threads(DEFAULT_THREADS)
     model = build_model(args.reference).float().eval()

@@ -55,10 +55,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
 
 from repspec.reference import calibrate as ref_calibrate
 from repspec.reference import ops as ref_ops
 from repspec.reference import quant as ref_quant
+from repspec.torch_impl import convert_to_deploy
+from repspec.torch_impl.quantization.onnx_export import onnx_session
 
 __all__ = ["check_qdq_nodes", "NodeCheck", "NodeReport", "OnnxNodeInputError", "TOLERANCES"]
 
@@ -152,8 +157,6 @@ class _Layer:
 
 class _Graph:
     def __init__(self, proto):
-        from onnx import numpy_helper  # noqa: PLC0415
-
         self.inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
         for n in proto.graph.node:  # Constant nodes count as initializers
             if n.op_type == "Constant":
@@ -171,8 +174,6 @@ class _Graph:
         return self.inits.get(name)
 
     def attr(self, node, name, default=None):
-        from onnx import helper  # noqa: PLC0415
-
         for a in node.attribute:
             if a.name == name:
                 return helper.get_attribute_value(a)
@@ -216,10 +217,6 @@ def _layers(g: _Graph) -> list[_Layer]:
 
 def _float_layers(float_model) -> list[tuple[str, np.ndarray, np.ndarray, int, int]]:
     """``[(name, W, b, stride, groups)]`` of the fused deploy network in float64 (from its float32 kernels)."""
-    import torch  # noqa: PLC0415
-
-    from repspec.torch_impl import convert_to_deploy  # noqa: PLC0415
-
     deploy = convert_to_deploy(float_model).float().eval()
     out = []
     with torch.no_grad():
@@ -310,10 +307,6 @@ def check_qdq_nodes(path, float_model, *, ranges=None, batches=None, calibrator:
     with both, each recorded range is also checked against the recalibration. Returns a
     :class:`NodeReport`; raises :class:`OnnxNodeInputError` when the file cannot be checked.
     """
-    import onnx  # noqa: PLC0415
-
-    from repspec.torch_impl.quantization.onnx_export import onnx_session  # noqa: PLC0415
-
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - any parse failure is the verdict
