@@ -186,3 +186,35 @@ def test_cli_no_matching_reference_is_one_line_exit_2(cli_files, capsys, tmp_pat
                  "--model", "repvgg_tiny32", "--ranges", str(d / "q")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "model.onnx" in err and "no matching reference" in err
+
+
+def test_onnxruntime_quantize_static_file_passes_and_a_changed_zero_point_fails(tmp_path):
+    """A file made by another tool (onnxruntime's quantize_static, QDQ, per channel, first conv quantized:
+    its input is signed, so that zero point is not 0), checked against a reference recalibration."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    model = create_model("repvgg_tiny8", num_classes=5).eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    batches = [np.random.default_rng(i).standard_normal((4, 3, 16, 16)) for i in range(2)]
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": b.astype(np.float32)} for b in batches])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = tmp_path / "ort.onnx"
+    quantization.quantize_static(str(fp32), str(out), Reader(), quant_format=quantization.QuantFormat.QDQ,
+                                 per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QInt8)
+    rep = check_qdq_nodes(out, model, batches=batches)
+    assert rep.ok, rep.table()
+    first = next(c for c in rep.checks if c.check == "act_zero_point")
+    assert first.expected != "uint8 0"
+    proto = onnx.load(str(out))
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
+    _, zp = _init(proto, q.input[2])
+    _set(proto, q.input[2], (zp + 1).astype(np.uint8))
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    assert (q.name, "act_zero_point") in _failed(check_qdq_nodes(tmp_path / "m.onnx", model, batches=batches))
