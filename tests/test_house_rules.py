@@ -47,7 +47,7 @@ LAZY_IMPORTS: list[tuple[str, str, str]] = [
      "Numba's import (0.4 s) and first compilation are paid only by fused=True on the CPU"),
     (r"repspec\.torch_impl\..+", r"matplotlib(\..+)?",
      "matplotlib's import (0.5 s) is paid only by what writes a PNG"),
-    (r"repspec\.torch_impl\..+|repspec\.conformance\.qdq", r"onnx|onnxruntime|onnxscript",
+    (r"repspec\.torch_impl\..+", r"onnx|onnxruntime|onnxscript",
      "the ONNX tools are the optional [onnx] extra: torch_impl works without them"),
     (r"repspec\.torch_impl\.training\.data", r"sklearn\.datasets",
      "scikit-learn's import (1.4 s) is paid only by the dataset it ships (digits)"),

@@ -1,140 +1,220 @@
-"""A QDQ ONNX file checked node by node against the reference (repspec.conformance.qdq).
+"""INT8 QDQ ONNX files checked node by node against the reference (repspec.conformance.onnx_nodes).
 
-One tiny network is quantized with its first block's input quantized too (the normalized
-image is signed, so that zero point is not 0), per-channel 8-bit weights and int32 biases,
-then exported; the correct file passes every node check, and each single edit a broken
-exporter makes — one activation scale 2% off, one zero point +1, bias scales of ``s_w``
-instead of ``s_x·s_w``, one weight code changed, per-channel scales on axis 1 — fails, naming
-the node.
+The model quantizes its first layer (``keep_first_fp32=False``): that layer's input is the
+signed network input, so its zero point is not 0 and a changed zero point is visible.
+Each mutation of a correct file must fail the check naming the mutated node. Tolerances
+are the module's table (``TOLERANCES``): scales to 1 float32 ulp, codes and zero points exact.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-pytest.importorskip("onnx", reason="the ONNX checks need the [onnx] extra (onnx, onnxruntime)")
-pytest.importorskip("onnxruntime", reason="the ONNX checks need the [onnx] extra (onnx, onnxruntime)")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
 
-import onnx  # noqa: E402
-import torch  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-from repspec.conformance.qdq import (QDQFormatError, check_qdq_file, check_qdq_layers,  # noqa: E402
-                                     expected_layers, read_qdq_layers)
-from repspec.torch_impl.modules.models import create_model  # noqa: E402
-from repspec.torch_impl.quantization.onnx_export import export_onnx, qdq_expectations, verify_onnx  # noqa: E402
-from repspec.torch_impl.quantization.ptq import ptq_quantize  # noqa: E402
+from repspec.conformance.onnx_nodes import OnnxNodeInputError, check_qdq_nodes  # noqa: E402
+from repspec.torch_impl import create_model, ptq_quantize  # noqa: E402
+from repspec.torch_impl.quantization.onnx_export import export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def setup(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("repvgg_tiny8", 3, in_channels=3).eval()
-    gen = torch.Generator().manual_seed(1)
-    batches = [torch.randn(4, 3, 8, 8, generator=gen) for _ in range(2)]
-    qm = ptq_quantize(model, batches, weight_bits=8, act_bits=8, per_channel=True, keep_first_fp32=False,
-                      progress=False)
-    path = tmp_path_factory.mktemp("qdq") / "tiny.onnx"
-    export_onnx(qm, path, bias="int32")
-    return path, expected_layers(qdq_expectations(model, qm))
+    model = create_model("repvgg_tiny8", num_classes=5).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(torch.rand(v.shape, generator=g) + 0.5 if k.endswith("running_var")
+                        else torch.randn(v.shape, generator=g) * 0.3)
+    batches = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)]
+    q = ptq_quantize(model, [(x, None) for x in batches], per_channel=True, keep_first_fp32=False,
+                     keep_last_fp32=False, progress=False)
+    path = tmp_path_factory.mktemp("nodes") / "model.onnx"
+    export_onnx(q, path, model_name="repvgg_tiny8", bias="int32")
+    return model, q, path, [x.double().numpy() for x in batches]
 
 
-def _edit(path, tmp_path, fn):
-    proto = onnx.load(str(path))
-    inits = {i.name: i for i in proto.graph.initializer}
-    fn(proto, inits)
-    out = tmp_path / "edited.onnx"
-    onnx.save(proto, str(out))
-    return out
+def _mutate(src, dst, fn):
+    proto = onnx.load(str(src))
+    fn(proto)
+    onnx.save(proto, str(dst))
+    return dst
 
 
-def _set(inits, name, array):
-    inits[name].CopyFrom(numpy_helper.from_array(array, name))
+def _init(proto, name):
+    t = next(t for t in proto.graph.initializer if t.name == name)
+    return t, numpy_helper.to_array(t).copy()
 
 
-def _value(inits, name):
-    return numpy_helper.to_array(inits[name]).copy()
+def _set(proto, name, array):
+    t, _ = _init(proto, name)
+    t.CopyFrom(numpy_helper.from_array(array, name))
 
 
-def _failed(report):
-    return {(f.node, f.check) for f in report.failures()}
+def _failed(rep):
+    return {(c.node, c.check) for c in rep.failures}
 
 
-def test_the_exported_file_passes_every_node_check_and_exercises_a_zero_point(exported):
-    path, expected = exported
-    report = check_qdq_file(path, expected)
-    assert report.ok, report.table()
-    zps = {f.node: f.got for f in report.findings if f.check == "activation zero point"}
-    assert zps["stage0.act_quantize"] not in ("0", "None")  # a signed input: the zero point matters
-    checks = {f.check for f in report.findings}
-    assert {"activation scale", "activation zero point", "weight scale", "weight scale axis", "weight codes",
-            "bias scale = s_x·s_w", "bias codes"} <= checks
+def test_correct_file_passes_with_recorded_and_recalibrated_ranges(setup):
+    model, q, path, batches = setup
+    rep = check_qdq_nodes(path, model, ranges=q.act_ranges(), batches=batches)
+    assert rep.ok, rep.table()
+    assert q.act_ranges()["stage0"][0] < 0  # the signed first input: a non-zero zero point is exercised
+    checks = {c.check for c in rep.checks}
+    assert {"act_scale", "act_zero_point", "weight_axis", "weight_scale", "weight_codes", "bias_scale",
+            "range", "outputs"} <= checks
+    zp = next(c for c in rep.checks if c.node == "stage0.act_quantize" and c.check == "act_zero_point")
+    assert zp.expected != "uint8 0"
 
 
-def test_one_activation_scale_two_percent_off_fails_naming_its_node(exported, tmp_path):
-    path, expected = exported
-    name = "stage1.1.act_scale"
-    out = _edit(path, tmp_path, lambda p, i: _set(i, name, (_value(i, name) * np.float32(1.02)).astype(np.float32)))
-    # the int32 bias scale written from the true s_x no longer equals s_x·s_w either
-    assert _failed(check_qdq_file(out, expected)) == {("stage1.1.act_quantize", "activation scale"),
-                                                       ("stage1.1.rbr_reparam.bias_dequantize", "bias scale = s_x·s_w")}
-    # the logits-only verdict does not see it
-    assert verify_onnx(out).ok
+def test_activation_scale_two_percent_off_fails_naming_the_node(setup, tmp_path):
+    model, q, path, batches = setup
+    def fn(p):
+        _, a = _init(p, "stage1.0.act_scale")
+        _set(p, "stage1.0.act_scale", (a * np.float32(1.02)).astype(np.float32))
+    rep = check_qdq_nodes(_mutate(path, tmp_path / "m.onnx", fn), model, ranges=q.act_ranges())
+    assert ("stage1.0.act_quantize", "act_scale") in _failed(rep)
 
 
-def test_a_zero_point_changed_by_one_fails_naming_its_node(exported, tmp_path):
-    path, expected = exported
-    name = "stage0.act_zero_point"
-    out = _edit(path, tmp_path, lambda p, i: _set(i, name, (_value(i, name) + 1).astype(np.uint8)))
-    assert _failed(check_qdq_file(out, expected)) == {("stage0.act_quantize", "activation zero point")}
+def test_zero_point_plus_one_fails_naming_the_node(setup, tmp_path):
+    model, q, path, batches = setup
+    def fn(p):
+        _, a = _init(p, "stage0.act_zero_point")
+        _set(p, "stage0.act_zero_point", (a + 1).astype(np.uint8))
+    rep = check_qdq_nodes(_mutate(path, tmp_path / "m.onnx", fn), model, ranges=q.act_ranges())
+    assert ("stage0.act_quantize", "act_zero_point") in _failed(rep)
 
 
-def test_bias_scales_of_s_w_alone_fail(exported, tmp_path):
-    path, expected = exported
-
-    def edit(p, i):
-        _set(i, "stage2.0.rbr_reparam.bias_scale", _value(i, "stage2.0.rbr_reparam.weight_scale"))
-
-    failed = _failed(check_qdq_file(_edit(path, tmp_path, edit), expected))
-    assert ("stage2.0.rbr_reparam.bias_dequantize", "bias scale = s_x·s_w") in failed
-    assert {node for node, _ in failed} == {"stage2.0.rbr_reparam.bias_dequantize"}
+def test_bias_scale_of_s_w_fails(setup, tmp_path):
+    model, q, path, batches = setup
+    def fn(p):
+        _, s_w = _init(p, "stage1.0.rbr_reparam.weight_scale")
+        _set(p, "stage1.0.rbr_reparam.bias_scale", s_w)
+    rep = check_qdq_nodes(_mutate(path, tmp_path / "m.onnx", fn), model, ranges=q.act_ranges())
+    assert ("stage1.0.rbr_reparam.bias_dequantize", "bias_scale") in _failed(rep)
 
 
-def test_one_weight_code_changed_fails(exported, tmp_path):
-    path, expected = exported
-    name = "stage3.0.rbr_reparam.weight_q"
-
-    def edit(p, i):
-        q = _value(i, name)
-        q.reshape(-1)[5] = q.reshape(-1)[5] + (1 if q.reshape(-1)[5] < 127 else -1)
-        _set(i, name, q)
-
-    report = check_qdq_file(_edit(path, tmp_path, edit), expected)
-    assert _failed(report) == {("stage3.0.rbr_reparam.weight_dequantize", "weight codes")}
-    assert "1 code(s) differ" in report.failures()[0].got
+def test_one_weight_code_changed_fails(setup, tmp_path):
+    model, q, path, batches = setup
+    def fn(p):
+        _, c = _init(p, "stage2.0.rbr_reparam.weight_q")
+        c.flat[3] = c.flat[3] + (1 if c.flat[3] < 127 else -1)
+        _set(p, "stage2.0.rbr_reparam.weight_q", c)
+    rep = check_qdq_nodes(_mutate(path, tmp_path / "m.onnx", fn), model, ranges=q.act_ranges())
+    assert ("stage2.0.rbr_reparam.weight_dequantize", "weight_codes") in _failed(rep)
 
 
-def test_per_channel_scales_on_axis_1_fail(exported, tmp_path):
-    path, expected = exported
-
-    def edit(p, i):
+def test_per_channel_scale_on_axis_1_fails(setup, tmp_path):
+    model, q, path, batches = setup
+    def fn(p):
         node = next(n for n in p.graph.node if n.name == "stage1.0.rbr_reparam.weight_dequantize")
         next(a for a in node.attribute if a.name == "axis").i = 1
+    rep = check_qdq_nodes(_mutate(path, tmp_path / "m.onnx", fn), model, ranges=q.act_ranges())
+    assert ("stage1.0.rbr_reparam.weight_dequantize", "weight_axis") in _failed(rep)
 
-    failed = _failed(check_qdq_file(_edit(path, tmp_path, edit), expected))
-    assert failed == {("stage1.0.rbr_reparam.weight_dequantize", "weight scale axis")}
+
+def test_a_recorded_range_off_the_recalibration_fails(setup):
+    model, q, path, batches = setup
+    ranges = dict(q.act_ranges())
+    lo, hi = ranges["stage1.0"]
+    ranges["stage1.0"] = (lo, hi * 1.01)
+    rep = check_qdq_nodes(path, model, ranges=ranges, batches=batches)
+    assert ("stage1.0.act_quantize", "range") in _failed(rep)
 
 
-def test_a_file_with_no_matching_reference_or_not_qdq_is_refused(exported, tmp_path):
-    path, expected = exported
-    with pytest.raises(QDQFormatError, match="no matching reference"):
-        check_qdq_layers(read_qdq_layers(onnx.load(str(path))), expected[:-1], path=str(path))
-    fp32 = tmp_path / "fp32.onnx"
-    export_onnx(create_model("repvgg_tiny8", 3, in_channels=3).eval(), fp32)
-    with pytest.raises(QDQFormatError, match="not a QDQ file"):
-        check_qdq_file(fp32, expected)
-    junk = tmp_path / "junk.onnx"
-    junk.write_bytes(b"not onnx")
-    with pytest.raises(QDQFormatError, match="not a readable ONNX file"):
-        check_qdq_file(junk, expected)
+def test_non_qdq_file_and_unmatched_reference_are_input_errors(setup, tmp_path):
+    model, q, path, batches = setup
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    with pytest.raises(OnnxNodeInputError, match="not a QDQ file"):
+        check_qdq_nodes(fp32, model, ranges=q.act_ranges())
+    other = create_model("repvgg_tiny32", num_classes=5).eval()
+    with pytest.raises(OnnxNodeInputError, match="no matching reference"):
+        check_qdq_nodes(path, other, ranges=q.act_ranges())
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from repspec.cli import main
+
+    d = tmp_path_factory.mktemp("nodes_cli")
+    torch.save(create_model("repvgg_tiny8", num_classes=10).state_dict(), d / "x.pth")
+    assert main(["quantize", "ptq", "--checkpoint", str(d / "x.pth"), "--model", "repvgg_tiny8", "--dataset",
+                 "digits", "--image-size", "16", "--per-channel", "--onnx", "--out", str(d / "q"), "--calib-batches",
+                 "2", "--no-progress"]) == 0
+    return d
+
+
+def _verify(d, onnx_path, capsys):
+    from repspec.cli import main
+
+    code = main(["verify", "--onnx", str(onnx_path), "--nodes", "--reference", str(d / "x.pth"), "--model",
+                 "repvgg_tiny8", "--ranges", str(d / "q")])
+    return code, capsys.readouterr()
+
+
+def test_cli_nodes_table_pass_fail_and_bad_input(cli_files, capsys, tmp_path):
+    d = cli_files
+    code, out = _verify(d, d / "q" / "model.onnx", capsys)
+    assert code == 0, out.out
+    assert "node | check | expected | got | verdict" in out.out and out.out.strip().splitlines()[-1].startswith("OK")
+
+    def fn(p):
+        _, a = _init(p, "stage2.0.act_scale")
+        _set(p, "stage2.0.act_scale", (a * np.float32(1.02)).astype(np.float32))
+    code, out = _verify(d, _mutate(d / "q" / "model.onnx", tmp_path / "m.onnx", fn), capsys)
+    assert code == 1 and "stage2.0.act_quantize | act_scale" in out.out and "FAIL" in out.out
+
+    fp32 = export_onnx(create_model("repvgg_tiny8", num_classes=10), tmp_path / "fp32.onnx")
+    code, out = _verify(d, fp32, capsys)
+    assert code == 2 and len(out.err.strip().splitlines()) == 1 and "fp32.onnx" in out.err and "not a QDQ" in out.err
+    assert not (tmp_path / "fp32.onnx.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["fp32.onnx", "m.onnx"]  # nothing written
+
+
+def test_cli_no_matching_reference_is_one_line_exit_2(cli_files, capsys, tmp_path):
+    from repspec.cli import main
+
+    d = cli_files
+    torch.save(create_model("repvgg_tiny32", num_classes=10).state_dict(), tmp_path / "other.pth")
+    code = main(["verify", "--onnx", str(d / "q" / "model.onnx"), "--nodes", "--reference", str(tmp_path / "other.pth"),
+                 "--model", "repvgg_tiny32", "--ranges", str(d / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "model.onnx" in err and "no matching reference" in err
+
+
+def test_onnxruntime_quantize_static_file_passes_and_a_changed_zero_point_fails(tmp_path):
+    """A file made by another tool (onnxruntime's quantize_static, QDQ, per channel, first conv quantized:
+    its input is signed, so that zero point is not 0), checked against a reference recalibration."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    model = create_model("repvgg_tiny8", num_classes=5).eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    batches = [np.random.default_rng(i).standard_normal((4, 3, 16, 16)) for i in range(2)]
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": b.astype(np.float32)} for b in batches])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = tmp_path / "ort.onnx"
+    quantization.quantize_static(str(fp32), str(out), Reader(), quant_format=quantization.QuantFormat.QDQ,
+                                 per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QInt8)
+    rep = check_qdq_nodes(out, model, batches=batches)
+    assert rep.ok, rep.table()
+    first = next(c for c in rep.checks if c.check == "act_zero_point")
+    assert first.expected != "uint8 0"
+    proto = onnx.load(str(out))
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
+    _, zp = _init(proto, q.input[2])
+    _set(proto, q.input[2], (zp + 1).astype(np.uint8))
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    assert (q.name, "act_zero_point") in _failed(check_qdq_nodes(tmp_path / "m.onnx", model, batches=batches))

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from repspec.core.outputs import check_output
 from repspec.core.runtime import DEFAULT_THREADS
+from repspec.core.vocabulary import CALIBRATORS
 
 from . import _common as common
-from ._loading import build_model
+from ._loading import build_model, load_data_from_settings
 from ._sources import OFFICIAL_SUFFIXES, resolve_source
 
 NAME = "verify"
@@ -67,12 +68,21 @@ def add_parser(sub, argv) -> None:
                    help="also require FILE's weights and logits to be those of SOURCE: a checkpoint directory, a "
                         "`repspec convert` file, a `repspec quantize` output, or a .pth/.pt with --model (without "
                         "it, only the architecture is checked: any weights pass)")
-    g.add_argument("--float-reference", default=None, metavar="SOURCE", dest="float_reference",
-                   help="with a QDQ FILE and --reference QUANTIZED (a `repspec quantize ptq` output): the float network "
-                        "QUANTIZED was made from (checkpoint, `repspec convert` file or .pth with --model); then every "
-                        "QuantizeLinear/DequantizeLinear of FILE is checked against the reference, node by node "
-                        "(activation scale and zero point of each calibrated range, weight scales on axis 0, weight "
-                        "codes, int32 bias scale s_x*s_w and codes); exit 1 names every failing node")
+    g.add_argument("--nodes", action="store_true",
+                   help="check the INT8 QDQ FILE node by node against the NumPy reference of the float model "
+                        "--reference names (a checkpoint, a `repspec convert` file or a .pth with --model): every "
+                        "activation scale/zero point, weight code and scale, per-channel axis and int32 bias scale; "
+                        "prints a table (node, check, expected, got, verdict)")
+    g.add_argument("--ranges", default=None, metavar="DIR",
+                   help="with --nodes: the calibrated ranges FILE claims are those a `repspec quantize` output "
+                        "recorded (checked against a reference recalibration too when --calib-batches is given)")
+    g.add_argument("--calibrator", default="minmax", choices=CALIBRATORS,
+                   help="with --nodes: the reference calibrator that gives the activation ranges (default minmax)")
+    g.add_argument("--calib-batches", type=common.parse_positive_int, default=None,
+                   help="with --nodes: calibration batches of SOURCE's training data, in order (default 8 without "
+                        "--ranges)")
+    g.add_argument("--calib-batch-size", type=common.parse_positive_int, default=64,
+                   help="with --nodes: the calibration batch size (quantize's --batch-size; default 64)")
     if not runs_the_suite(argv):
         return
     from repspec.conformance.runner import add_arguments  # needs Hypothesis: main() checked it first
@@ -94,18 +104,19 @@ def check(args) -> None:
             args.reference = resolve_source(args.reference, "--reference",
                                             kinds=("checkpoint", "deploy", "quantized", "official"),
                                             model=args.model if official else None)
-        if args.float_reference is not None:
-            if args.reference is None or args.reference.kind != "quantized":
-                raise common.CLIError("--float-reference needs --reference QUANTIZED (a `repspec quantize` output): "
-                                      "the calibrated ranges come from there")
-            official = Path(args.float_reference).suffix.lower() in OFFICIAL_SUFFIXES
-            args.float_reference = resolve_source(args.float_reference, "--float-reference",
-                                                  kinds=("checkpoint", "deploy", "official"),
-                                                  model=args.model if official else None)
+        if args.nodes:
+            if args.reference is None or args.reference.kind == "quantized":
+                raise common.CLIError("--nodes needs --reference SOURCE naming the float model FILE quantizes "
+                                      "(a checkpoint, a `repspec convert` file or a .pth with --model)")
+            if args.ranges is not None:
+                args.ranges = resolve_source(args.ranges, "--ranges", kinds=("quantized",))
+            if args.reference.data is None and (args.ranges is None or args.calib_batches is not None):
+                raise common.CLIError(f"--nodes: {args.reference.describe} records no data to calibrate on; "
+                                      f"give --ranges DIR (a `repspec quantize` output) without --calib-batches")
+        elif args.ranges is not None or args.calib_batches is not None:
+            raise common.CLIError("--ranges and --calib-batches apply with --nodes")
     elif getattr(args, "reference", None) is not None:
         raise common.CLIError("--reference applies with --onnx")
-    elif getattr(args, "float_reference", None) is not None:
-        raise common.CLIError("--float-reference applies with --onnx")
     if getattr(args, "_verify_loaded", False) and args.json not in (None, "-"):
         check_output(args.json, option="--json", kind="file", overwrite=args.overwrite)
 
@@ -128,7 +139,7 @@ def outputs(args) -> list:
 
 def run(args) -> int:
     if args.onnx is not None:
-        return verify_onnx_file(args)
+        return verify_onnx_nodes(args) if args.nodes else verify_onnx_file(args)
     if args.model is not None:
         raise common.CLIError("--model applies with --onnx (the architecture an ONNX file claims to be)")
     from repspec.conformance.runner import run_from_args
@@ -138,18 +149,49 @@ def run(args) -> int:
     return run_from_args(args)
 
 
+def verify_onnx_nodes(args) -> int:
+    """``repspec verify --onnx FILE --nodes --reference SOURCE``: the per-node table, then one line;
+    0 if every check passes, 1 if one fails; a file that is not QDQ or matches no layer of SOURCE is
+    an error (2)."""
+    import torch
+
+    from repspec.conformance.onnx_nodes import OnnxNodeInputError, check_qdq_nodes
+
+    torch.set_num_threads(DEFAULT_THREADS)
+    model = build_model(args.reference).float().eval()
+    ranges = None if args.ranges is None else build_model(args.ranges).act_ranges()
+    batches = None
+    n = args.calib_batches if args.calib_batches is not None else (None if ranges is not None else 8)
+    if n is not None:
+        if args.reference.data is None:
+            raise common.CLIError(f"--calib-batches: {args.reference.describe} records no data to calibrate on")
+        from repspec.torch_impl.training.data import make_loader
+
+        train_set, _, _ = load_data_from_settings(args.reference.data)
+        loader = make_loader(train_set, args.calib_batch_size, seed=int(args.reference.data["seed"]), shuffle=False)
+        batches = []
+        for x, _ in loader:
+            if len(batches) == n:
+                break
+            batches.append(x.double().numpy())
+    try:
+        rep = check_qdq_nodes(args.onnx, model, ranges=ranges, batches=batches, calibrator=args.calibrator)
+    except OnnxNodeInputError as exc:
+        raise common.CLIError(f"--onnx --nodes: {exc}") from None
+    print(rep.table())
+    print(rep.summary() + f" (reference: {args.reference.describe})")
+    return 0 if rep.ok else 1
+
+
 def verify_onnx_file(args) -> int:
     """``repspec verify --onnx FILE [--model NAME]``: 0 if FILE implements the fused network it claims,
-    1 if it does not; a file that is not a fused RepVGG-family network at all is an error (2). With
-    ``--float-reference``, also every QDQ node against the reference (a file that is not QDQ, or whose
-    layers do not match the reference's, is an error: 2, before anything is printed)."""
+    1 if it does not; a file that is not a fused RepVGG-family network at all is an error (2)."""
     import torch
 
     from repspec.torch_impl.quantization.onnx_export import verify_onnx
 
     torch.set_num_threads(DEFAULT_THREADS)
     reference = None if args.reference is None else build_model(args.reference)
-    nodes = None if args.float_reference is None else check_nodes(args, reference)
     r = verify_onnx(args.onnx, args.model, reference=reference)
     if "matching_architectures" not in r.details:  # not valid ONNX, or not a fused RepVGG-family graph
         raise common.CLIError(f"--onnx {args.onnx!r} is not a fused RepVGG-family network: {'; '.join(r.reasons)}")
@@ -158,21 +200,4 @@ def verify_onnx_file(args) -> int:
     if r.model_name is None:
         print("it claims no architecture (no --model, no repspec.model metadata); its layout matches: "
               + (", ".join(matches) if matches else "no registered architecture"))
-    if nodes is not None:
-        print(nodes.summary() + f" (float reference: {args.float_reference.describe})")
-        if not nodes.ok:
-            print(nodes.table())
-    return 0 if r.ok and (nodes is None or nodes.ok) else 1
-
-
-def check_nodes(args, quantized):
-    """The node-by-node report of a QDQ file (``repspec.conformance.qdq``) against the float network
-    ``--float-reference`` and the calibrated ranges of ``quantized``."""
-    from repspec.conformance.qdq import QDQFormatError, check_qdq_file, expected_layers
-    from repspec.torch_impl.quantization.onnx_export import qdq_expectations
-
-    float_model = build_model(args.float_reference)
-    try:
-        return check_qdq_file(args.onnx, expected_layers(qdq_expectations(float_model, quantized)))
-    except (QDQFormatError, ValueError, TypeError) as exc:
-        raise common.CLIError(f"--onnx {args.onnx!r}, node check: {exc}") from None
+    return 0 if r.ok else 1

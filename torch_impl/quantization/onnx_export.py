@@ -695,31 +695,3 @@ def _check_reference(res, reference, layers, lin_w, x, got, rtol, min_top1) -> N
         want = ref(x.to(dtype)).float()
     _compare(res, got, want, res.format, rtol, min_top1, "reference")
 
-
-def qdq_expectations(model: nn.Module, quantized: QuantizedModel) -> list[dict]:
-    """What a QDQ file of ``quantized`` must hold, layer by layer in graph order, for a node-by-node
-    check against the reference (``repspec.conformance.qdq``): the fused float64 kernel and bias of
-    ``model`` (the float network ``quantized`` was made from), the calibrated input range (``None``:
-    FP32 input) and the weight quantization (``weight_bits`` ``None``: FP32 weights)."""
-    if not isinstance(model, VGGNet):
-        raise TypeError(f"model must be the float VGGNet the quantized model was made from, got "
-                        f"{type(model).__name__}")
-    if not isinstance(quantized, QuantizedModel):
-        raise TypeError(f"quantized must be a QuantizedModel, got {type(quantized).__name__}")
-    deploy = convert_to_deploy(model)
-    ranges, qlayers = quantized.act_ranges(), quantized.quantized_layers()
-    cfg = quantized.config
-    out = []
-    layers = [(p, b.rbr_reparam.weight, b.rbr_reparam.bias) for p, b in deploy.named_blocks()]
-    layers.append(("linear", deploy.linear.weight, deploy.linear.bias))
-    if [p for p, *_ in layers] != [n for n, _ in quantized.named_layers()]:
-        raise ValueError("quantized was not made from model: their layers differ")
-    for name, w, b in layers:
-        scheme = getattr(qlayers.get(name), "weight_scheme", None)
-        if scheme not in (None, "uniform"):
-            raise ValueError(f"layer {name}: {scheme} weights have no uniform QDQ form to check")
-        out.append({"name": name, "kernel": w.detach().to("cpu", torch.float64).numpy(),
-                    "bias": b.detach().to("cpu", torch.float64).numpy(), "act_range": ranges.get(name),
-                    "weight_bits": None if scheme is None else int(cfg["weight_bits"]),
-                    "per_channel": bool(cfg["per_channel"]), "act_bits": int(cfg.get("act_bits") or 8)})
-    return out
