@@ -16,9 +16,11 @@ def test_timm_repvgg_passes_fusion():
     assert result.examples > 0
 
 
-def test_timm_repvgg_with_eps_x10_fails_fusion():
+@pytest.mark.parametrize("attr, value", [("eps_factor", 10.0), ("drop_identity", True)])
+def test_timm_repvgg_broken_variant_fails_fusion(attr, value):
     broken = TimmRepVggAdapter()
-    broken.eps_factor = 10.0
+    setattr(broken, attr, value)
     report = run_conformance(broken, clauses=["§2.fusion"], max_examples=20, seed=0)
     (result,) = report.results
     assert result.status == "FAIL", result.message
+    assert "max abs err" in result.message and "worst at index" in result.message

@@ -32,6 +32,8 @@ class TimmRepVggAdapter(AdapterBase):
     name = "timm RepVggBlock"
     #: eps multiplier; 1.0 is the honest adapter (tests use 10.0 as a deliberately broken variant)
     eps_factor = 1.0
+    #: True drops the identity branch before fusing (a second deliberately broken variant for the tests)
+    drop_identity = False
 
     def _block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps):
         import torch
@@ -44,6 +46,8 @@ class TimmRepVggAdapter(AdapterBase):
                 module.eps = eps * self.eps_factor
         state = {timm_name(k): torch.as_tensor(np.asarray(v)) for k, v in {**params, **buffers}.items()}
         block.load_state_dict(state, strict=True)
+        if self.drop_identity:
+            block.identity = None
         return block
 
     def fuse_repvgg_block(self, params, buffers, *, in_channels, out_channels, stride, groups, eps,
