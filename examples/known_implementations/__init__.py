@@ -1,0 +1,1 @@
+"""Conformance adapters over third-party RepVGG blocks (examples for port authors; not installed)."""
