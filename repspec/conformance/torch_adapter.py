@@ -498,6 +498,11 @@ class TorchAdapter(AdapterBase):
         named = dict(net.named_parameters())
         trainable = {from_torch[k]: p for k, p in named.items() if p.requires_grad}
 
+        return self._sgd_iteration(net, trainable, from_torch, x, labels, optimizer, opt_state)
+
+    def _sgd_iteration(self, net, trainable, from_torch, x, labels, optimizer: SGDSpec, opt_state):
+        """Forward, mean cross-entropy, backward and one RepOpt-SGD step (plain SGD where no mask) of
+        ``net``, whose ``trainable`` parameters are keyed by reference name → a TrainIterationResult."""
         groups: dict[float, list] = {}
         for name, p in trainable.items():
             groups.setdefault(optimizer.decay_for(name), []).append(p)
@@ -524,8 +529,7 @@ class TorchAdapter(AdapterBase):
             state[name] = {} if buf is None else {"momentum_buffer": self._np(buf)}
         return TrainIterationResult(float(loss.item()), self._np(logits), grads,
                                     {from_torch[k]: v for k, v in new_params.items()},
-                                    {from_torch[k]: v for k, v in new_buffers.items()}, state)
-
+                                    {from_torch[k]: v for k, v in new_buffers.items() if k in from_torch}, state)
 
     def qat_train_iteration(self, network: NetworkSpec, params, buffers, qat_buffers, x, labels, *, quantizer,
                             optimizer: SGDSpec, opt_state):
@@ -547,29 +551,7 @@ class TorchAdapter(AdapterBase):
                 t.copy_(torch.as_tensor(np.asarray(v)).to(dtype=t.dtype, device=t.device).reshape(t.shape))
         model.train()
         trainable = {from_torch[k]: p for k, p in model.named_parameters() if p.requires_grad}
-        groups: dict[float, list] = {}
-        for name, p in trainable.items():
-            groups.setdefault(optimizer.decay_for(name), []).append(p)
-        opt = torch.optim.SGD([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()], lr=optimizer.lr,
-                              momentum=optimizer.momentum, dampening=optimizer.dampening, nesterov=optimizer.nesterov)
-        for name, st in opt_state.items():
-            if "momentum_buffer" in st:
-                opt.state[trainable[name]]["momentum_buffer"] = self._t(st["momentum_buffer"])
-        with self._exact():
-            logits = model(self._t(x))
-            loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self.device))
-            loss.backward()
-            grads = {name: self._np(p.grad) if p.grad is not None else np.zeros(tuple(p.shape))
-                     for name, p in trainable.items()}
-            opt.step()
-        new_params, new_buffers = module_arrays(model)
-        state = {}
-        for name, p in trainable.items():
-            buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
-            state[name] = {} if buf is None else {"momentum_buffer": self._np(buf)}
-        return TrainIterationResult(float(loss.item()), self._np(logits), grads,
-                                    {from_torch[k]: v for k, v in new_params.items()},
-                                    {from_torch[k]: v for k, v in new_buffers.items() if k in from_torch}, state)
+        return self._sgd_iteration(model, trainable, from_torch, x, labels, optimizer, opt_state)
 
 
 class _Net(nn.Module):
