@@ -494,7 +494,7 @@ class _ReplayDiverged(Exception):
 def check_results(vectors_dir, results_dir, *, clauses: Iterable[str] | None = None):
     """Compare a port's results with the vectors; returns the runner's ``Report`` (``verify``'s table)."""
     from .clauses import CLAUSES, TOLERANCES, AdapterRaised, Ambiguous, Checker, ErrorStats, Mismatch, get_clause
-    from .runner import DECLINE_SIGNIFICANCE, ERROR, FAIL, PASS, SKIP, ClauseResult, Report, _count_text, \
+    from .runner import DECLINE_SIGNIFICANCE, FAIL, PASS, SKIP, ClauseResult, Report, _count_text, \
         _declines_most, _record_failure
 
     vectors, expected = load_vectors(vectors_dir)
