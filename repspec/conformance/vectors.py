@@ -192,7 +192,11 @@ class _Recorder:
 
         def record(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
-            inputs = {k: _deep_copy(v) for k, v in bound.arguments.items()}
+            inputs = {}
+            for k, v in bound.arguments.items():  # **options spread out: a port gets every input by its name
+                kind = signature.parameters[k].kind
+                items = v.items() if kind is inspect.Parameter.VAR_KEYWORD else [(k, v)]
+                inputs.update((name, _deep_copy(x)) for name, x in items)
             entry = {"method": method, "inputs": inputs}
             if self.calls is not None:
                 self.calls.append(entry)
