@@ -22,7 +22,6 @@ the clause.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import json
 import math
@@ -37,6 +36,13 @@ import numpy as np
 
 from repspec.core.version import __version__
 
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save
+
+from repspec.core.files import atomic_directory
+from repspec.reference import analysis as _analysis_module
+
+from . import adapter as _adapter_module
 from .adapter import ADAPTER_METHODS, NotProvided, ReferenceAdapter
 
 __all__ = ["SCHEMA_ID", "SCHEMA_VERSION", "RESULTS_SCHEMA_ID", "VectorsError", "export_vectors", "load_vectors",
@@ -70,9 +76,25 @@ def _float_json(f: float):
     return {"float": "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf")}
 
 
+def _is_record_type(obj) -> bool:
+    return isinstance(obj, type) and (dataclasses.is_dataclass(obj) or (issubclass(obj, tuple)
+                                                                      and hasattr(obj, "_fields")))
+
+
+#: the record types a value may be tagged with, by their bare names (a port ignores the tag; a Python
+#: reader rebuilds the record): the adapter protocol's descriptions and results, and the reference's
+#: category statistics that ``category_statistics`` returns
+RECORD_TYPES: dict[str, type] = {name: obj for module in (_adapter_module, _analysis_module)
+                                 for name, obj in sorted(vars(module).items())
+                                 if _is_record_type(obj) and obj.__module__ == module.__name__}
+
+
 def _type_name(obj) -> str:
-    t = type(obj)
-    return f"{t.__module__}:{t.__qualname__}"
+    name = type(obj).__name__
+    if RECORD_TYPES.get(name) is not type(obj):
+        raise TypeError(f"a {type(obj).__module__}.{type(obj).__qualname__} has no place in the vectors "
+                        f"(records are one of {sorted(RECORD_TYPES)})")
+    return name
 
 
 class _Encoder:
@@ -121,13 +143,9 @@ class _Encoder:
 
 
 def _import_type(name: str):
-    module, _, qual = name.partition(":")
-    if not module.startswith("repspec."):  # never import what a file names outside repspec
-        raise VectorsError(f"type {name!r} is not a repspec type")
-    obj = importlib.import_module(module)
-    for part in qual.split("."):
-        obj = getattr(obj, part)
-    return obj
+    if name not in RECORD_TYPES:  # nothing a file names is imported: the types are a fixed table
+        raise VectorsError(f"unknown record type {name!r} (one of {sorted(RECORD_TYPES)})")
+    return RECORD_TYPES[name]
 
 
 def _decode(spec, arrays: Mapping[str, np.ndarray]):
@@ -267,8 +285,6 @@ def _dumps(obj) -> str:
 
 
 def _save_safetensors(path: Path, arrays: Mapping[str, np.ndarray], fmt: str) -> None:
-    from safetensors.numpy import save
-
     # one metadata entry: safetensors keeps metadata in a hash map, so a second key could change places
     path.write_bytes(save(dict(arrays), metadata={"format": fmt}))
 
@@ -281,8 +297,6 @@ def export_vectors(out, *, clauses: Iterable[str] | None = None, max_examples: i
     an existing ``out`` must be one repspec wrote). Returns the manifest.
     """
     import hypothesis
-
-    from repspec.core.files import atomic_directory
 
     from .clauses import CLAUSES, TOLERANCES, get_clause
     from .runner import hypothesis_storage
@@ -366,9 +380,6 @@ def _read_manifest(d: Path, schema: str, what: str) -> dict:
 
 
 def _load_safetensors(path: Path, clause_id: str) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     if not path.is_file():
         raise VectorsError(f"{path}: missing (clause {clause_id})")
     try:
@@ -647,8 +658,6 @@ def _fill(spec, value, arrays: dict) -> None:
 
 def write_results(results_dir, manifest: dict, files: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Write a port's results directory (atomic; the output rule of ``repspec.core.files``)."""
-    from repspec.core.files import atomic_directory
-
     with atomic_directory(results_dir, kind="vectors-results", schema=RESULTS_SCHEMA_ID) as tmp:
         for name, arrays in files.items():
             _save_safetensors(tmp / name, arrays, RESULTS_SCHEMA_ID)
