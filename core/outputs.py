@@ -14,7 +14,8 @@ Every command-line output goes through :func:`check_output` *before* any work st
 "repspec wrote it" means: a checkpoint directory (``checkpoint.json`` manifest, only
 checkpoint files inside), an output directory whose ``repspec-output.json`` manifest lists
 every file in it, a ``.safetensors`` file whose header metadata names a repspec format,
-or a JSON file whose top-level ``format`` starts with ``repspec``. A user's file added to
+a JSON file whose top-level ``format`` starts with ``repspec``, or a JUnit XML file whose
+``testsuite`` is named ``repspec conformance: …`` (a conformance report). A user's file added to
 a repspec output directory makes the directory foreign: it is never removed.
 
 Temporary files and directories are created next to their target with names
@@ -33,6 +34,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 from .version import __version__
 
@@ -123,7 +125,20 @@ def owned_file(path) -> bool:
     if p.suffix == ".json":
         fmt = read_json_format(p)
         return fmt is not None and fmt.startswith("repspec")
+    if p.suffix == ".xml":
+        return _junit_suite_name(p).startswith("repspec conformance: ")
     return False
+
+
+def _junit_suite_name(p: Path) -> str:
+    """The root ``testsuite``'s name of a small XML file ('' for anything else)."""
+    try:
+        if p.stat().st_size > 1 << 24:
+            return ""
+        root = ElementTree.parse(p).getroot()
+    except (OSError, ElementTree.ParseError):
+        return ""
+    return root.get("name", "") if root.tag == "testsuite" else ""
 
 
 def _all_files(d: Path) -> list[str]:

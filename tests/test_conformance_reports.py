@@ -72,3 +72,20 @@ def test_junit_path_is_checked_before_the_run(tmp_path, capsys):
     same = str(tmp_path / "r")
     assert verify("reference", clauses=CLAUSES, max_examples=2, json_path=same, junit_xml_path=same) == 2
     assert "different files" in capsys.readouterr().err
+
+
+def test_cli_replaces_its_own_reports_only_with_overwrite(tmp_path, capsys):
+    from repspec.cli import main
+
+    json_path, xml_path = tmp_path / "r.json", tmp_path / "r.xml"
+    argv = ["verify", "--impl", "reference", "--clauses", "§3.grad-mult", "--max-examples", "2",
+            "--json", str(json_path), "--junit-xml", str(xml_path)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    capsys.readouterr()
+    # a user's XML of the same name is never replaced
+    xml_path.write_text('<testsuite name="my own suite"/>')
+    assert main(argv + ["--overwrite"]) == 2 and "--junit-xml" in capsys.readouterr().err
+    assert xml_path.read_text() == '<testsuite name="my own suite"/>'

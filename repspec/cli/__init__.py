@@ -15,6 +15,8 @@ Sub-commands (``repspec <command> --help`` for each), one module each:
                   on the checkpoint's own dataset.
 - ``verify``      (:mod:`.verify`) the conformance suite against an implementation (per-clause
                   report); ``verify --onnx FILE``: does an ONNX file implement the fused network it claims?
+- ``vectors``     (:mod:`.vectors`) the clauses as files for ports outside Python: ``export DIR``,
+                  ``check DIR RESULTS`` (verify's table), ``answer DIR RESULTS --impl ADAPTER``
 - ``list-models`` (:mod:`.list_models`) the registry's names; ``--version`` (:mod:`.version`).
 
 Each command module holds its parser (``add_parser``), its checks (``check``), its output kind
@@ -49,6 +51,7 @@ from . import (
     quantize,
     theorem,
     train,
+    vectors,
     verify,
     version,
 )
@@ -56,7 +59,7 @@ from . import (
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: the sub-commands, in the order ``repspec --help`` lists them
-COMMANDS = (demo, theorem, train, hypersearch, quantize, analyze, convert, evaluate, verify, list_models)
+COMMANDS = (demo, theorem, train, hypersearch, quantize, analyze, convert, evaluate, verify, vectors, list_models)
 _BY_NAME = {command.NAME: command for command in COMMANDS}
 
 

@@ -117,8 +117,10 @@ def check(args) -> None:
             raise common.CLIError("--ranges and --calib-batches apply with --nodes")
     elif getattr(args, "reference", None) is not None:
         raise common.CLIError("--reference applies with --onnx")
-    if getattr(args, "_verify_loaded", False) and args.json not in (None, "-"):
-        check_output(args.json, option="--json", kind="file", overwrite=args.overwrite)
+    if getattr(args, "_verify_loaded", False):
+        for option, path in (("--json", args.json), ("--junit-xml", args.junit_xml)):
+            if path not in (None, "-"):
+                check_output(path, option=option, kind="file", overwrite=args.overwrite)
 
 
 def check_onnx_input(path) -> None:
@@ -131,7 +133,7 @@ def check_onnx_input(path) -> None:
 
 
 def outputs(args) -> list:
-    return [getattr(args, "json", None)]
+    return [getattr(args, "json", None), getattr(args, "junit_xml", None)]
 
 
 # ----------------------------------------------------------------------------------- handler

@@ -64,6 +64,10 @@ ALIASES = {
 }
 
 PASS, FAIL, SKIP, ERROR = "pass", "FAIL", "skipped", "ERROR"
+#: the report's JSON ``format`` and the JUnit suite's name prefix: how the output rule knows repspec
+#: wrote a report (``--overwrite`` replaces only such a file)
+REPORT_FORMAT = "repspec-conformance-report"
+JUNIT_SUITE_PREFIX = "repspec conformance: "
 
 
 # ----------------------------------------------------------------------- results
@@ -309,7 +313,7 @@ class Report:
         return "\n".join(parts)
 
     def to_dict(self) -> dict:
-        return {"adapter": self.adapter, "settings": _jsonable(self.settings), "ok": self.ok,
+        return {"format": REPORT_FORMAT, "adapter": self.adapter, "settings": _jsonable(self.settings), "ok": self.ok,
                 "complete": self.complete, "summary": self.summary(), "coverage": self.coverage(),
                 "clauses": [r.to_dict() for r in self.results]}
 
@@ -325,7 +329,7 @@ class Report:
         line); a clause the adapter does not provide is ``<skipped>``. Each case carries the counts and
         the largest errors as ``<properties>``.
         """
-        suite = ET.Element("testsuite", name=f"repspec conformance: {self.adapter}", tests=str(len(self.results)),
+        suite = ET.Element("testsuite", name=f"{JUNIT_SUITE_PREFIX}{self.adapter}", tests=str(len(self.results)),
                            failures=str(sum(r.status == FAIL for r in self.results)),
                            errors=str(sum(r.status == ERROR for r in self.results)),
                            skipped=str(len(self.skipped())), time=f"{sum(r.seconds for r in self.results):.3f}")
