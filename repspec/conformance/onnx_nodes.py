@@ -1,4 +1,4 @@
-"""An INT8 QDQ ONNX file, made by any tool, checked node by node against the NumPy reference (SPEC §5).
+"""An INT8 QDQ ONNX file, made by any tool, checked node by node against the NumPy reference (SPEC §5.qdq-file).
 
 :func:`check_qdq_nodes` ``(path, float_model, ...)`` maps the file's layers to the float
 deploy network it claims to quantize **by graph structure**, not by initializer names (so
