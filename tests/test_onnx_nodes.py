@@ -218,3 +218,30 @@ def test_onnxruntime_quantize_static_file_passes_and_a_changed_zero_point_fails(
     _set(proto, q.input[2], (zp + 1).astype(np.uint8))
     onnx.save(proto, str(tmp_path / "m.onnx"))
     assert (q.name, "act_zero_point") in _failed(check_qdq_nodes(tmp_path / "m.onnx", model, batches=batches))
+
+
+def test_cli_recalibration_on_a_trained_checkpoint(tmp_path, capsys):
+    """The path without recorded ranges: the reference recalibrates on the checkpoint's own training data.
+    With quantize's batch size the file passes; on other batches the calibrated ranges differ, and the
+    activation scales fail, naming the node."""
+    from repspec.cli import main
+
+    tiny = ["--image-size", "8", "--no-progress", "--threads", "1"]
+    ckpt, q = tmp_path / "ckpt", tmp_path / "q"
+    assert main(["train", "--model", "repvgg_tiny8", "--epochs", "1", "--batch-size", "128", "--out", str(ckpt),
+                 *tiny]) == 0
+    assert main(["quantize", "ptq", "--checkpoint", str(ckpt), "--onnx", "--out", str(q), "--calib-batches", "2",
+                 "--batch-size", "32", "--calibrator", "percentile", *tiny]) == 0
+    capsys.readouterr()
+
+    def verify(*extra):
+        code = main(["verify", "--onnx", str(q / "model.onnx"), "--nodes", "--reference", str(ckpt),
+                     "--calibrator", "percentile", "--calib-batches", "2", *extra])
+        return code, capsys.readouterr().out
+
+    code, out = verify("--calib-batch-size", "32")
+    assert code == 0, out
+    code, out = verify("--calib-batch-size", "32", "--ranges", str(q))  # recorded ranges against the recalibration
+    assert code == 0, out
+    code, out = verify("--calib-batch-size", "16")
+    assert code == 1 and "act_scale" in out and "FAIL" in out, out
