@@ -197,3 +197,21 @@ def test_index_links_every_clause(spec_clauses):
     linked = set(LINK_RE.findall(index))
     missing = [cid for cid in spec_clauses if clause_anchor(cid) not in linked]
     assert not missing, f"docs/index.md has no row linking these SPEC clauses: {missing}"
+
+
+MD_LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_relative_links_in_readme_and_docs_name_existing_files():
+    """A link to a file of the repository (README, docs/, ports/, examples/) must name one that exists."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "ports").rglob("*.md")),
+             *sorted((ROOT / "examples").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in MD_LINK_RE.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a URL or an anchor of the page itself
+            path = target.split("#", 1)[0]
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, "links to files that do not exist: " + "; ".join(broken)
