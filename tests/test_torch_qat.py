@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
+from repspec.conformance.clauses import qat as qat_clauses
 from repspec.reference import optim as ref_optim
 from repspec.reference import qat as RQ
 from repspec.reference import quant as RQu
-from repspec.reference.kmeans import assign as ref_assign
 from repspec.reference.network import train
 from repspec.torch_impl import create_model, load_reference_arrays, module_arrays
 from tests.twins import reference_network_for
@@ -124,39 +124,9 @@ def calibrated_ranges(net, params, buffers, calib, rng, keep_first_fp32):
 # ------------------------------------------------------------------ decision margins
 
 
-def _code_margin(r: np.ndarray) -> float:
-    """Distance of ``r`` to the nearest rounding boundary (a half-integer), relative to ``1 + |r|``."""
-    r = np.asarray(r, dtype=np.float64)
-    return float(np.min(np.abs(r - np.floor(r) - 0.5) / (1.0 + np.abs(r)))) if r.size else np.inf
-
-
-def _midpoint_margin(v: np.ndarray, c: np.ndarray) -> float:
-    c = np.sort(c)
-    keep = c[1:] > c[:-1]  # equal centroids: the duplicate rule decides, not the midpoint
-    m = (0.5 * c[:-1] + 0.5 * c[1:])[keep]
-    if m.size == 0:
-        return np.inf
-    return float(np.min(np.abs(v.ravel()[:, None] - m[None, :]))) / max(float(np.max(np.abs(v))), 1e-300)
-
-
-def _lloyd_margin(v: np.ndarray, c0: np.ndarray, max_iter: int) -> float:
-    """The reference's Lloyd from ``c0`` (its exact code path), smallest margin of every assignment."""
-    k = c0.size
-    if np.unique(v).size <= k:
-        return np.inf
-    c = np.sort(c0)
-    labels = ref_assign(v, c)
-    margin = _midpoint_margin(v, c)
-    for _ in range(max_iter):
-        counts = np.bincount(labels.ravel(), minlength=k)
-        sums = np.bincount(labels.ravel(), weights=v.ravel(), minlength=k)
-        c = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), c))
-        new = ref_assign(v, c)
-        margin = min(margin, _midpoint_margin(v, c))
-        if np.array_equal(new, labels):
-            break
-        labels = new
-    return margin
+# the conformance clauses' margins (§5.qat, §5.cluster-qat): one definition of a tie for both
+_code_margin, _midpoint_margin, _lloyd_margin = qat_clauses._code_margin, qat_clauses._midpoint_margin, \
+    qat_clauses._refit_margin
 
 
 def _scope(tree, prefix):
