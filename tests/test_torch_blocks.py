@@ -536,3 +536,15 @@ def test_published_b1_scale_file_fits_the_registry_layout():
     assert torch.equal(model.repopt_scales["stage3.15.scale_identity.weight"],
                        scales["stage3.15.scale_identity.weight"].double())
     assert dict(csla.named_blocks())["stage1.1"].has_identity
+
+
+def test_oabn_clip_gradient_passes_at_the_threshold_in_every_torch_version():
+    """SPEC §4: ``∂t̃/∂t = [|t| ≤ s]``, boundary included. torch.clamp's backward changed at the boundary
+    in torch 2.14 (0 there), so the clip must not rest on it."""
+    from repspec.torch_impl.modules.oabn import _clip_factor
+
+    t = torch.tensor([1.0, -1.0, 0.5, 2.0, -3.0], dtype=torch.float64, requires_grad=True)
+    clipped = _clip_factor(t, 1.0, "clip")
+    clipped.sum().backward()
+    assert clipped.tolist() == [1.0, -1.0, 0.5, 1.0, -1.0]
+    assert t.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]

@@ -43,7 +43,10 @@ def check_oabn_gradient(value, name: str = "gradient") -> str:
 def _clip_factor(t: torch.Tensor, threshold: float, gradient: str) -> torch.Tensor:
     if math.isinf(threshold):
         return t
-    clipped = t.clamp(-threshold, threshold)
+    # not t.clamp(): SPEC §4 passes the gradient at |t| == s (a closed interval). torch.clamp's backward
+    # did so up to torch 2.13; torch 2.14 gives 0 there (0.5 with tensor bounds). torch.where's backward
+    # is 1 where |t| <= s and 0 elsewhere in every version; the forward is clamp's, bit for bit (NaN too).
+    clipped = torch.where(t.abs() <= threshold, t, torch.sign(t) * threshold)
     if gradient == "straight_through":
         return t + (clipped - t).detach()  # forward: clipped, backward: identity
     return clipped
