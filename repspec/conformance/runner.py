@@ -540,6 +540,20 @@ def _record_failure(res: ClauseResult, last: Mapping[str, Any], exc: BaseExcepti
         res.max_abs_err, res.max_rel_err = err.max_abs, err.max_rel
 
 
+def select_clauses(clauses, *, max_examples, seed, profile) -> list:
+    """The clauses a run covers (``clauses``: ids, or None for all, in SPEC order), after checking the
+    run's settings: ``verify`` and ``vectors export`` take the same ones."""
+    from .clauses import CLAUSES, TOLERANCES, get_clause
+
+    if profile not in TOLERANCES:
+        raise ValueError(f"profile must be one of {tuple(TOLERANCES)}, got {profile!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return list(CLAUSES.values()) if clauses is None else [get_clause(c) for c in clauses]
+
+
 def run_conformance(adapter, *, clauses: Iterable[str] | None = None, max_examples: int = DEFAULT_MAX_EXAMPLES,
                     seed: int = 0, profile: str = "float64", explicit_examples: bool = True) -> Report:
     """Check ``adapter`` against the spec, clause by clause.
@@ -549,15 +563,9 @@ def run_conformance(adapter, *, clauses: Iterable[str] | None = None, max_exampl
     after the clause's explicit edge cases. ``seed``: Hypothesis seed (the same seed gives the same
     cases). ``profile``: the tolerance table, ``"float64"`` (the contract) or ``"float32"`` (advisory).
     """
-    from .clauses import CLAUSES, TOLERANCES, get_clause
+    from .clauses import TOLERANCES
 
-    if profile not in TOLERANCES:
-        raise ValueError(f"profile must be one of {tuple(TOLERANCES)}, got {profile!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    selected = list(CLAUSES.values()) if clauses is None else [get_clause(c) for c in clauses]
+    selected = select_clauses(clauses, max_examples=max_examples, seed=seed, profile=profile)
     results = [_run_clause(c, adapter, max_examples=max_examples, seed=seed, profile=TOLERANCES[profile],
                            explicit=explicit_examples) for c in selected]
     return Report(describe(adapter), results,

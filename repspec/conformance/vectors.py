@@ -298,16 +298,10 @@ def export_vectors(out, *, clauses: Iterable[str] | None = None, max_examples: i
     """
     import hypothesis
 
-    from .clauses import CLAUSES, TOLERANCES, get_clause
-    from .runner import hypothesis_storage
+    from .clauses import TOLERANCES
+    from .runner import hypothesis_storage, select_clauses
 
-    if profile not in TOLERANCES:
-        raise ValueError(f"profile must be one of {tuple(TOLERANCES)}, got {profile!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    selected = list(CLAUSES.values()) if clauses is None else [get_clause(c) for c in clauses]
+    selected = select_clauses(clauses, max_examples=max_examples, seed=seed, profile=profile)
     tolerances = TOLERANCES[profile]
     entries, files = [], {}
     with hypothesis_storage():
